@@ -1,0 +1,281 @@
+//! hark: command-line client for harkd.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use hark::{
+    api::{
+        client::{Client, ConnectOptions, connect},
+        convert::{kind_from_name, pb_event_json, pb_event_line},
+        pb,
+    },
+    audio::file::Decoder,
+    config::default_socket_path,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "hark", version, about = "Client for the hark daemon")]
+struct Cli {
+    /// Daemon address: unix:PATH or HOST:PORT (default: the daemon's default socket).
+    #[arg(long, global = true)]
+    addr: Option<String>,
+    /// Bearer token for TCP connections.
+    #[arg(long, global = true, env = "HARK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) for TLS connections.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Live events from the daemon.
+    Subscribe {
+        /// Comma-separated kinds: vad, level, source (default: all).
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+        /// JSON lines instead of the human-readable view.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daemon status.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Input devices on the daemon's machine.
+    Devices,
+    /// Push an audio file through StreamAudio and print the events it produces.
+    Stream {
+        file: PathBuf,
+        /// Send as fast as the daemon accepts instead of at real-time pace.
+        #[arg(long)]
+        fast: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hark: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hark: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let addr = cli
+        .addr
+        .clone()
+        .unwrap_or_else(|| format!("unix:{}", default_socket_path().display()));
+    let opts = ConnectOptions {
+        token: cli.token.clone(),
+        ca_pem: match &cli.ca {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        },
+        tls_domain: None,
+    };
+    let mut client = connect(&addr, &opts).await?;
+    match cli.command {
+        Command::Subscribe { kinds, json } => subscribe(&mut client, &kinds, json).await,
+        Command::Status { json } => status(&mut client, json).await,
+        Command::Devices => {
+            let r = client.list_devices(pb::ListDevicesRequest {}).await?.into_inner();
+            if r.devices.is_empty() {
+                println!("no input devices");
+            }
+            for d in r.devices {
+                println!(
+                    "{} {} ({} Hz, {} ch)",
+                    if d.is_default { "*" } else { " " },
+                    d.name,
+                    d.default_sample_rate,
+                    d.channels
+                );
+            }
+            Ok(())
+        }
+        Command::Stream {
+            file,
+            fast,
+            json,
+            kinds,
+        } => stream(&mut client, &file, fast, json, &kinds).await,
+    }
+}
+
+fn parse_kinds(kinds: &[String]) -> anyhow::Result<Vec<i32>> {
+    kinds
+        .iter()
+        .filter(|k| !k.is_empty())
+        .map(|k| match kind_from_name(k.trim()) {
+            Some(k) => Ok(k as i32),
+            None => bail!("unknown kind {k:?}: use vad, level or source"),
+        })
+        .collect()
+}
+
+fn print_event(e: &pb::Event, json: bool) {
+    let mut out = std::io::stdout().lock();
+    let _ = if json {
+        writeln!(out, "{}", pb_event_json(e))
+    } else {
+        writeln!(out, "{}", pb_event_line(e))
+    };
+    let _ = out.flush();
+}
+
+async fn subscribe(client: &mut Client, kinds: &[String], json: bool) -> anyhow::Result<()> {
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            kinds: parse_kinds(kinds)?,
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = stream.message().await? {
+        print_event(&e, json);
+    }
+    Ok(())
+}
+
+async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
+    let s = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+    if json {
+        let stages: Vec<_> = s
+            .stages
+            .iter()
+            .map(|st| {
+                serde_json::json!({
+                    "name": st.name, "queue_depth": st.queue_depth, "queue_capacity": st.queue_capacity,
+                    "dropped_samples": st.dropped_samples, "windows": st.windows_processed,
+                    "overflow_policy": st.overflow_policy, "mean_window_us": st.mean_window_us,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "uptime_s": s.uptime_s, "version": s.version, "source": s.source, "device": s.device,
+                "source_healthy": s.source_healthy, "samples_processed": s.samples_processed,
+                "xruns": s.xruns, "stages": stages, "event_counts": s.event_counts,
+                "subscribers": s.subscribers, "sessions": s.sessions,
+            })
+        );
+        return Ok(());
+    }
+    println!("harkd {} up {:.1} s", s.version, s.uptime_s);
+    println!(
+        "source    {}{}{}",
+        s.source,
+        if s.device.is_empty() { String::new() } else { format!(" [{}]", s.device) },
+        if s.source_healthy { "" } else { "  (DEVICE LOST)" }
+    );
+    println!(
+        "audio     {:.1} s processed, {} xruns",
+        s.samples_processed as f64 / 16000.0,
+        s.xruns
+    );
+    println!("clients   {} subscribers, {} StreamAudio sessions", s.subscribers, s.sessions);
+    for st in &s.stages {
+        println!(
+            "stage     {:<8} queue {:>6}/{:<6} dropped {:>8} windows {:>9} {:>8.1} us/window  {}",
+            st.name,
+            st.queue_depth,
+            st.queue_capacity,
+            st.dropped_samples,
+            st.windows_processed,
+            st.mean_window_us,
+            st.overflow_policy
+        );
+    }
+    let mut counts: Vec<_> = s.event_counts.iter().collect();
+    counts.sort();
+    for (k, v) in counts {
+        println!("events    {k:<16} {v}");
+    }
+    Ok(())
+}
+
+async fn stream(
+    client: &mut Client,
+    path: &PathBuf,
+    fast: bool,
+    json: bool,
+    kinds: &[String],
+) -> anyhow::Result<()> {
+    let mut decoder = Decoder::open(path)?;
+    let format = decoder.format();
+    let kinds = parse_kinds(kinds)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::AudioChunk>(8);
+    tx.send(pb::AudioChunk {
+        payload: Some(pb::audio_chunk::Payload::Config(pb::AudioConfig {
+            sample_rate: format.rate,
+            channels: u32::from(format.channels),
+            encoding: pb::AudioEncoding::PcmF32le as i32,
+            kinds,
+        })),
+    })
+    .await?;
+    // Decode on a blocking thread and pace there, so printing events is never held up.
+    let sender = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut frames = 0u64;
+        let mut bytes = Vec::new();
+        while let Some(block) = decoder.next_block()? {
+            bytes.clear();
+            for s in block {
+                bytes.extend_from_slice(&s.to_le_bytes());
+            }
+            frames += (block.len() / usize::from(format.channels)) as u64;
+            if tx
+                .blocking_send(pb::AudioChunk {
+                    payload: Some(pb::audio_chunk::Payload::Data(bytes.clone())),
+                })
+                .is_err()
+            {
+                break;
+            }
+            if !fast {
+                let due = Duration::from_secs_f64(frames as f64 / f64::from(format.rate));
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        Ok(())
+    });
+    let mut events = client
+        .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(e) = events.message().await? {
+        print_event(&e, json);
+        if matches!(e.kind, Some(pb::event::Kind::SourceEnded(_))) {
+            break;
+        }
+    }
+    sender.await??;
+    Ok(())
+}

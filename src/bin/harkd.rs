@@ -1,0 +1,190 @@
+//! harkd: the hark daemon.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use hark::{
+    config::{Config, LogFormat, OnEnd},
+    daemon, telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "harkd", version, about = "Always-on listening daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Check a config file (and the files it references); exit 2 if it is invalid.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the default configuration, every field documented in src/config.rs.
+    PrintConfig,
+    /// List audio input devices.
+    Devices,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Config file (TOML); defaults apply to everything it leaves out.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen address, repeatable: unix:PATH or HOST:PORT (port 0 picks one). Overrides the config.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Source: mic, mic:NAME, file:PATH, stdin or none. Overrides the config.
+    #[arg(long)]
+    source: Option<String>,
+    /// Files: process as fast as possible instead of at real-time pace.
+    #[arg(long)]
+    fast: bool,
+    /// Exit when a file or stdin source ends.
+    #[arg(long)]
+    exit_on_end: bool,
+    /// Print every event to stdout (human-readable lines).
+    #[arg(long)]
+    print_events: bool,
+    /// Log format: human or json.
+    #[arg(long, value_parser = ["human", "json"])]
+    log_format: Option<String>,
+    /// Also run the level meter stage (an event per 100 ms).
+    #[arg(long)]
+    level: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::PrintConfig => {
+            print!("{}", Config::defaults_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Validate { config } => match Config::load(&config).and_then(|c| {
+            c.validate()?;
+            Ok(c)
+        }) {
+            Ok(c) => {
+                println!(
+                    "{}: valid (source {}, {} listen address(es))",
+                    config.display(),
+                    c.source.input,
+                    daemon::listen_addrs(&c).map(|l| l.len()).unwrap_or(0)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("harkd: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Devices => match daemon::list_devices() {
+            Ok(devices) if devices.is_empty() => {
+                println!("no input devices");
+                ExitCode::SUCCESS
+            }
+            Ok(devices) => {
+                for d in devices {
+                    println!(
+                        "{} {} ({} Hz, {} ch)",
+                        if d.is_default { "*" } else { " " },
+                        d.name,
+                        d.default_rate,
+                        d.channels
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("harkd: cannot list devices: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => match run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("harkd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if !args.listen.is_empty() {
+        cfg.server.listen = args.listen.clone();
+    }
+    if let Some(s) = &args.source {
+        cfg.source.input = s.clone();
+    }
+    if args.fast {
+        cfg.source.realtime = false;
+    }
+    if args.exit_on_end {
+        cfg.source.on_end = OnEnd::Exit;
+    }
+    if args.print_events {
+        cfg.log.events = true;
+    }
+    if args.level {
+        cfg.level.enabled = true;
+    }
+    if let Some(f) = &args.log_format {
+        cfg.log.format = if f == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Human
+        };
+    }
+    telemetry::init(cfg.log.format, &cfg.log.filter);
+    cfg.validate()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("harkd-io")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone())?;
+        daemon::run(cfg, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            seen += 1;
+            if seen == 1 {
+                tracing::info!("Signal received; draining (send again to exit at once).");
+                shutdown.cancel();
+            } else {
+                eprintln!("harkd: second signal, exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Daemon configuration: a TOML file whose every field is documented here and has a default
+//! (`harkd print-config` prints them). Raw values are deserialised with unknown fields rejected,
+//! then [`Config::validate`] checks everything that types alone cannot.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    audio::{Encoding, SourceSpec},
+    pipeline::OverflowPolicy,
+    stages::{level::LevelConfig, vad::VadConfig},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub server: ServerConfig,
+    pub pipeline: PipelineConfig,
+    pub vad: VadConfig,
+    pub level: LevelConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[source]`: where audio comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// `mic` (default input device), `mic:NAME` (by name or part of it), `file:PATH`, `stdin`, or
+    /// `none` (only audio pushed over gRPC StreamAudio).
+    pub input: String,
+    /// Files only: play at real-time pace (true) or as fast as the stages take it (false).
+    pub realtime: bool,
+    /// What to do when a file or stdin ends: `idle` keeps serving, `exit` shuts the daemon down.
+    pub on_end: OnEnd,
+    /// stdin only: sample rate of the raw PCM.
+    pub stdin_rate: u32,
+    /// stdin only: interleaved channels.
+    pub stdin_channels: u16,
+    /// stdin only: `s16le` or `f32le`.
+    pub stdin_encoding: Encoding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEnd {
+    Idle,
+    Exit,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            input: "mic".into(),
+            realtime: true,
+            on_end: OnEnd::Idle,
+            stdin_rate: 16_000,
+            stdin_channels: 1,
+            stdin_encoding: Encoding::S16le,
+        }
+    }
+}
+
+/// `[server]`: the gRPC endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses to listen on: `unix:PATH` or `HOST:PORT` (port 0 picks a free port; the bound
+    /// address is logged as `listening on ADDR`). Empty means the default Unix socket
+    /// (`$HARK_SOCKET`, else `$XDG_RUNTIME_DIR/hark/harkd.sock` for users, else
+    /// `/run/harkd/harkd.sock`).
+    pub listen: Vec<String>,
+    /// Unix socket file mode (octal): owner and group may connect.
+    pub socket_mode: u32,
+    /// TLS certificate (PEM). Required, with `tls_key` and `token_file`, for non-loopback TCP.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// File holding the bearer token clients must send (`authorization: Bearer TOKEN`) on TCP.
+    pub token_file: Option<PathBuf>,
+    /// Largest accepted request message, bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Concurrent Subscribe streams, daemon-wide.
+    pub max_subscribers: usize,
+    /// Concurrent StreamAudio sessions, daemon-wide.
+    pub max_sessions: usize,
+    /// Events buffered per subscriber before it is considered lagging.
+    pub subscriber_buffer: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            socket_mode: 0o660,
+            tls_cert: None,
+            tls_key: None,
+            token_file: None,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            max_subscribers: 256,
+            max_sessions: 8,
+            subscriber_buffer: 256,
+        }
+    }
+}
+
+/// `[pipeline]`: buffering between threads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Capture ring, seconds of source audio: how long the pump may stall before input is lost.
+    pub input_ring_s: f32,
+    /// Per-stage ring, milliseconds of 16 kHz audio.
+    pub stage_ring_ms: u32,
+    /// Overflow policy of the VAD stage.
+    pub vad_overflow: OverflowPolicy,
+    /// Overflow policy of the level stage.
+    pub level_overflow: OverflowPolicy,
+    /// Events the bus keeps for slow subscribers before they get a Gap.
+    pub bus_capacity: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            input_ring_s: 2.0,
+            stage_ring_ms: 4000,
+            vad_overflow: OverflowPolicy::CatchUp { max_lag_ms: 1000 },
+            level_overflow: OverflowPolicy::CatchUp { max_lag_ms: 500 },
+            bus_capacity: 4096,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax (RUST_LOG overrides it), e.g. `info,hark=debug`.
+    pub filter: String,
+    /// Log every event at info level (handy with a file source; noisy with a level meter).
+    pub events: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".into(),
+            events: false,
+        }
+    }
+}
+
+/// `[metrics]`: Prometheus text endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (off by default).
+    pub enabled: bool,
+    /// Address of the metrics endpoint (keep it on loopback unless fronted by a proxy).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Where `hark` and `harkd` meet when no address is given.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("HARK_SOCKET") {
+        return PathBuf::from(p);
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if uid != 0
+        && let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR")
+    {
+        return Path::new(&dir).join("hark").join("harkd.sock");
+    }
+    PathBuf::from("/run/harkd/harkd.sock")
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The defaults as a commented TOML document.
+    pub fn defaults_toml() -> String {
+        let body = toml::to_string_pretty(&Config::default()).unwrap_or_default();
+        format!(
+            "# harkd configuration: every field with its default. Documentation: src/config.rs\n\
+             # (each field's doc comment) and README.md.\n\n{body}"
+        )
+    }
+
+    pub fn source_spec(&self) -> Result<SourceSpec, ConfigError> {
+        self.source.input.parse().map_err(ConfigError::Invalid)
+    }
+
+    /// Checks what types cannot: ranges, combinations, referenced files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let spec = self.source_spec()?;
+        if let SourceSpec::File { path } = &spec
+            && !path.is_file()
+        {
+            return invalid(format!("source.input: no such file {}", path.display()));
+        }
+        if spec == SourceSpec::Stdin {
+            crate::audio::Format {
+                rate: self.source.stdin_rate,
+                channels: self.source.stdin_channels,
+            }
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("source.stdin_*: {e}")))?;
+        }
+        self.vad
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.level.validate().map_err(ConfigError::Invalid)?;
+        let s = &self.server;
+        if s.max_message_bytes < 1024 || s.max_message_bytes > 256 * 1024 * 1024 {
+            return invalid("server.max_message_bytes must be within 1 KiB..=256 MiB".into());
+        }
+        if s.subscriber_buffer == 0 || s.max_subscribers == 0 || s.max_concurrent_streams == 0 {
+            return invalid(
+                "server.subscriber_buffer, max_subscribers and max_concurrent_streams must be > 0"
+                    .into(),
+            );
+        }
+        if s.socket_mode > 0o777 {
+            return invalid(format!("server.socket_mode {:o} is not a file mode", s.socket_mode));
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return invalid("server.tls_cert and server.tls_key go together".into());
+        }
+        for p in [&s.tls_cert, &s.tls_key, &s.token_file].into_iter().flatten() {
+            if !p.is_file() {
+                return invalid(format!("server: no such file {}", p.display()));
+            }
+        }
+        for l in &s.listen {
+            crate::api::ListenAddr::parse(l)
+                .map_err(|e| ConfigError::Invalid(format!("server.listen: {e}")))?
+                .check_security(s.tls_cert.is_some(), s.token_file.is_some())
+                .map_err(|e| ConfigError::Invalid(format!("server.listen: {e}")))?;
+        }
+        let p = &self.pipeline;
+        if !(0.05..=60.0).contains(&p.input_ring_s) {
+            return invalid("pipeline.input_ring_s must be within 0.05..=60".into());
+        }
+        if !(100..=600_000).contains(&p.stage_ring_ms) {
+            return invalid("pipeline.stage_ring_ms must be within 100..=600000".into());
+        }
+        for (name, pol) in [("vad_overflow", p.vad_overflow), ("level_overflow", p.level_overflow)] {
+            if let OverflowPolicy::CatchUp { max_lag_ms } = pol
+                && (max_lag_ms < 10 || max_lag_ms >= p.stage_ring_ms)
+            {
+                return invalid(format!(
+                    "pipeline.{name}.max_lag_ms must be >= 10 and below stage_ring_ms"
+                ));
+            }
+        }
+        if p.bus_capacity == 0 || p.bus_capacity > 1 << 20 {
+            return invalid("pipeline.bus_capacity must be within 1..=1048576".into());
+        }
+        if self.metrics.enabled {
+            self.metrics
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| ConfigError::Invalid(format!("metrics.listen: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_defaults_parse_back_to_the_defaults() {
+        let text = Config::defaults_toml();
+        let parsed = Config::parse(&text, Path::new("defaults")).unwrap();
+        assert_eq!(parsed, Config::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let err = Config::parse("[vad]\nagressiveness = 2\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("agressiveness"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_tcp_needs_tls_and_token() {
+        let mut cfg = Config::default();
+        cfg.server.listen = vec!["0.0.0.0:7000".into()];
+        assert!(cfg.validate().is_err());
+        cfg.server.listen = vec!["127.0.0.1:0".into()];
+        cfg.validate().unwrap();
+    }
+}

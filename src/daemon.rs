@@ -1,0 +1,353 @@
+//! Composition root: builds the source, stages, bus and API from a validated [`Config`], runs them,
+//! and shuts them down in order (stop capture, drain stages, close the API).
+//!
+//! `run(config, shutdown)` takes the shutdown signal as a token so that tests and the binary drive
+//! it the same way.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{
+        self, ApiContext, HarkService, ListenAddr, ServeOptions,
+        convert::{event_to_pb, pb_event_line},
+        service::DeviceEntry,
+    },
+    audio::{Format, Source, SourceSpec, file::FileSource, stdin::StdinSource},
+    config::{Config, ConfigError, OnEnd, default_socket_path},
+    events::{EventBus, Recv},
+    metrics,
+    pipeline::{Pipeline, PipelineOptions, PipelineStats, StageSpec},
+    stages::{level::LevelStage, vad::VadStage},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("source: {0}")]
+    Source(#[from] crate::audio::SourceError),
+    #[error("stage setup: {0}")]
+    Stage(String),
+    #[error(transparent)]
+    Serve(#[from] api::server::ServeError),
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("thread spawn failed: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Builds the configured stages (a fresh set per pipeline).
+pub fn build_stages(cfg: &Config) -> Result<Vec<StageSpec>, DaemonError> {
+    let mut stages = Vec::new();
+    if cfg.vad.enabled {
+        stages.push(StageSpec {
+            stage: Box::new(VadStage::new(&cfg.vad).map_err(|e| DaemonError::Stage(e.to_string()))?),
+            policy: cfg.pipeline.vad_overflow,
+            ring_ms: cfg.pipeline.stage_ring_ms,
+        });
+    }
+    if cfg.level.enabled {
+        stages.push(StageSpec {
+            stage: Box::new(LevelStage::new(&cfg.level)),
+            policy: cfg.pipeline.level_overflow,
+            ring_ms: cfg.pipeline.stage_ring_ms,
+        });
+    }
+    Ok(stages)
+}
+
+/// Opens the configured source (files are probed now, so a bad file fails at startup).
+pub fn open_source(cfg: &Config) -> Result<Option<Box<dyn Source>>, DaemonError> {
+    Ok(match cfg.source_spec()? {
+        SourceSpec::None => None,
+        SourceSpec::File { path } => Some(Box::new(FileSource::open(&path, cfg.source.realtime)?)),
+        SourceSpec::Stdin => Some(Box::new(StdinSource {
+            format: Format {
+                rate: cfg.source.stdin_rate,
+                channels: cfg.source.stdin_channels,
+            },
+            encoding: cfg.source.stdin_encoding,
+        })),
+        #[cfg(feature = "mic")]
+        SourceSpec::Mic { device } => Some(Box::new(crate::audio::device::MicSource::new(device)?)),
+        #[cfg(not(feature = "mic"))]
+        SourceSpec::Mic { .. } => return Err(crate::audio::SourceError::MicUnavailable.into()),
+    })
+}
+
+/// Input devices, for `harkd devices` and the ListDevices RPC.
+pub fn list_devices() -> Result<Vec<DeviceEntry>, String> {
+    #[cfg(feature = "mic")]
+    {
+        crate::audio::device::list_devices()
+            .map(|v| {
+                v.into_iter()
+                    .map(|d| DeviceEntry {
+                        name: d.name,
+                        is_default: d.is_default,
+                        default_rate: d.default_rate,
+                        channels: d.channels,
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "mic"))]
+    {
+        Err(crate::audio::SourceError::MicUnavailable.to_string())
+    }
+}
+
+/// The listen addresses to use: configured ones, or the default Unix socket.
+pub fn listen_addrs(cfg: &Config) -> Result<Vec<ListenAddr>, ConfigError> {
+    if cfg.server.listen.is_empty() {
+        return Ok(vec![ListenAddr::Unix(default_socket_path())]);
+    }
+    cfg.server
+        .listen
+        .iter()
+        .map(|l| {
+            ListenAddr::parse(l)
+                .and_then(|a| a.check_security(cfg.server.tls_cert.is_some(), cfg.server.token_file.is_some()))
+                .map_err(|e| ConfigError::Invalid(format!("server.listen: {e}")))
+        })
+        .collect()
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, DaemonError> {
+    std::fs::read(path).map_err(|source| DaemonError::ReadFile {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Runs the daemon until `shutdown` is cancelled (or the input ends with `on_end = "exit"`).
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let bus = EventBus::new(cfg.pipeline.bus_capacity);
+    let listen = listen_addrs(&cfg)?;
+    // Subscribe the printer before any audio flows, so it shows the stream from its first event.
+    if cfg.log.events {
+        spawn_event_printer(&bus, shutdown.clone());
+    }
+
+    let main = match open_source(&cfg)? {
+        Some(source) => {
+            tracing::info!(source = %source.describe(), "Starting pipeline.");
+            Some(Pipeline::start(
+                source,
+                build_stages(&cfg)?,
+                bus.clone(),
+                PipelineOptions {
+                    stream: Arc::from("main"),
+                    input_ring_s: cfg.pipeline.input_ring_s,
+                },
+            )?)
+        }
+        None => {
+            tracing::info!("No source configured; serving StreamAudio sessions only.");
+            None
+        }
+    };
+    let main_stats = main.as_ref().map(|p| p.stats.clone());
+
+    let session_cfg = cfg.clone();
+    let session_bus = bus.clone();
+    let service = HarkService::new(ApiContext {
+        bus: bus.clone(),
+        started,
+        main: main_stats.clone(),
+        start_session: Arc::new(move |src| {
+            let name: Arc<str> = Arc::from(src.name.as_str());
+            let stages = build_stages(&session_cfg).map_err(|e| e.to_string())?;
+            Pipeline::start(
+                Box::new(src),
+                stages,
+                session_bus.clone(),
+                PipelineOptions {
+                    stream: name,
+                    input_ring_s: session_cfg.pipeline.input_ring_s,
+                },
+            )
+            .map_err(|e| e.to_string())
+        }),
+        list_devices,
+        max_subscribers: cfg.server.max_subscribers,
+        max_sessions: cfg.server.max_sessions,
+        subscriber_buffer: cfg.server.subscriber_buffer,
+        max_message_bytes: cfg.server.max_message_bytes,
+    });
+    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        _ => None,
+    };
+    let token = match &cfg.server.token_file {
+        Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
+        None => None,
+    };
+    let server_stop = CancellationToken::new();
+    let (_bound, mut servers) = api::serve(
+        service.clone(),
+        ServeOptions {
+            listen,
+            socket_mode: cfg.server.socket_mode,
+            tls,
+            token,
+            max_message_bytes: cfg.server.max_message_bytes,
+            max_concurrent_streams: cfg.server.max_concurrent_streams,
+        },
+        server_stop.clone(),
+    )
+    .await?;
+
+    if cfg.metrics.enabled {
+        let addr = cfg
+            .metrics
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("metrics.listen: {e}")))?;
+        let m = metrics::MetricsSource {
+            bus: bus.clone(),
+            started,
+            main: main_stats.clone(),
+        };
+        metrics::spawn(addr, m, server_stop.clone()).await?;
+    }
+
+    spawn_systemd_notifier(main_stats.clone(), service.clone(), shutdown.clone());
+
+    // Wait for a signal, the end of input (when configured to exit), or a dead server.
+    let exit_on_end = cfg.source.on_end == OnEnd::Exit;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                tracing::info!("Shutdown requested.");
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if exit_on_end && main_stats.as_ref().is_some_and(|s| s.finished.load(Ordering::Acquire)) {
+                    tracing::info!("Input ended; exiting as configured (source.on_end = \"exit\").");
+                    break;
+                }
+                if servers.iter().any(|t| t.is_finished()) {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+
+    // Stop capture first and let the stages drain, so every event of audio already captured is
+    // published (and any final results flushed) before the API goes away.
+    if let Some(p) = main {
+        p.request_stop();
+        let joined = tokio::task::spawn_blocking(move || p.join());
+        if tokio::time::timeout(Duration::from_secs(3), joined).await.is_err() {
+            tracing::warn!("Pipeline did not drain within 3 s; exiting anyway.");
+        }
+    }
+    // Give subscribers a moment to receive the last events, then close the API.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server_stop.cancel();
+    let mut result = Ok(());
+    for t in servers.drain(..) {
+        match tokio::time::timeout(Duration::from_secs(1), t).await {
+            Ok(Ok(Err(e))) => result = Err(e.into()),
+            Ok(Err(e)) => tracing::error!(error = %e, "Server task panicked."),
+            Ok(Ok(Ok(()))) | Err(_) => {}
+        }
+    }
+    tracing::info!("Stopped.");
+    result
+}
+
+fn spawn_event_printer(bus: &EventBus, shutdown: CancellationToken) {
+    let mut sub = bus.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                item = sub.recv() => item,
+            };
+            match item {
+                Recv::Event(e) => println!("{}", pb_event_line(&event_to_pb(&e))),
+                Recv::Gap(n) => println!("(event printer fell behind: {n} events not shown)"),
+                Recv::Closed => break,
+            }
+        }
+    });
+}
+
+/// READY=1 once audio has flowed through every stage; WATCHDOG=1 only while the pump is alive;
+/// a STATUS= line every few seconds.
+fn spawn_systemd_notifier(
+    main: Option<Arc<PipelineStats>>,
+    service: HarkService,
+    shutdown: CancellationToken,
+) {
+    use sd_notify::NotifyState;
+    tokio::spawn(async move {
+        let watchdog = sd_notify::watchdog_enabled();
+        let tick = watchdog
+            .map(|d| d / 2)
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        let mut ready = false;
+        let mut last_status = Instant::now() - Duration::from_secs(60);
+        let mut last_beat = 0u64;
+        loop {
+            let flowing = main
+                .as_ref()
+                .is_none_or(|p| p.all_stages_flowing() || p.finished.load(Ordering::Relaxed));
+            if !ready && flowing {
+                ready = true;
+                tracing::info!("Audio is flowing through every stage; ready.");
+                let _ = sd_notify::notify(&[NotifyState::Ready]);
+            }
+            if ready && last_status.elapsed() >= Duration::from_secs(5) {
+                let line = status_line(main.as_deref(), &service);
+                let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
+                last_status = Instant::now();
+            }
+            if watchdog.is_some() {
+                // Ping only if the pump has looped since the last ping (or the stream is over).
+                let beat = main.as_ref().map_or(u64::MAX, |p| p.heartbeat_ms.load(Ordering::Relaxed));
+                let done = main.as_ref().is_none_or(|p| p.finished.load(Ordering::Relaxed));
+                if beat != last_beat || done {
+                    let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+                    last_beat = beat;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(if ready { tick } else { Duration::from_millis(50) }) => {}
+            }
+        }
+    });
+}
+
+fn status_line(main: Option<&PipelineStats>, service: &HarkService) -> String {
+    match main {
+        Some(p) => format!(
+            "{}: {:.0} s of audio, {} stages, {} xruns, {} dropped, {} sessions{}",
+            p.source,
+            p.clock.load(Ordering::Relaxed) as f64 / 16_000.0,
+            p.stages.len(),
+            p.xruns.load(Ordering::Relaxed),
+            p.stages.iter().map(|s| s.dropped_samples()).sum::<u64>(),
+            service.active_sessions(),
+            if p.source_healthy.load(Ordering::Relaxed) { "" } else { ", DEVICE LOST" }
+        ),
+        None => format!("no source; {} sessions", service.active_sessions()),
+    }
+}

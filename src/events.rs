@@ -1,0 +1,248 @@
+//! Domain events and the event bus.
+//!
+//! Stages produce [`EventKind`]s; the runner stamps them with the stream position and wall clock and
+//! publishes them here. The bus is a bounded broadcast: publishing never blocks, and a subscriber
+//! that falls more than `capacity` events behind loses the oldest ones and is told how many
+//! ([`Recv::Gap`]). No proto types live here; `api` converts.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::broadcast;
+
+/// Samples per second of the internal stream clock.
+pub const STREAM_RATE: u32 = 16_000;
+
+/// What happened. Sample positions inside variants use the same clock as [`Event::sample`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    SpeechStarted,
+    SpeechEnded { start_sample: u64 },
+    Level { rms_dbfs: f32, peak_dbfs: f32 },
+    DeviceLost { reason: String },
+    DeviceRestored { outage: Duration },
+    SourceEnded { reason: String },
+}
+
+/// Coarse grouping used by subscription filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Category {
+    Vad,
+    Level,
+    Source,
+}
+
+impl Category {
+    pub const ALL: [Category; 3] = [Category::Vad, Category::Level, Category::Source];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Vad => "vad",
+            Category::Level => "level",
+            Category::Source => "source",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+impl EventKind {
+    pub fn category(&self) -> Category {
+        match self {
+            EventKind::SpeechStarted | EventKind::SpeechEnded { .. } => Category::Vad,
+            EventKind::Level { .. } => Category::Level,
+            EventKind::DeviceLost { .. }
+            | EventKind::DeviceRestored { .. }
+            | EventKind::SourceEnded { .. } => Category::Source,
+        }
+    }
+
+    /// Stable name used in logs, JSON and status counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::SpeechStarted => "speech_started",
+            EventKind::SpeechEnded { .. } => "speech_ended",
+            EventKind::Level { .. } => "level",
+            EventKind::DeviceLost { .. } => "device_lost",
+            EventKind::DeviceRestored { .. } => "device_restored",
+            EventKind::SourceEnded { .. } => "source_ended",
+        }
+    }
+}
+
+/// An event as delivered to subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Bus-wide sequence number, assigned at publish time.
+    pub seq: u64,
+    /// Stream position: sample index at [`STREAM_RATE`] since the stream started.
+    pub sample: u64,
+    /// When the event was published.
+    pub wall: SystemTime,
+    /// When sample 0 of this stream was captured.
+    pub stream_start: SystemTime,
+    /// Stream name ("main" or "session-N").
+    pub stream: Arc<str>,
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn stream_time_s(&self) -> f64 {
+        self.sample as f64 / f64::from(STREAM_RATE)
+    }
+}
+
+/// Microseconds since the Unix epoch (0 before it).
+pub fn unix_us(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a subscriber gets from [`Subscription::recv`].
+#[derive(Debug)]
+pub enum Recv {
+    Event(Arc<Event>),
+    /// The subscriber lagged and this many events were dropped for it.
+    Gap(u64),
+    /// The bus was closed (daemon shutting down).
+    Closed,
+}
+
+/// Daemon-wide event bus.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    inner: Arc<BusInner>,
+}
+
+#[derive(Debug)]
+struct BusInner {
+    tx: broadcast::Sender<Arc<Event>>,
+    // Sequence assignment and send happen under this lock so that seq order == delivery order even
+    // with several publishing threads. Held for a few hundred nanoseconds; never on the RT path.
+    seq: Mutex<u64>,
+    published: AtomicU64,
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl EventBus {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        Self {
+            inner: Arc::new(BusInner {
+                tx,
+                seq: Mutex::new(0),
+                published: AtomicU64::new(0),
+                counts: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Publishes an event; never blocks on subscribers. Returns the stamped event.
+    pub fn publish(
+        &self,
+        stream: &Arc<str>,
+        stream_start: SystemTime,
+        sample: u64,
+        kind: EventKind,
+    ) -> Arc<Event> {
+        let name = kind.name();
+        let event = {
+            let mut seq = self.inner.seq.lock().unwrap_or_else(|e| e.into_inner());
+            *seq += 1;
+            let event = Arc::new(Event {
+                seq: *seq,
+                sample,
+                wall: SystemTime::now(),
+                stream_start,
+                stream: stream.clone(),
+                kind,
+            });
+            // An error only means nobody is subscribed right now.
+            let _ = self.inner.tx.send(event.clone());
+            event
+        };
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        *self
+            .inner
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name)
+            .or_default() += 1;
+        tracing::debug!(seq = event.seq, stream = %event.stream, sample, kind = name, "Event published.");
+        event
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.inner.tx.subscribe(),
+        }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.tx.receiver_count()
+    }
+
+    /// Events published so far, by kind name.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.inner
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// One subscriber's view of the bus.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<Event>>,
+}
+
+impl Subscription {
+    pub async fn recv(&mut self) -> Recv {
+        match self.rx.recv().await {
+            Ok(e) => Recv::Event(e),
+            Err(broadcast::error::RecvError::Lagged(n)) => Recv::Gap(n),
+            Err(broadcast::error::RecvError::Closed) => Recv::Closed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lagging_subscriber_gets_gap_and_others_do_not() {
+        let bus = EventBus::new(4);
+        let stream: Arc<str> = Arc::from("main");
+        let mut slow = bus.subscribe();
+        let mut fast = bus.subscribe();
+        for i in 0..10 {
+            bus.publish(&stream, SystemTime::now(), i, EventKind::SpeechStarted);
+            match fast.recv().await {
+                Recv::Event(e) => assert_eq!(e.sample, i),
+                other => panic!("fast subscriber got {other:?}"),
+            }
+        }
+        match slow.recv().await {
+            Recv::Gap(n) => assert_eq!(n, 6),
+            other => panic!("expected a gap, got {other:?}"),
+        }
+        match slow.recv().await {
+            Recv::Event(e) => assert_eq!(e.sample, 6),
+            other => panic!("expected event 6, got {other:?}"),
+        }
+        assert_eq!(bus.counts()["speech_started"], 10);
+    }
+}

@@ -1,0 +1,5 @@
+//! Pipeline stages. Each is a [`Stage`](crate::pipeline::Stage) run on its own thread by the
+//! runner; see `pipeline` for windowing and overflow handling.
+
+pub mod level;
+pub mod vad;
