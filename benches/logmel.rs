@@ -43,7 +43,7 @@ fn bench_logmel(c: &mut Criterion) {
     let audio = noise(SECONDS * SAMPLE_RATE as usize);
     let mut group = c.benchmark_group("logmel_30s");
     group.throughput(Throughput::Elements(audio.len() as u64));
-    group.sample_size(30);
+    group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));
     for n_mels in [80, 128] {
         let plan = LogMel::new(n_mels);

@@ -111,8 +111,9 @@ impl Hark for HarkService {
         let (tx, rx) = mpsc::channel(self.ctx.subscriber_buffer);
         tokio::spawn(async move {
             let _permit = permit;
-            // Events this subscriber lost, reported before the next one it gets. A full buffer
-            // means the client is not reading: drop for it alone, never wait.
+            // Waiting on this subscriber's own channel only ever delays this task: the bus keeps
+            // `bus_capacity` events for it, and once it falls further behind the bus drops the
+            // oldest for it alone and we report them as a Gap before the next event it gets.
             let mut missed: u64 = 0;
             loop {
                 let item = tokio::select! {
@@ -131,19 +132,13 @@ impl Hark for HarkService {
                     continue;
                 }
                 if missed > 0 {
-                    match tx.try_send(Ok(gap_event(missed))) {
-                        Ok(()) => missed = 0,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            missed += 1;
-                            continue;
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    if tx.send(Ok(gap_event(missed))).await.is_err() {
+                        break;
                     }
+                    missed = 0;
                 }
-                match tx.try_send(Ok(event_to_pb(&event))) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => missed += 1,
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                if tx.send(Ok(event_to_pb(&event))).await.is_err() {
+                    break;
                 }
             }
             tracing::debug!("Subscriber left.");

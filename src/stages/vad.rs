@@ -34,6 +34,10 @@ pub struct VadConfig {
     pub hangover_ms: u32,
     /// Fraction of unvoiced frames in the hangover window that ends speech.
     pub offset_ratio: f32,
+    /// Energy gate: a frame counts as voiced only if webrtc-vad says so *and* its energy
+    /// (high-passed at ~150 Hz) is at least this many dB above the tracked noise floor. Rejects
+    /// noise that webrtc-vad mistakes for speech and its built-in 60-90 ms overhang. 0 disables.
+    pub noise_gate_db: f32,
 }
 
 impl Default for VadConfig {
@@ -46,6 +50,7 @@ impl Default for VadConfig {
             onset_ratio: 0.8,
             hangover_ms: 450,
             offset_ratio: 0.9,
+            noise_gate_db: 6.0,
         }
     }
 }
@@ -85,6 +90,9 @@ impl VadConfig {
                 return err(field, "must be in (0, 1]");
             }
         }
+        if !(0.0..=40.0).contains(&self.noise_gate_db) {
+            return err("noise_gate_db", "must be within 0..=40");
+        }
         Ok(())
     }
 }
@@ -103,6 +111,46 @@ struct SendVad(Vad);
 // time through `&mut`.
 unsafe impl Send for SendVad {}
 
+/// One analysed frame kept for the smoothing windows.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    start: u64,
+    voiced: bool,
+    /// Frame energy above the tracked noise floor, dB.
+    snr_db: f32,
+}
+
+/// Tracks the noise floor (dB) as a low percentile of frame energies: it falls quickly towards
+/// quieter frames and rises slowly through louder ones, so speech (which keeps dipping between
+/// syllables and words) barely lifts it while a lasting change of background is followed within
+/// seconds.
+#[derive(Debug, Clone, Copy)]
+struct NoiseFloor {
+    db: Option<f32>,
+    rise: f32,
+    fall: f32,
+}
+
+impl NoiseFloor {
+    fn update(&mut self, e_db: f32) -> f32 {
+        let floor = match self.db {
+            None => e_db,
+            Some(f) if e_db > f => (f + self.rise).min(e_db),
+            Some(f) => (f - self.fall).max(e_db),
+        };
+        self.db = Some(floor);
+        floor
+    }
+}
+
+/// Experiment knobs (temporary).
+fn knob(name: &str, default: f32) -> f32 {
+    std::env::var(format!("HARK_VAD_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Frame classifier plus segment smoothing; a pure function of the samples it is fed.
 pub struct VadDetector {
     vad: SendVad,
@@ -111,8 +159,15 @@ pub struct VadDetector {
     onset_needed: usize,
     hang_frames: usize,
     hang_voiced_max: usize,
-    /// Recent frames: (start sample, voiced).
-    history: VecDeque<(u64, bool)>,
+    gate_db: f32,
+    edge_db: f32,
+    floor: NoiseFloor,
+    /// One-pole high-pass state (previous input, previous output).
+    hp: (f32, f32),
+    hp_a: f32,
+    /// Recent frames, oldest first (at most `cap`).
+    history: VecDeque<Frame>,
+    cap: usize,
     in_speech: Option<u64>,
     pcm: Vec<i16>,
 }
@@ -138,6 +193,9 @@ impl VadDetector {
         let frame_len = (STREAM_RATE * cfg.frame_ms / 1000) as usize;
         let onset_frames = (cfg.onset_ms / cfg.frame_ms).max(1) as usize;
         let hang_frames = (cfg.hangover_ms / cfg.frame_ms).max(1) as usize;
+        let lookback = (knob("LOOKBACK_MS", 300.0) as u32 / cfg.frame_ms) as usize;
+        let frame_s = cfg.frame_ms as f32 / 1000.0;
+        let cap = onset_frames.max(hang_frames) + lookback + 1;
         Ok(Self {
             vad: SendVad(Vad::new_with_rate_and_mode(SampleRate::Rate16kHz, mode)),
             frame_len,
@@ -146,7 +204,17 @@ impl VadDetector {
             hang_frames,
             hang_voiced_max: hang_frames
                 - ((hang_frames as f32 * cfg.offset_ratio).ceil() as usize).min(hang_frames),
-            history: VecDeque::with_capacity(onset_frames.max(hang_frames) + 1),
+            gate_db: cfg.noise_gate_db,
+            edge_db: knob("EDGE_DB", cfg.noise_gate_db * 0.5),
+            floor: NoiseFloor {
+                db: None,
+                rise: knob("RISE", 3.0) * frame_s,
+                fall: knob("FALL", 30.0) * frame_s,
+            },
+            hp: (0.0, 0.0),
+            hp_a: knob("HP_A", 0.94),
+            history: VecDeque::with_capacity(cap),
+            cap,
             in_speech: None,
             pcm: vec![0; frame_len],
         })
@@ -163,66 +231,82 @@ impl VadDetector {
 
     /// Classifies one frame (exactly [`frame_len`](Self::frame_len) samples) starting at `start`.
     pub fn push_frame(&mut self, frame: &[f32], start: u64) -> Option<VadTransition> {
+        let (mut px, mut py) = self.hp;
+        let mut energy = 0f32;
         for (o, &s) in self.pcm.iter_mut().zip(frame) {
             *o = (s * 32768.0).clamp(-32768.0, 32767.0) as i16;
+            py = self.hp_a * (py + s - px);
+            px = s;
+            energy += py * py;
         }
+        self.hp = (px, py);
+        let e_db = 10.0 * (energy / frame.len().max(1) as f32 + 1e-10).log10();
+        let floor = self.floor.update(e_db);
+        let snr_db = e_db - floor;
         let voiced = self.vad.0.is_voice_segment(&self.pcm).unwrap_or(false);
-        self.push_decision(voiced, start)
+        self.push_frame_info(voiced && snr_db >= self.gate_db, snr_db, start)
     }
 
     /// Smoothing on top of a raw frame decision (public so it can be tested without audio).
     pub fn push_decision(&mut self, voiced: bool, start: u64) -> Option<VadTransition> {
-        let cap = self.onset_frames.max(self.hang_frames);
-        if self.history.len() == cap {
+        // No energy information: boundaries are not extended past the voiced frames.
+        self.push_frame_info(voiced, f32::NEG_INFINITY, start)
+    }
+
+    fn push_frame_info(&mut self, voiced: bool, snr_db: f32, start: u64) -> Option<VadTransition> {
+        if self.history.len() == self.cap {
             self.history.pop_front();
         }
-        self.history.push_back((start, voiced));
+        self.history.push_back(Frame {
+            start,
+            voiced,
+            snr_db,
+        });
+        let n = self.history.len();
         match self.in_speech {
             None => {
-                let recent = self.history.iter().rev().take(self.onset_frames);
-                let voiced_n = recent.clone().filter(|f| f.1).count();
-                if voiced_n >= self.onset_needed {
-                    let first = self
-                        .history
-                        .iter()
-                        .rev()
-                        .take(self.onset_frames)
-                        .filter(|f| f.1)
-                        .map(|f| f.0)
-                        .min()
-                        .unwrap_or(start);
-                    self.in_speech = Some(first);
-                    return Some(VadTransition::Started { at: first });
-                }
-                None
-            }
-            Some(seg_start) => {
-                if self.history.len() < self.hang_frames {
+                let window = self.history.range(n.saturating_sub(self.onset_frames)..);
+                if window.clone().filter(|f| f.voiced).count() < self.onset_needed {
                     return None;
                 }
-                let window = self.history.iter().rev().take(self.hang_frames);
-                let voiced_n = window.clone().filter(|f| f.1).count();
-                if voiced_n <= self.hang_voiced_max {
-                    // End just after the last voiced frame in the window (or at its start).
-                    let end = self
-                        .history
-                        .iter()
-                        .rev()
-                        .take(self.hang_frames)
-                        .filter(|f| f.1)
-                        .map(|f| f.0 + self.frame_len as u64)
-                        .max()
-                        .unwrap_or_else(|| {
-                            self.history[self.history.len() - self.hang_frames].0
-                        })
-                        .max(seg_start);
-                    self.in_speech = None;
-                    return Some(VadTransition::Ended {
-                        start: seg_start,
-                        at: end,
-                    });
+                // Date the onset from the first voiced frame of the window, extended back over
+                // the frames just before it that still stand out of the noise floor.
+                let first = n - window.clone().len()
+                    + window.clone().position(|f| f.voiced).unwrap_or(0);
+                let mut i = first;
+                while i > 0 && self.history[i - 1].snr_db >= self.edge_db {
+                    i -= 1;
                 }
-                None
+                let at = self.history[i].start;
+                self.in_speech = Some(at);
+                Some(VadTransition::Started { at })
+            }
+            Some(seg_start) => {
+                if n < self.hang_frames {
+                    return None;
+                }
+                let window = self.history.range(n - self.hang_frames..);
+                if window.clone().filter(|f| f.voiced).count() > self.hang_voiced_max {
+                    return None;
+                }
+                // End just after the last voiced frame in the window, extended over the frames
+                // after it that still stand out of the noise floor (or at the window start).
+                let end = match window.clone().rposition(|f| f.voiced) {
+                    Some(p) => {
+                        let mut i = n - self.hang_frames + p;
+                        while i + 1 < n && self.history[i + 1].snr_db >= self.edge_db {
+                            i += 1;
+                        }
+                        self.history[i].start + self.frame_len as u64
+                    }
+                    None => self.history[n - self.hang_frames].start,
+                }
+                .max(seg_start);
+                self.in_speech = None;
+                Some(VadTransition::Ended {
+                    start: seg_start,
+                    at: end,
+                })
             }
         }
     }
@@ -231,6 +315,8 @@ impl VadDetector {
     pub fn close(&mut self, at: u64) -> Option<VadTransition> {
         self.history.clear();
         self.vad.0.reset();
+        self.floor.db = None;
+        self.hp = (0.0, 0.0);
         self.in_speech
             .take()
             .map(|start| VadTransition::Ended { start, at })

@@ -1,0 +1,180 @@
+//! Spawns the real `harkd` binary, waits for `listening on ADDR` (with crash detection) and
+//! terminates it on drop.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hark::api::client::{Client, ConnectOptions, connect};
+
+pub struct Daemon {
+    child: Child,
+    pub addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn harkd() -> &'static str {
+    env!("CARGO_BIN_EXE_harkd")
+}
+
+pub fn hark_cli() -> &'static str {
+    env!("CARGO_BIN_EXE_hark")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared/data`, or None (tests that need it skip with a message).
+pub fn shared_data() -> Option<PathBuf> {
+    let p = repo().join("../shared/data");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("SKIP: ../shared/data is absent; this test needs the shared audio set");
+        None
+    }
+}
+
+impl Daemon {
+    /// Starts `harkd run` on a fresh Unix socket with `args` and an optional config body.
+    pub fn start(args: &[&str], config: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("harkd.sock");
+        let listen = format!("unix:{}", sock.display());
+        let mut cmd = Command::new(harkd());
+        cmd.arg("run").arg("--listen").arg(&listen).args(args);
+        if let Some(body) = config {
+            let path = dir.path().join("harkd.toml");
+            std::fs::write(&path, body).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        Self::spawn(cmd, dir)
+    }
+
+    /// Starts with an explicit listen address given in `args` (e.g. TCP port 0).
+    pub fn start_raw(args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(harkd());
+        cmd.arg("run").args(args);
+        Self::spawn(cmd, dir)
+    }
+
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Daemon {
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn harkd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("listening on ") {
+                    let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
+                return Daemon {
+                    child,
+                    addr,
+                    log,
+                    _dir: dir,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "harkd exited during startup ({status}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            assert!(Instant::now() < deadline, "harkd did not start listening in time");
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.addr, &ConnectOptions::default())
+            .await
+            .expect("connect to harkd")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for exit, up to `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything harkd logged so far (for assertion messages).
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.signal(libc::SIGTERM);
+            if self.wait(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Writes 16 kHz mono 16-bit WAV.
+pub fn write_wav(path: &Path, samples: &[f32]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).expect("create wav");
+    for &s in samples {
+        w.write_sample((s * 32767.0).clamp(-32768.0, 32767.0) as i16)
+            .expect("write sample");
+    }
+    w.finalize().expect("finalize wav");
+}
+
+/// Decodes a file to 16 kHz mono (asserting the shared set's format).
+pub fn load_16k(path: &Path) -> Vec<f32> {
+    let d = hark::audio::file::decode_file(path).expect("decode");
+    assert_eq!(d.format.rate, 16_000, "{}", path.display());
+    assert_eq!(d.format.channels, 1, "{}", path.display());
+    d.samples
+}
