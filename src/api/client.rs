@@ -45,6 +45,9 @@ pub struct ConnectOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Name to verify in the server certificate (defaults to the host).
     pub tls_domain: Option<String>,
+    /// HTTP/2 receive window (stream and connection), bytes. Small windows make a client that
+    /// stops reading visible to the daemon sooner; the default suits normal clients.
+    pub window_bytes: Option<u32>,
 }
 
 /// Connects to `addr` (`unix:PATH` or `HOST:PORT`).
@@ -61,6 +64,8 @@ pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Client, Client
             Endpoint::try_from("http://[::1]:1")
                 .map_err(conn_err)?
                 .connect_timeout(Duration::from_secs(5))
+                .initial_stream_window_size(opts.window_bytes)
+                .initial_connection_window_size(opts.window_bytes)
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
                     async move {
@@ -76,6 +81,8 @@ pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Client, Client
             let mut ep = Endpoint::from_shared(format!("{scheme}://{a}"))
                 .map_err(conn_err)?
                 .connect_timeout(Duration::from_secs(5))
+                .initial_stream_window_size(opts.window_bytes)
+                .initial_connection_window_size(opts.window_bytes)
                 .tcp_nodelay(true);
             if let Some(ca) = &opts.ca_pem {
                 let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));

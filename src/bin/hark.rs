@@ -96,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => None,
         },
         tls_domain: None,
+        window_bytes: None,
     };
     let mut client = connect(&addr, &opts).await?;
     match cli.command {

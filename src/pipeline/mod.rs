@@ -131,6 +131,9 @@ pub struct PipelineStats {
     /// Milliseconds since `started` at the pump's last loop: a liveness signal for the watchdog.
     pub heartbeat_ms: AtomicU64,
     pub source_healthy: Arc<AtomicBool>,
+    /// True while the current segment is offline (fast file, stdin, gRPC push): no stage may
+    /// drop audio then, so catch-up is suspended and the pump waits for room instead.
+    pub lossless: Arc<AtomicBool>,
     /// Set once the pump, every stage and the source have finished.
     pub finished: AtomicBool,
     /// Why the source ended, set by the source thread before it lets go of the pump.
@@ -176,6 +179,7 @@ impl Pipeline {
         let clock = Arc::new(AtomicU64::new(0));
         let xruns = Arc::new(AtomicU64::new(0));
         let healthy = Arc::new(AtomicBool::new(true));
+        let lossless = Arc::new(AtomicBool::new(false));
         let mut fanout = Vec::new();
         let mut stage_stats = Vec::new();
         let mut consumers: Vec<(StageSpec, RingConsumer<Frame>, Arc<StageStats>)> = Vec::new();
@@ -202,6 +206,7 @@ impl Pipeline {
             xruns: xruns.clone(),
             heartbeat_ms: AtomicU64::new(0),
             source_healthy: healthy.clone(),
+            lossless: lossless.clone(),
             finished: AtomicBool::new(false),
             end_reason: std::sync::Mutex::new(None),
             stages: stage_stats,
@@ -218,10 +223,11 @@ impl Pipeline {
         let mut stage_threads = Vec::new();
         for (spec, consumer, st) in consumers {
             let reporter = reporter.clone();
+            let lossless = lossless.clone();
             let name = format!("stage-{}", spec.stage.name());
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run_stage(spec, consumer, st, &reporter))?;
+                .spawn(move || run_stage(spec, consumer, st, &reporter, &lossless))?;
             stage_threads.push(handle.thread().clone());
             stage_joins.push(handle);
         }

@@ -155,6 +155,7 @@ impl Pump {
                 match self.segments.recv_timeout(IDLE * 10) {
                     Ok(seg) => match ToMono16k::new(seg.format) {
                         Ok(conv) => {
+                            self.stats.lossless.store(!seg.realtime, Ordering::Relaxed);
                             tracing::debug!(rate = seg.format.rate, channels = seg.format.channels, "Segment opened.");
                             current = Some((seg, conv));
                         }

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -72,6 +72,7 @@ pub fn run_stage(
     mut input: RingConsumer<Frame>,
     stats: Arc<StageStats>,
     reporter: &Reporter,
+    lossless: &AtomicBool,
 ) {
     let StageSpec {
         mut stage, policy, ..
@@ -94,7 +95,7 @@ pub fn run_stage(
     ];
     let mut out: Vec<Emitted> = Vec::with_capacity(16);
     loop {
-        if let Some(max) = max_lag_frames {
+        if let Some(max) = max_lag_frames.filter(|_| !lossless.load(Ordering::Relaxed)) {
             let waiting = input.occupied_len();
             if waiting > max {
                 let skipped = input.skip_oldest(waiting - max);

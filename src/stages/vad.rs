@@ -115,24 +115,48 @@ unsafe impl Send for SendVad {}
 #[derive(Debug, Clone, Copy)]
 struct Frame {
     start: u64,
-    voiced: bool,
-    /// Frame energy above the tracked noise floor, dB.
-    snr_db: f32,
+    /// Voiced enough to start speech.
+    on: bool,
+    /// Voiced enough to keep speech going.
+    sus: bool,
+    /// Stands out of the noise floor: boundaries may be extended over it.
+    edge: bool,
 }
 
-/// Tracks the noise floor (dB) as a low percentile of frame energies: it falls quickly towards
-/// quieter frames and rises slowly through louder ones, so speech (which keeps dipping between
-/// syllables and words) barely lifts it while a lasting change of background is followed within
-/// seconds.
-#[derive(Debug, Clone, Copy)]
+/// Tracks the noise floor (dB). Mode 0: a low percentile of frame energies (falls quickly towards
+/// quieter frames, rises slowly through louder ones). Mode 1: minimum statistics, the minimum
+/// frame energy of the last `blocks` blocks of `block_frames` frames.
+#[derive(Debug, Clone)]
 struct NoiseFloor {
     db: Option<f32>,
     rise: f32,
     fall: f32,
+    mode: u8,
+    block_frames: usize,
+    in_block: usize,
+    block_min: f32,
+    mins: Vec<f32>,
+    next: usize,
 }
 
 impl NoiseFloor {
     fn update(&mut self, e_db: f32) -> f32 {
+        if self.mode == 1 {
+            self.block_min = self.block_min.min(e_db);
+            self.in_block += 1;
+            if self.db.is_none() {
+                self.mins.fill(e_db);
+            }
+            if self.in_block == self.block_frames {
+                self.mins[self.next] = self.block_min;
+                self.next = (self.next + 1) % self.mins.len();
+                self.in_block = 0;
+                self.block_min = f32::INFINITY;
+            }
+            let m = self.mins.iter().fold(self.block_min, |a, &b| a.min(b));
+            self.db = Some(m);
+            return m;
+        }
         let floor = match self.db {
             None => e_db,
             Some(f) if e_db > f => (f + self.rise).min(e_db),
@@ -140,6 +164,11 @@ impl NoiseFloor {
         };
         self.db = Some(floor);
         floor
+    }
+    fn reset(&mut self) {
+        self.db = None;
+        self.in_block = 0;
+        self.block_min = f32::INFINITY;
     }
 }
 
@@ -160,7 +189,9 @@ pub struct VadDetector {
     hang_frames: usize,
     hang_voiced_max: usize,
     gate_db: f32,
+    off_db: f32,
     edge_db: f32,
+    edge_mode: u8,
     floor: NoiseFloor,
     /// One-pole high-pass state (previous input, previous output).
     hp: (f32, f32),
@@ -210,7 +241,15 @@ impl VadDetector {
                 db: None,
                 rise: knob("RISE", 3.0) * frame_s,
                 fall: knob("FALL", 30.0) * frame_s,
+                mode: knob("MODE", 1.0) as u8,
+                block_frames: ((knob("BLOCK_MS", 250.0) / 1000.0 / frame_s) as usize).max(1),
+                in_block: 0,
+                block_min: f32::INFINITY,
+                mins: vec![0.0; knob("BLOCKS", 6.0) as usize],
+                next: 0,
             },
+            off_db: knob("OFF_DB", cfg.noise_gate_db),
+            edge_mode: knob("EDGE_MODE", 0.0) as u8,
             hp: (0.0, 0.0),
             hp_a: knob("HP_A", 0.94),
             history: VecDeque::with_capacity(cap),
@@ -243,38 +282,45 @@ impl VadDetector {
         let e_db = 10.0 * (energy / frame.len().max(1) as f32 + 1e-10).log10();
         let floor = self.floor.update(e_db);
         let snr_db = e_db - floor;
-        let voiced = self.vad.0.is_voice_segment(&self.pcm).unwrap_or(false);
-        self.push_frame_info(voiced && snr_db >= self.gate_db, snr_db, start)
+        let vad = self.vad.0.is_voice_segment(&self.pcm).unwrap_or(false);
+        let edge_vad = self.edge_mode == 0 || vad;
+        self.push(Frame {
+            start,
+            on: vad && snr_db >= self.gate_db,
+            sus: vad && snr_db >= self.off_db,
+            edge: edge_vad && snr_db >= self.edge_db,
+        })
     }
 
     /// Smoothing on top of a raw frame decision (public so it can be tested without audio).
     pub fn push_decision(&mut self, voiced: bool, start: u64) -> Option<VadTransition> {
         // No energy information: boundaries are not extended past the voiced frames.
-        self.push_frame_info(voiced, f32::NEG_INFINITY, start)
+        self.push(Frame {
+            start,
+            on: voiced,
+            sus: voiced,
+            edge: false,
+        })
     }
 
-    fn push_frame_info(&mut self, voiced: bool, snr_db: f32, start: u64) -> Option<VadTransition> {
+    fn push(&mut self, frame: Frame) -> Option<VadTransition> {
         if self.history.len() == self.cap {
             self.history.pop_front();
         }
-        self.history.push_back(Frame {
-            start,
-            voiced,
-            snr_db,
-        });
+        self.history.push_back(frame);
         let n = self.history.len();
         match self.in_speech {
             None => {
                 let window = self.history.range(n.saturating_sub(self.onset_frames)..);
-                if window.clone().filter(|f| f.voiced).count() < self.onset_needed {
+                if window.clone().filter(|f| f.on).count() < self.onset_needed {
                     return None;
                 }
                 // Date the onset from the first voiced frame of the window, extended back over
                 // the frames just before it that still stand out of the noise floor.
-                let first = n - window.clone().len()
-                    + window.clone().position(|f| f.voiced).unwrap_or(0);
+                let first =
+                    n - window.clone().len() + window.clone().position(|f| f.on).unwrap_or(0);
                 let mut i = first;
-                while i > 0 && self.history[i - 1].snr_db >= self.edge_db {
+                while i > 0 && self.history[i - 1].edge {
                     i -= 1;
                 }
                 let at = self.history[i].start;
@@ -286,15 +332,15 @@ impl VadDetector {
                     return None;
                 }
                 let window = self.history.range(n - self.hang_frames..);
-                if window.clone().filter(|f| f.voiced).count() > self.hang_voiced_max {
+                if window.clone().filter(|f| f.sus).count() > self.hang_voiced_max {
                     return None;
                 }
                 // End just after the last voiced frame in the window, extended over the frames
                 // after it that still stand out of the noise floor (or at the window start).
-                let end = match window.clone().rposition(|f| f.voiced) {
+                let end = match window.clone().rposition(|f| f.sus) {
                     Some(p) => {
                         let mut i = n - self.hang_frames + p;
-                        while i + 1 < n && self.history[i + 1].snr_db >= self.edge_db {
+                        while i + 1 < n && self.history[i + 1].edge {
                             i += 1;
                         }
                         self.history[i].start + self.frame_len as u64
@@ -315,7 +361,7 @@ impl VadDetector {
     pub fn close(&mut self, at: u64) -> Option<VadTransition> {
         self.history.clear();
         self.vad.0.reset();
-        self.floor.db = None;
+        self.floor.reset();
         self.hp = (0.0, 0.0);
         self.in_speech
             .take()
