@@ -142,8 +142,7 @@ fn load(path: &Path) -> Vec<f32> {
 
 /// Rows of a TSV manifest (header skipped) as column vectors.
 fn manifest(path: &Path) -> Vec<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .skip(1)
         .filter(|l| !l.trim().is_empty())
@@ -351,7 +350,11 @@ impl Score {
     }
     fn f1(&self) -> f64 {
         let (p, r) = (self.precision(), self.recall());
-        if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
     }
     fn median_abs(v: &[f64]) -> f64 {
         median(v.iter().map(|x| x.abs()).collect())

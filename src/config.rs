@@ -84,8 +84,8 @@ impl Default for SourceConfig {
 pub struct ServerConfig {
     /// Addresses to listen on: `unix:PATH` or `HOST:PORT` (port 0 picks a free port; the bound
     /// address is logged as `listening on ADDR`). Empty means the default Unix socket
-    /// (`$HARK_SOCKET`, else `$XDG_RUNTIME_DIR/hark/harkd.sock` for users, else
-    /// `/run/harkd/harkd.sock`).
+    /// (`$HARK_SOCKET`, else `/run/harkd/harkd.sock` for root, else
+    /// `$XDG_RUNTIME_DIR/hark/harkd.sock`, else `/tmp/hark-UID/harkd.sock`).
     pub listen: Vec<String>,
     /// Unix socket file mode (octal): owner and group may connect.
     pub socket_mode: u32,
@@ -207,12 +207,16 @@ pub fn default_socket_path() -> PathBuf {
     }
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
-    if uid != 0
-        && let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR")
-    {
-        return Path::new(&dir).join("hark").join("harkd.sock");
+    if uid == 0 {
+        return PathBuf::from("/run/harkd/harkd.sock");
     }
-    PathBuf::from("/run/harkd/harkd.sock")
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => Path::new(&dir).join("hark").join("harkd.sock"),
+        // No runtime dir (e.g. a plain ssh session): a per-user directory in /tmp.
+        None => std::env::temp_dir()
+            .join(format!("hark-{uid}"))
+            .join("harkd.sock"),
+    }
 }
 
 impl Config {
@@ -276,12 +280,18 @@ impl Config {
             );
         }
         if s.socket_mode > 0o777 {
-            return invalid(format!("server.socket_mode {:o} is not a file mode", s.socket_mode));
+            return invalid(format!(
+                "server.socket_mode {:o} is not a file mode",
+                s.socket_mode
+            ));
         }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
             return invalid("server.tls_cert and server.tls_key go together".into());
         }
-        for p in [&s.tls_cert, &s.tls_key, &s.token_file].into_iter().flatten() {
+        for p in [&s.tls_cert, &s.tls_key, &s.token_file]
+            .into_iter()
+            .flatten()
+        {
             if !p.is_file() {
                 return invalid(format!("server: no such file {}", p.display()));
             }
@@ -299,7 +309,10 @@ impl Config {
         if !(100..=600_000).contains(&p.stage_ring_ms) {
             return invalid("pipeline.stage_ring_ms must be within 100..=600000".into());
         }
-        for (name, pol) in [("vad_overflow", p.vad_overflow), ("level_overflow", p.level_overflow)] {
+        for (name, pol) in [
+            ("vad_overflow", p.vad_overflow),
+            ("level_overflow", p.level_overflow),
+        ] {
             if let OverflowPolicy::CatchUp { max_lag_ms } = pol
                 && (max_lag_ms < 10 || max_lag_ms >= p.stage_ring_ms)
             {

@@ -50,7 +50,9 @@ pub fn build_stages(cfg: &Config) -> Result<Vec<StageSpec>, DaemonError> {
     let mut stages = Vec::new();
     if cfg.vad.enabled {
         stages.push(StageSpec {
-            stage: Box::new(VadStage::new(&cfg.vad).map_err(|e| DaemonError::Stage(e.to_string()))?),
+            stage: Box::new(
+                VadStage::new(&cfg.vad).map_err(|e| DaemonError::Stage(e.to_string()))?,
+            ),
             policy: cfg.pipeline.vad_overflow,
             ring_ms: cfg.pipeline.stage_ring_ms,
         });
@@ -117,7 +119,12 @@ pub fn listen_addrs(cfg: &Config) -> Result<Vec<ListenAddr>, ConfigError> {
         .iter()
         .map(|l| {
             ListenAddr::parse(l)
-                .and_then(|a| a.check_security(cfg.server.tls_cert.is_some(), cfg.server.token_file.is_some()))
+                .and_then(|a| {
+                    a.check_security(
+                        cfg.server.tls_cert.is_some(),
+                        cfg.server.token_file.is_some(),
+                    )
+                })
                 .map_err(|e| ConfigError::Invalid(format!("server.listen: {e}")))
         })
         .collect()
@@ -252,7 +259,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
     if let Some(p) = main {
         p.request_stop();
         let joined = tokio::task::spawn_blocking(move || p.join());
-        if tokio::time::timeout(Duration::from_secs(3), joined).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), joined)
+            .await
+            .is_err()
+        {
             tracing::warn!("Pipeline did not drain within 3 s; exiting anyway.");
         }
     }
@@ -321,8 +331,12 @@ fn spawn_systemd_notifier(
             }
             if watchdog.is_some() {
                 // Ping only if the pump has looped since the last ping (or the stream is over).
-                let beat = main.as_ref().map_or(u64::MAX, |p| p.heartbeat_ms.load(Ordering::Relaxed));
-                let done = main.as_ref().is_none_or(|p| p.finished.load(Ordering::Relaxed));
+                let beat = main
+                    .as_ref()
+                    .map_or(u64::MAX, |p| p.heartbeat_ms.load(Ordering::Relaxed));
+                let done = main
+                    .as_ref()
+                    .is_none_or(|p| p.finished.load(Ordering::Relaxed));
                 if beat != last_beat || done {
                     let _ = sd_notify::notify(&[NotifyState::Watchdog]);
                     last_beat = beat;
@@ -346,7 +360,11 @@ fn status_line(main: Option<&PipelineStats>, service: &HarkService) -> String {
             p.xruns.load(Ordering::Relaxed),
             p.stages.iter().map(|s| s.dropped_samples()).sum::<u64>(),
             service.active_sessions(),
-            if p.source_healthy.load(Ordering::Relaxed) { "" } else { ", DEVICE LOST" }
+            if p.source_healthy.load(Ordering::Relaxed) {
+                ""
+            } else {
+                ", DEVICE LOST"
+            }
         ),
         None => format!("no source; {} sessions", service.active_sessions()),
     }

@@ -32,7 +32,11 @@ impl MetricsSource {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# TYPE hark_uptime_seconds gauge");
-        let _ = writeln!(s, "hark_uptime_seconds {}", self.started.elapsed().as_secs_f64());
+        let _ = writeln!(
+            s,
+            "hark_uptime_seconds {}",
+            self.started.elapsed().as_secs_f64()
+        );
         let _ = writeln!(s, "# TYPE hark_events_total counter");
         for (kind, n) in self.bus.counts() {
             let _ = writeln!(s, "hark_events_total{{kind=\"{kind}\"}} {n}");

@@ -77,7 +77,11 @@ pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Client, Client
                 .map_err(conn_err)?
         }
         ListenAddr::Tcp(a) => {
-            let scheme = if opts.ca_pem.is_some() { "https" } else { "http" };
+            let scheme = if opts.ca_pem.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let mut ep = Endpoint::from_shared(format!("{scheme}://{a}"))
                 .map_err(conn_err)?
                 .connect_timeout(Duration::from_secs(5))

@@ -41,9 +41,13 @@ impl KindFilter {
 }
 
 fn valid_kinds() -> String {
-    [pb::EventKind::Vad, pb::EventKind::Level, pb::EventKind::Source]
-        .map(|k| format!("{} ({})", k.as_str_name(), k as i32))
-        .join(", ")
+    [
+        pb::EventKind::Vad,
+        pb::EventKind::Level,
+        pb::EventKind::Source,
+    ]
+    .map(|k| format!("{} ({})", k.as_str_name(), k as i32))
+    .join(", ")
 }
 
 /// Maps a CLI kind name (`vad`, `level`, `source`) to the protobuf enum.
@@ -151,7 +155,10 @@ pub fn pb_event_line(e: &pb::Event) -> String {
     let what = match &e.kind {
         Some(Kind::SpeechStarted(_)) => "speech started".to_string(),
         Some(Kind::SpeechEnded(s)) => format!("speech ended ({:.2} s)", s.duration_s),
-        Some(Kind::Level(l)) => format!("level rms {:6.1} dBFS peak {:6.1} dBFS", l.rms_dbfs, l.peak_dbfs),
+        Some(Kind::Level(l)) => format!(
+            "level rms {:6.1} dBFS peak {:6.1} dBFS",
+            l.rms_dbfs, l.peak_dbfs
+        ),
         Some(Kind::DeviceLost(d)) => format!("device lost: {}", d.reason),
         Some(Kind::DeviceRestored(d)) => format!("device restored after {:.1} s", d.outage_s),
         Some(Kind::SourceEnded(s)) => format!("source ended: {}", s.reason),

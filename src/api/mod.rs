@@ -14,7 +14,12 @@ pub mod service;
 use std::{net::SocketAddr, path::PathBuf};
 
 /// Generated protobuf and gRPC code for `hark.v1`.
-#[allow(missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
 pub mod pb {
     tonic::include_proto!("hark.v1");
 
@@ -60,8 +65,13 @@ impl ListenAddr {
     /// TCP beyond loopback must be encrypted and authenticated.
     pub fn check_security(self, tls: bool, token: bool) -> Result<Self, AddrError> {
         match self {
-            ListenAddr::Tcp(a) if !a.ip().is_loopback() && !(tls && token) => {
-                Err(AddrError::Insecure(a))
+            ListenAddr::Tcp(a) => {
+                let secured = tls && token;
+                if a.ip().is_loopback() || secured {
+                    Ok(ListenAddr::Tcp(a))
+                } else {
+                    Err(AddrError::Insecure(a))
+                }
             }
             other => Ok(other),
         }

@@ -157,10 +157,12 @@ pub async fn serve(
                 }));
             }
             ListenAddr::Tcp(a) => {
-                let listener = TcpListener::bind(a).await.map_err(|source| ServeError::Bind {
-                    addr: a.to_string(),
-                    source,
-                })?;
+                let listener = TcpListener::bind(a)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: a.to_string(),
+                        source,
+                    })?;
                 let local = listener.local_addr().map_err(|source| ServeError::Bind {
                     addr: a.to_string(),
                     source,

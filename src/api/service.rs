@@ -219,7 +219,9 @@ impl Hark for HarkService {
             .message()
             .await
             .map_err(map_inbound_error)?
-            .ok_or_else(|| Status::invalid_argument("empty stream: the first message must be an AudioConfig"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("empty stream: the first message must be an AudioConfig")
+            })?;
         let Some(pb::audio_chunk::Payload::Config(cfg)) = first.payload else {
             return Err(Status::invalid_argument(
                 "the first StreamAudio message must carry an AudioConfig",
@@ -249,7 +251,10 @@ impl Hark for HarkService {
                 self.ctx.max_sessions
             ))
         })?;
-        let name = format!("session-{}", self.next_session.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "session-{}",
+            self.next_session.fetch_add(1, Ordering::Relaxed)
+        );
         // Subscribe before the pipeline starts so no event of the session can be missed.
         let mut sub = self.ctx.bus.subscribe();
         let (audio_tx, audio_rx) = mpsc::channel::<Vec<f32>>(16);

@@ -287,8 +287,29 @@ mod tests {
 
     #[test]
     fn format_limits() {
-        assert!(Format { rate: 0, channels: 1 }.validate().is_err());
-        assert!(Format { rate: 48_000, channels: 0 }.validate().is_err());
-        assert!(Format { rate: 48_000, channels: 2 }.validate().is_ok());
+        assert!(
+            Format {
+                rate: 0,
+                channels: 1
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Format {
+                rate: 48_000,
+                channels: 0
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Format {
+                rate: 48_000,
+                channels: 2
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -45,14 +45,9 @@ impl ToMono16k {
         let resampler = if format.rate == STREAM_RATE {
             None
         } else {
-            let inner = FftFixedIn::<f32>::new(
-                format.rate as usize,
-                STREAM_RATE as usize,
-                CHUNK_IN,
-                2,
-                1,
-            )
-            .map_err(|e| SourceError::Format(format!("resampler: {e}")))?;
+            let inner =
+                FftFixedIn::<f32>::new(format.rate as usize, STREAM_RATE as usize, CHUNK_IN, 2, 1)
+                    .map_err(|e| SourceError::Format(format!("resampler: {e}")))?;
             let out = vec![vec![0f32; inner.output_frames_max()]];
             Some(Resampling {
                 skip: inner.output_delay(),

@@ -68,7 +68,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hark: {e}");
@@ -103,7 +106,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Subscribe { kinds, json } => subscribe(&mut client, &kinds, json).await,
         Command::Status { json } => status(&mut client, json).await,
         Command::Devices => {
-            let r = client.list_devices(pb::ListDevicesRequest {}).await?.into_inner();
+            let r = client
+                .list_devices(pb::ListDevicesRequest {})
+                .await?
+                .into_inner();
             if r.devices.is_empty() {
                 println!("no input devices");
             }
@@ -162,7 +168,10 @@ async fn subscribe(client: &mut Client, kinds: &[String], json: bool) -> anyhow:
 }
 
 async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
-    let s = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+    let s = client
+        .get_status(pb::GetStatusRequest {})
+        .await?
+        .into_inner();
     if json {
         let stages: Vec<_> = s
             .stages
@@ -190,15 +199,26 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
     println!(
         "source    {}{}{}",
         s.source,
-        if s.device.is_empty() { String::new() } else { format!(" [{}]", s.device) },
-        if s.source_healthy { "" } else { "  (DEVICE LOST)" }
+        if s.device.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", s.device)
+        },
+        if s.source_healthy {
+            ""
+        } else {
+            "  (DEVICE LOST)"
+        }
     );
     println!(
         "audio     {:.1} s processed, {} xruns",
         s.samples_processed as f64 / 16000.0,
         s.xruns
     );
-    println!("clients   {} subscribers, {} StreamAudio sessions", s.subscribers, s.sessions);
+    println!(
+        "clients   {} subscribers, {} StreamAudio sessions",
+        s.subscribers, s.sessions
+    );
     for st in &s.stages {
         println!(
             "stage     {:<8} queue {:>6}/{:<6} dropped {:>8} windows {:>9} {:>8.1} us/window  {}",
@@ -221,7 +241,7 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
 
 async fn stream(
     client: &mut Client,
-    path: &PathBuf,
+    path: &std::path::Path,
     fast: bool,
     json: bool,
     kinds: &[String],

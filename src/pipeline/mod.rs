@@ -21,7 +21,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-pub use pump::{FanOut, Pump};
+pub use pump::{FanOut, Framer, Pump};
 pub use runner::{StageStats, run_stage};
 
 use crate::{

@@ -72,14 +72,14 @@ impl FanOut {
 
 /// Assembles 16 kHz mono samples into stamped frames.
 #[derive(Debug)]
-struct Framer {
+pub struct Framer {
     frame: Frame,
     fill: usize,
     next: u64,
 }
 
 impl Framer {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             frame: Frame {
                 start: 0,
@@ -91,7 +91,7 @@ impl Framer {
     }
 
     /// Calls `emit` for every completed frame.
-    fn push(&mut self, mut samples: &[f32], mut emit: impl FnMut(&Frame)) {
+    pub fn push(&mut self, mut samples: &[f32], mut emit: impl FnMut(&Frame)) {
         while !samples.is_empty() {
             if self.fill == 0 {
                 self.frame.start = self.next;
@@ -109,12 +109,18 @@ impl Framer {
     }
 
     /// Emits a last, zero-padded frame if one is partly filled.
-    fn finish(&mut self, emit: impl FnOnce(&Frame)) {
+    pub fn finish(&mut self, emit: impl FnOnce(&Frame)) {
         if self.fill > 0 {
             self.frame.samples[self.fill..].fill(0.0);
             emit(&self.frame);
             self.fill = 0;
         }
+    }
+}
+
+impl Default for Framer {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -156,10 +162,16 @@ impl Pump {
                     Ok(seg) => match ToMono16k::new(seg.format) {
                         Ok(conv) => {
                             self.stats.lossless.store(!seg.realtime, Ordering::Relaxed);
-                            tracing::debug!(rate = seg.format.rate, channels = seg.format.channels, "Segment opened.");
+                            tracing::debug!(
+                                rate = seg.format.rate,
+                                channels = seg.format.channels,
+                                "Segment opened."
+                            );
                             current = Some((seg, conv));
                         }
-                        Err(e) => tracing::error!(error = %e, "Cannot convert segment; skipping it."),
+                        Err(e) => {
+                            tracing::error!(error = %e, "Cannot convert segment; skipping it.")
+                        }
                     },
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,

@@ -99,7 +99,11 @@ pub fn run_stage(
             let waiting = input.occupied_len();
             if waiting > max {
                 let skipped = input.skip_oldest(waiting - max);
-                tracing::debug!(stage = stats.name, frames = skipped, "Stage fell behind; skipped oldest audio.");
+                tracing::debug!(
+                    stage = stats.name,
+                    frames = skipped,
+                    "Stage fell behind; skipped oldest audio."
+                );
             }
         }
         let n = input.pop_into(&mut batch);

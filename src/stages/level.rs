@@ -67,10 +67,9 @@ impl Stage for LevelStage {
     }
 
     fn process(&mut self, w: &Window<'_>, out: &mut Vec<Emitted>) -> Result<(), StageError> {
-        let (sum, peak) = w
-            .samples
-            .iter()
-            .fold((0f64, 0f32), |(s, p), &x| (s + f64::from(x * x), p.max(x.abs())));
+        let (sum, peak) = w.samples.iter().fold((0f64, 0f32), |(s, p), &x| {
+            (s + f64::from(x * x), p.max(x.abs()))
+        });
         let rms = (sum / w.samples.len().max(1) as f64).sqrt() as f32;
         out.push((
             w.start + w.samples.len() as u64,
@@ -97,8 +96,19 @@ mod tests {
             .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16000.0).sin())
             .collect();
         let mut out = Vec::new();
-        st.process(&Window { samples: &samples, start: 0 }, &mut out).unwrap();
-        let EventKind::Level { rms_dbfs, peak_dbfs } = out[0].1 else {
+        st.process(
+            &Window {
+                samples: &samples,
+                start: 0,
+            },
+            &mut out,
+        )
+        .unwrap();
+        let EventKind::Level {
+            rms_dbfs,
+            peak_dbfs,
+        } = out[0].1
+        else {
             panic!("not a level event")
         };
         assert!((rms_dbfs + 3.01).abs() < 0.05, "rms {rms_dbfs}");

@@ -235,8 +235,8 @@ impl VadDetector {
             hang_frames,
             hang_voiced_max: hang_frames
                 - ((hang_frames as f32 * cfg.offset_ratio).ceil() as usize).min(hang_frames),
-            gate_db: cfg.noise_gate_db,
-            edge_db: knob("EDGE_DB", cfg.noise_gate_db * 0.5),
+            gate_db: knob("GATE", cfg.noise_gate_db),
+            edge_db: knob("EDGE_DB", knob("GATE", cfg.noise_gate_db) * 0.5),
             floor: NoiseFloor {
                 db: None,
                 rise: knob("RISE", 3.0) * frame_s,
@@ -248,7 +248,7 @@ impl VadDetector {
                 mins: vec![0.0; knob("BLOCKS", 6.0) as usize],
                 next: 0,
             },
-            off_db: knob("OFF_DB", cfg.noise_gate_db),
+            off_db: knob("OFF_DB", knob("GATE", cfg.noise_gate_db)),
             edge_mode: knob("EDGE_MODE", 0.0) as u8,
             hp: (0.0, 0.0),
             hp_a: knob("HP_A", 0.94),
@@ -386,7 +386,12 @@ impl VadStage {
 fn to_event(t: VadTransition) -> Emitted {
     match t {
         VadTransition::Started { at } => (at, EventKind::SpeechStarted),
-        VadTransition::Ended { start, at } => (at, EventKind::SpeechEnded { start_sample: start }),
+        VadTransition::Ended { start, at } => (
+            at,
+            EventKind::SpeechEnded {
+                start_sample: start,
+            },
+        ),
     }
 }
 

@@ -158,15 +158,23 @@ async fn device_loss_is_reported_retried_and_restored() {
                 assert!(*outage >= Duration::from_millis(20 + 40 + 80));
                 seen.push("restored");
             }
-            EventKind::Level { .. } if seen.last() == Some(&"restored") => levels_after_restore += 1,
+            EventKind::Level { .. } if seen.last() == Some(&"restored") => {
+                levels_after_restore += 1
+            }
             _ => {}
         }
     }
     assert_eq!(seen, ["lost", "restored"]);
     assert!(stats.source_healthy.load(Ordering::Relaxed));
-    assert_eq!(opens.load(Ordering::SeqCst), 1 + 3 + 1, "one open, three refusals, one reopen");
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        1 + 3 + 1,
+        "one open, three refusals, one reopen"
+    );
     pipeline.request_stop();
-    tokio::task::spawn_blocking(move || pipeline.join()).await.unwrap();
+    tokio::task::spawn_blocking(move || pipeline.join())
+        .await
+        .unwrap();
     // The stream ends cleanly with SourceEnded as its last event.
     loop {
         match sub.recv().await {

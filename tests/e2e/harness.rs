@@ -100,7 +100,10 @@ impl Daemon {
                     log.lock().unwrap().join("\n")
                 );
             }
-            assert!(Instant::now() < deadline, "harkd did not start listening in time");
+            assert!(
+                Instant::now() < deadline,
+                "harkd did not start listening in time"
+            );
         }
     }
 

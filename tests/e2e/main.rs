@@ -5,8 +5,8 @@ mod harness;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use harness::{Daemon, load_16k, repo, write_wav};
 use hark::api::pb::{self, event::Kind};
+use harness::{Daemon, load_16k, repo, write_wav};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 
@@ -102,18 +102,30 @@ async fn vad_events_arrive_at_the_right_times_from_a_file_source() {
     assert_eq!(ends.len(), truth.len(), "events: {events:#?}");
     for ((s, e), (ts, te)) in starts.iter().zip(&ends).zip(&truth) {
         let (s_t, e_t) = (s.stream_time_s as f32, e.stream_time_s as f32);
-        assert!((s_t - ts).abs() <= 0.15, "onset {s_t:.3} s vs truth {ts:.3} s");
-        assert!((e_t - te).abs() <= 0.30, "offset {e_t:.3} s vs truth {te:.3} s");
+        assert!(
+            (s_t - ts).abs() <= 0.15,
+            "onset {s_t:.3} s vs truth {ts:.3} s"
+        );
+        assert!(
+            (e_t - te).abs() <= 0.30,
+            "offset {e_t:.3} s vs truth {te:.3} s"
+        );
         assert_eq!(s.sample, (s.stream_time_s * 16_000.0).round() as u64);
         // Real-time source: each event reaches us soon after its audio was captured.
         for ev in [s, e] {
             let audio_at = ev.stream_start_unix_us + (ev.stream_time_s * 1e6) as i64;
             let lag_s = (ev.wall_time_unix_us - audio_at) as f64 / 1e6;
-            assert!((-0.05..2.0).contains(&lag_s), "event published {lag_s:.3} s after its audio");
+            assert!(
+                (-0.05..2.0).contains(&lag_s),
+                "event published {lag_s:.3} s after its audio"
+            );
         }
     }
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq not increasing: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq not increasing: {seqs:?}"
+    );
 }
 
 /// Streams a file through StreamAudio at `speed` x real time (0 = as fast as possible).
@@ -182,9 +194,14 @@ async fn sixty_four_subscribers_receive_every_event_in_order() {
     let audio = load_16k(&repo().join("tests/fixtures/jfk.flac"));
     let returned = stream_file(&daemon, audio, 0.0).await.unwrap();
     let expected: Vec<u64> = returned.iter().map(|e| e.seq).collect();
-    assert!(returned.len() > 100, "jfk at 100 ms levels gives > 100 events");
     assert!(
-        returned.iter().any(|e| matches!(e.kind, Some(Kind::SpeechStarted(_)))),
+        returned.len() > 100,
+        "jfk at 100 ms levels gives > 100 events"
+    );
+    assert!(
+        returned
+            .iter()
+            .any(|e| matches!(e.kind, Some(Kind::SpeechStarted(_)))),
         "no speech found in jfk"
     );
     for (i, s) in subs.into_iter().enumerate() {
@@ -303,10 +320,18 @@ async fn malformed_requests_are_rejected_and_the_daemon_stays_up() {
     };
     let s16 = pb::AudioEncoding::PcmS16le;
     let cases: Vec<(&str, Vec<pb::AudioChunk>, Code)> = vec![
-        ("data before config", vec![data(vec![0; 320])], Code::InvalidArgument),
+        (
+            "data before config",
+            vec![data(vec![0; 320])],
+            Code::InvalidArgument,
+        ),
         ("empty stream", vec![], Code::InvalidArgument),
         ("rate 0", vec![config(0, 1, s16)], Code::InvalidArgument),
-        ("10000 channels", vec![config(16000, 10000, s16)], Code::InvalidArgument),
+        (
+            "10000 channels",
+            vec![config(16000, 10000, s16)],
+            Code::InvalidArgument,
+        ),
         (
             "no encoding",
             vec![config(16000, 1, pb::AudioEncoding::Unspecified)],
@@ -361,7 +386,10 @@ async fn malformed_requests_are_rejected_and_the_daemon_stays_up() {
     assert!(status.uptime_s > 0.0);
     // A good session still works after all that.
     let ok = stream_file(&daemon, vec![0.0; 16_000], 0.0).await.unwrap();
-    assert!(matches!(ok.last().and_then(|e| e.kind.as_ref()), Some(Kind::SourceEnded(_))));
+    assert!(matches!(
+        ok.last().and_then(|e| e.kind.as_ref()),
+        Some(Kind::SourceEnded(_))
+    ));
     assert!(daemon.is_running(), "{}", daemon.log_text());
 }
 
@@ -381,8 +409,13 @@ async fn sigterm_drains_and_exits_zero() {
     let t = std::time::Instant::now();
     daemon.signal(libc::SIGTERM);
     let events = collect_until_source_ended(stream, Some("main")).await;
-    assert!(matches!(events.last().and_then(|e| e.kind.as_ref()), Some(Kind::SourceEnded(_))));
-    let status = daemon.wait(Duration::from_secs(5)).expect("no exit within 5 s");
+    assert!(matches!(
+        events.last().and_then(|e| e.kind.as_ref()),
+        Some(Kind::SourceEnded(_))
+    ));
+    let status = daemon
+        .wait(Duration::from_secs(5))
+        .expect("no exit within 5 s");
     assert!(status.success(), "exit status {status}");
     assert!(t.elapsed() < Duration::from_secs(5));
 }
@@ -394,13 +427,21 @@ async fn status_health_and_reflection_work_without_the_proto_file() {
     assert!(daemon.addr.starts_with("127.0.0.1:"), "{}", daemon.addr);
     let mut client = daemon.client().await;
     // Fast file: wait until it has been processed.
-    let mut status = client.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+    let mut status = client
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     for _ in 0..100 {
         if status.event_counts.contains_key("source_ended") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        status = client.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
+        status = client
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
     }
     assert!(status.source.starts_with("file:"), "{}", status.source);
     assert_eq!(status.samples_processed, 176_000, "11 s of 16 kHz audio");
@@ -423,7 +464,10 @@ async fn status_health_and_reflection_work_without_the_proto_file() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(h.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
@@ -456,7 +500,11 @@ fn hark_cli_streams_a_file_and_prints_json_lines() {
         .arg(repo().join("tests/fixtures/jfk.flac"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -496,13 +544,23 @@ fn validate_rejects_bad_config_with_a_clear_message() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_missing_file_source_is_a_clear_startup_error() {
     let out = std::process::Command::new(harness::harkd())
-        .args(["run", "--listen", "127.0.0.1:0", "--source", "file:/nonexistent.flac"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--source",
+            "file:/nonexistent.flac",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
