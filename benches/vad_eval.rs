@@ -119,6 +119,8 @@ struct Timeline {
     /// Noise bed at unit power.
     bed: Vec<f32>,
     truth: Vec<(usize, usize)>,
+    /// Where each utterance starts: (sample, utterance index).
+    placed: Vec<(usize, usize)>,
 }
 
 fn data_dir() -> PathBuf {
@@ -213,6 +215,7 @@ fn build_timelines(utts: &[Utterance], noises: &[Noise], rng: &mut Rng) -> Vec<T
             let level = rng.range(LEVEL_MIN_DBFS, LEVEL_MAX_DBFS);
             let mut speech = Vec::new();
             let mut runs = Vec::new();
+            let mut placed = Vec::new();
             let gap = |rng: &mut Rng| (rng.range(GAP_MIN_S, GAP_MAX_S) * RATE as f64) as usize;
             for _ in 0..UTTS_PER_TIMELINE {
                 if deck.is_empty() {
@@ -221,9 +224,11 @@ fn build_timelines(utts: &[Utterance], noises: &[Noise], rng: &mut Rng) -> Vec<T
                         deck.swap(i, rng.below(i + 1));
                     }
                 }
-                let u = &utts[deck.pop().expect("refilled")];
+                let ui = deck.pop().expect("refilled");
+                let u = &utts[ui];
                 speech.resize(speech.len() + gap(rng), 0.0);
                 let at = speech.len();
+                placed.push((at, ui));
                 let gain = (10f64.powf(level / 10.0) / u.active_power).sqrt() as f32;
                 speech.extend(u.samples.iter().map(|&s| s * gain));
                 runs.extend(u.active.iter().map(|&(a, b)| (at + a, at + b)));
@@ -246,6 +251,7 @@ fn build_timelines(utts: &[Utterance], noises: &[Noise], rng: &mut Rng) -> Vec<T
                 speech,
                 bed,
                 truth: merge(runs, MERGE_MS * RATE / 1000),
+                placed,
             });
         }
     }
@@ -512,8 +518,56 @@ fn main() {
             let s = evaluate(cfg, &timelines, &levels, snr);
             println!("{}", row(label, snr, &s));
             if label == "default" {
+                if std::env::var_os("VAD_EVAL_VERBOSE").is_some() {
+                    for (what, v) in [("onset", &s.onset), ("offset", &s.offset)] {
+                        let mut v = v.clone();
+                        v.sort_by(f64::total_cmp);
+                        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+                        println!(
+                            "  {what} error percentiles 10/25/50/75/90: {:+.0} {:+.0} {:+.0} {:+.0} {:+.0} ms",
+                            q(0.1),
+                            q(0.25),
+                            q(0.5),
+                            q(0.75),
+                            q(0.9)
+                        );
+                    }
+                }
                 headline.push((snr, s));
             }
+        }
+    }
+
+    if let Ok(snr) = std::env::var("VAD_EVAL_WORST") {
+        let snr: f64 = snr.parse().expect("VAD_EVAL_WORST=<snr dB>");
+        let snr = (snr < 100.0).then_some(snr);
+        println!("\nworst boundaries, default config, {}:", snr_label(snr));
+        let mut all = Vec::new();
+        for (ti, (t, &level)) in timelines.iter().zip(&levels).enumerate() {
+            let x = mix(t, snr, level);
+            let det = detect(&default, &x);
+            for tr in &t.truth {
+                let ui = t
+                    .placed
+                    .iter()
+                    .rev()
+                    .find(|p| p.0 <= tr.0)
+                    .map_or(0, |p| p.1);
+                let mut s = Score::default();
+                s.add(&[*tr], &det, x.len());
+                if let (Some(on), Some(off)) = (s.onset.first(), s.offset.first()) {
+                    all.push((on.abs().max(off.abs()), *on, *off, ti, ui, tr.0));
+                }
+            }
+        }
+        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (_, on, off, ti, ui, at) in all.iter().take(25) {
+            println!(
+                "  onset {on:+6.0} offset {off:+6.0}  {} @{:.2}s in {}",
+                utts[*ui].name,
+                *at as f64 / RATE as f64,
+                noises[timelines[*ti].noise].name
+            );
         }
     }
 

@@ -129,6 +129,7 @@ struct Frame {
 #[derive(Debug, Clone)]
 struct NoiseFloor {
     db: Option<f32>,
+    pct: Option<f32>,
     rise: f32,
     fall: f32,
     mode: u8,
@@ -141,6 +142,18 @@ struct NoiseFloor {
 
 impl NoiseFloor {
     fn update(&mut self, e_db: f32) -> f32 {
+        if self.mode == 2 {
+            let pct = match self.pct {
+                None => e_db,
+                Some(f) if e_db > f => (f + self.rise).min(e_db),
+                Some(f) => (f - self.fall).max(e_db),
+            };
+            self.pct = Some(pct);
+            self.mode = 1;
+            let m = self.update(e_db);
+            self.mode = 2;
+            return m.max(pct);
+        }
         if self.mode == 1 {
             self.block_min = self.block_min.min(e_db);
             self.in_block += 1;
@@ -167,6 +180,7 @@ impl NoiseFloor {
     }
     fn reset(&mut self) {
         self.db = None;
+        self.pct = None;
         self.in_block = 0;
         self.block_min = f32::INFINITY;
     }
@@ -239,6 +253,7 @@ impl VadDetector {
             edge_db: knob("EDGE_DB", knob("GATE", cfg.noise_gate_db) * 0.5),
             floor: NoiseFloor {
                 db: None,
+                pct: None,
                 rise: knob("RISE", 3.0) * frame_s,
                 fall: knob("FALL", 30.0) * frame_s,
                 mode: knob("MODE", 1.0) as u8,

@@ -44,11 +44,17 @@ pub fn shared_data() -> Option<PathBuf> {
 impl Daemon {
     /// Starts `harkd run` on a fresh Unix socket with `args` and an optional config body.
     pub fn start(args: &[&str], config: Option<&str>) -> Daemon {
+        Self::start_env(args, config, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment variables.
+    pub fn start_env(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("harkd.sock");
         let listen = format!("unix:{}", sock.display());
         let mut cmd = Command::new(harkd());
         cmd.arg("run").arg("--listen").arg(&listen).args(args);
+        cmd.envs(env.iter().copied());
         if let Some(body) = config {
             let path = dir.path().join("harkd.toml");
             std::fs::write(&path, body).expect("write config");
@@ -57,12 +63,20 @@ impl Daemon {
         Self::spawn(cmd, dir)
     }
 
-    /// Starts with an explicit listen address given in `args` (e.g. TCP port 0).
+    /// Starts with an explicit listen address given in `args` (e.g. TCP port 0). `{dir}` in an
+    /// argument is replaced by the daemon's temporary directory.
     pub fn start_raw(args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display().to_string();
         let mut cmd = Command::new(harkd());
-        cmd.arg("run").args(args);
+        cmd.arg("run")
+            .args(args.iter().map(|a| a.replace("{dir}", &d)));
         Self::spawn(cmd, dir)
+    }
+
+    /// The daemon's temporary directory (config, sockets, certificates).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Daemon {

@@ -2,6 +2,7 @@
 
 mod device_loss;
 mod harness;
+mod service;
 
 use std::{collections::BTreeSet, time::Duration};
 
