@@ -37,6 +37,8 @@ pub struct Config {
     pub level: LevelConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub store: crate::store::StoreConfig,
+    pub transcribe: crate::stages::asr::TranscribeConfig,
 }
 
 /// `[source]`: where audio comes from.
@@ -115,7 +117,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             token_file: None,
-            max_message_bytes: 4 * 1024 * 1024,
+            max_message_bytes: 16 * 1024 * 1024,
             max_concurrent_streams: 256,
             max_subscribers: 256,
             max_sessions: 8,
@@ -136,6 +138,9 @@ pub struct PipelineConfig {
     pub vad_overflow: OverflowPolicy,
     /// Overflow policy of the level stage.
     pub level_overflow: OverflowPolicy,
+    /// Overflow policy of the transcription stage (its ring holds `stage_ring_ms`; a long
+    /// decode must not cost the start of the next utterance, so it drops only when full).
+    pub transcribe_overflow: OverflowPolicy,
     /// Events the bus keeps for slow subscribers before they get a Gap.
     pub bus_capacity: usize,
 }
@@ -144,9 +149,10 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             input_ring_s: 2.0,
-            stage_ring_ms: 4000,
+            stage_ring_ms: 30_000,
             vad_overflow: OverflowPolicy::CatchUp { max_lag_ms: 1000 },
             level_overflow: OverflowPolicy::CatchUp { max_lag_ms: 500 },
+            transcribe_overflow: OverflowPolicy::DropNewest,
             bus_capacity: 4096,
         }
     }
@@ -269,6 +275,7 @@ impl Config {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.level.validate().map_err(ConfigError::Invalid)?;
+        self.transcribe.validate().map_err(ConfigError::Invalid)?;
         let s = &self.server;
         if s.max_message_bytes < 1024 || s.max_message_bytes > 256 * 1024 * 1024 {
             return invalid("server.max_message_bytes must be within 1 KiB..=256 MiB".into());

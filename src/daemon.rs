@@ -22,7 +22,13 @@ use crate::{
     events::{EventBus, Recv},
     metrics,
     pipeline::{Pipeline, PipelineOptions, PipelineStats, StageSpec},
-    stages::{level::LevelStage, vad::VadStage},
+    stages::{
+        asr::{Enable, OneShot, WhisperRecognizer},
+        level::LevelStage,
+        transcribe::TranscribeStage,
+        vad::VadStage,
+    },
+    store::Store,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("thread spawn failed: {0}")]
     Spawn(#[from] std::io::Error),
 }
@@ -57,6 +65,23 @@ pub fn build_stages(cfg: &Config) -> Result<Vec<StageSpec>, DaemonError> {
             ring_ms: cfg.pipeline.stage_ring_ms,
         });
     }
+    if let Some(dir) = transcribe_model_dir(cfg)? {
+        let model = crate::nn::whisper::WhisperModel::load(&dir)
+            .map_err(|e| DaemonError::Stage(format!("transcribe: {e}")))?;
+        let recognizer = WhisperRecognizer::new(model, cfg.transcribe.decode_options());
+        stages.push(StageSpec {
+            stage: Box::new(
+                TranscribeStage::new(
+                    cfg.transcribe.streaming.clone(),
+                    &cfg.vad,
+                    Box::new(recognizer),
+                )
+                .map_err(DaemonError::Stage)?,
+            ),
+            policy: cfg.pipeline.transcribe_overflow,
+            ring_ms: cfg.pipeline.stage_ring_ms,
+        });
+    }
     if cfg.level.enabled {
         stages.push(StageSpec {
             stage: Box::new(LevelStage::new(&cfg.level)),
@@ -65,6 +90,23 @@ pub fn build_stages(cfg: &Config) -> Result<Vec<StageSpec>, DaemonError> {
         });
     }
     Ok(stages)
+}
+
+/// The Whisper model directory to use, or None when transcription is off (or `auto` and no
+/// model is installed). A model that is required but missing is an error naming the fix.
+pub fn transcribe_model_dir(cfg: &Config) -> Result<Option<std::path::PathBuf>, DaemonError> {
+    let dir = cfg.transcribe.model_dir();
+    let present = dir.join("model.safetensors").is_file();
+    match cfg.transcribe.enabled {
+        Enable::Off => Ok(None),
+        Enable::Auto if !present => Ok(None),
+        Enable::On if !present => Err(DaemonError::Stage(format!(
+            "transcribe: no model at {} (install one with `harkd models fetch {}`)",
+            dir.display(),
+            cfg.transcribe.model
+        ))),
+        _ => Ok(Some(dir)),
+    }
 }
 
 /// Opens the configured source (files are probed now, so a bad file fails at startup).
@@ -142,12 +184,36 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
     cfg.validate()?;
     let started = Instant::now();
     let bus = EventBus::new(cfg.pipeline.bus_capacity);
+    let store = if cfg.store.enabled {
+        let path = cfg.store.resolved_path();
+        let store = Arc::new(Store::open(&path)?);
+        if cfg.store.retention_days > 0 {
+            let pruned = store.prune(Duration::from_secs(
+                u64::from(cfg.store.retention_days) * 86_400,
+            ))?;
+            tracing::info!(path = %path.display(), pruned, "Transcript store open.");
+        }
+        bus.add_sink(store.clone());
+        Some(store)
+    } else {
+        None
+    };
     let listen = listen_addrs(&cfg)?;
     // Subscribe the printer before any audio flows, so it shows the stream from its first event.
     if cfg.log.events {
         spawn_event_printer(&bus, shutdown.clone());
     }
 
+    let asr_dir = transcribe_model_dir(&cfg)?;
+    match &asr_dir {
+        Some(d) => tracing::info!(model = %d.display(), "Transcription enabled."),
+        None if cfg.transcribe.enabled == Enable::Auto => tracing::info!(
+            model = %cfg.transcribe.model_dir().display(),
+            "Transcription off: no model installed (run `harkd models fetch {}`).",
+            cfg.transcribe.model
+        ),
+        None => {}
+    }
     let main = match open_source(&cfg)? {
         Some(source) => {
             tracing::info!(source = %source.describe(), "Starting pipeline.");
@@ -193,6 +259,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         max_sessions: cfg.server.max_sessions,
         subscriber_buffer: cfg.server.subscriber_buffer,
         max_message_bytes: cfg.server.max_message_bytes,
+        store: store.clone(),
+        asr: asr_dir.map(|d| Arc::new(OneShot::new(d))),
+        asr_defaults: cfg.transcribe.clone(),
     });
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(c), Some(k)) => Some((read(c)?, read(k)?)),

@@ -28,6 +28,29 @@ pub enum EventKind {
     DeviceLost { reason: String },
     DeviceRestored { outage: Duration },
     SourceEnded { reason: String },
+    Transcript(Transcript),
+}
+
+/// Recognised speech. Samples are on the stream clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    pub is_final: bool,
+    /// Interim only: how likely the text is to survive unchanged (0..1). 1 for finals.
+    pub stability: f32,
+    pub start_sample: u64,
+    pub end_sample: u64,
+    pub language: String,
+    pub words: Vec<Word>,
+}
+
+/// One recognised word with its stream position and confidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    pub word: String,
+    pub start_sample: u64,
+    pub end_sample: u64,
+    pub p: f32,
 }
 
 /// Coarse grouping used by subscription filters.
@@ -36,16 +59,23 @@ pub enum Category {
     Vad,
     Level,
     Source,
+    Transcript,
 }
 
 impl Category {
-    pub const ALL: [Category; 3] = [Category::Vad, Category::Level, Category::Source];
+    pub const ALL: [Category; 4] = [
+        Category::Vad,
+        Category::Level,
+        Category::Source,
+        Category::Transcript,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Category::Vad => "vad",
             Category::Level => "level",
             Category::Source => "source",
+            Category::Transcript => "transcript",
         }
     }
 
@@ -62,6 +92,7 @@ impl EventKind {
             EventKind::DeviceLost { .. }
             | EventKind::DeviceRestored { .. }
             | EventKind::SourceEnded { .. } => Category::Source,
+            EventKind::Transcript(_) => Category::Transcript,
         }
     }
 
@@ -74,6 +105,8 @@ impl EventKind {
             EventKind::DeviceLost { .. } => "device_lost",
             EventKind::DeviceRestored { .. } => "device_restored",
             EventKind::SourceEnded { .. } => "source_ended",
+            EventKind::Transcript(t) if t.is_final => "transcript_final",
+            EventKind::Transcript(_) => "transcript_interim",
         }
     }
 }
@@ -123,12 +156,19 @@ pub struct EventBus {
     inner: Arc<BusInner>,
 }
 
+/// Something that must see an event *before* any subscriber does (e.g. the transcript store, so
+/// that a final result a client has received is already durable).
+pub trait EventSink: Send + Sync + std::fmt::Debug + 'static {
+    fn persist(&self, event: &Event);
+}
+
 #[derive(Debug)]
 struct BusInner {
     tx: broadcast::Sender<Arc<Event>>,
     // Sequence assignment and send happen under this lock so that seq order == delivery order even
     // with several publishing threads. Held for a few hundred nanoseconds; never on the RT path.
     seq: Mutex<u64>,
+    sinks: std::sync::RwLock<Vec<Arc<dyn EventSink>>>,
     published: AtomicU64,
     counts: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -140,6 +180,7 @@ impl EventBus {
             inner: Arc::new(BusInner {
                 tx,
                 seq: Mutex::new(0),
+                sinks: std::sync::RwLock::new(Vec::new()),
                 published: AtomicU64::new(0),
                 counts: Mutex::new(BTreeMap::new()),
             }),
@@ -166,6 +207,15 @@ impl EventBus {
                 stream: stream.clone(),
                 kind,
             });
+            for sink in self
+                .inner
+                .sinks
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                sink.persist(&event);
+            }
             // An error only means nobody is subscribed right now.
             let _ = self.inner.tx.send(event.clone());
             event
@@ -180,6 +230,15 @@ impl EventBus {
             .or_default() += 1;
         tracing::debug!(seq = event.seq, stream = %event.stream, sample, kind = name, "Event published.");
         event
+    }
+
+    /// Registers a sink that sees every event before subscribers do.
+    pub fn add_sink(&self, sink: Arc<dyn EventSink>) {
+        self.inner
+            .sinks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sink);
     }
 
     pub fn subscribe(&self) -> Subscription {

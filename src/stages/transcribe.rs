@@ -1,0 +1,532 @@
+//! Streaming transcription policy: VAD-gated, re-decoding a growing window (<= 30 s) and
+//! committing words with LocalAgreement-2.
+//!
+//! While speech is active the stage re-decodes the buffered audio every `interim_ms`. A word is
+//! *final* once two consecutive decodes agree on it (and on everything before it); the rest of the
+//! newest hypothesis is sent as an *interim* result with a stability score. At the end of speech
+//! everything left is finalised at once. Committed audio is trimmed from the buffer, keeping the
+//! committed text as the decoder prompt, so the window slides without duplicating or losing words
+//! at its seams. No recogniser work happens outside speech.
+//!
+//! The recogniser is behind [`Recognizer`], so the policy is tested without a model; the daemon
+//! plugs Whisper in.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::vad::{VadConfig, VadDetector, VadTransition};
+use crate::{
+    events::{EventKind, STREAM_RATE, Transcript, Word},
+    pipeline::{Emitted, Stage, StageError, Window, WindowSpec},
+};
+
+/// A recognised word, times in seconds from the start of the audio given to the recogniser.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HypWord {
+    pub word: String,
+    pub start: f32,
+    pub end: f32,
+    pub p: f32,
+}
+
+/// What one decode returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hypothesis {
+    pub words: Vec<HypWord>,
+    pub language: String,
+}
+
+/// Speech recogniser used by the stage (Whisper in the daemon, a fake in tests).
+pub trait Recognizer: Send + 'static {
+    /// Recognises `audio` (16 kHz mono, at most 30 s), conditioned on `prompt` (committed text).
+    fn recognize(&mut self, audio: &[f32], prompt: &str) -> Result<Hypothesis, String>;
+}
+
+/// `[transcribe]` streaming settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Re-decode the active speech every this many milliseconds (interim results).
+    pub interim_ms: u32,
+    /// Audio kept before the detected speech onset, milliseconds.
+    pub preroll_ms: u32,
+    /// Longest window handed to the recogniser, seconds (Whisper's limit is 30).
+    pub max_window_s: f32,
+    /// Trim committed audio from the window once it is longer than this, seconds.
+    pub trim_after_s: f32,
+    /// Characters of committed text passed as the prompt of the next decode.
+    pub prompt_chars: usize,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            interim_ms: 1000,
+            preroll_ms: 300,
+            max_window_s: 30.0,
+            trim_after_s: 10.0,
+            prompt_chars: 200,
+        }
+    }
+}
+
+impl StreamingConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(200..=10_000).contains(&self.interim_ms) {
+            return Err("transcribe.interim_ms must be within 200..=10000".into());
+        }
+        if self.preroll_ms > 2000 {
+            return Err("transcribe.preroll_ms must be <= 2000".into());
+        }
+        if !(2.0..=30.0).contains(&self.max_window_s) {
+            return Err("transcribe.max_window_s must be within 2..=30".into());
+        }
+        if !(1.0..self.max_window_s).contains(&self.trim_after_s) {
+            return Err("transcribe.trim_after_s must be >= 1 and below max_window_s".into());
+        }
+        Ok(())
+    }
+}
+
+/// A word placed on the stream clock.
+#[derive(Debug, Clone, PartialEq)]
+struct AbsWord {
+    word: String,
+    start: u64,
+    end: u64,
+    p: f32,
+}
+
+fn norm(w: &str) -> String {
+    w.chars()
+        .filter(|c| c.is_alphanumeric() || *c == '\'')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The streaming stage.
+pub struct TranscribeStage {
+    cfg: StreamingConfig,
+    recognizer: Box<dyn Recognizer>,
+    vad: VadDetector,
+    /// Audio of the current utterance from `buf_start`.
+    buf: Vec<f32>,
+    buf_start: u64,
+    preroll: VecDeque<f32>,
+    in_speech: bool,
+    since_decode: usize,
+    /// Words committed in this utterance (for overlap removal) and where committed audio ends.
+    committed: Vec<AbsWord>,
+    committed_end: u64,
+    /// Uncommitted tail of the previous hypothesis.
+    pending: Vec<AbsWord>,
+    /// Committed text used as the prompt.
+    context: String,
+    language: String,
+    /// VAD gating (always on in the daemon; unit tests of the commit policy turn it off).
+    gated: bool,
+}
+
+impl std::fmt::Debug for TranscribeStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TranscribeStage")
+            .field("in_speech", &self.in_speech)
+            .field("buffered_s", &(self.buf.len() as f32 / STREAM_RATE as f32))
+            .finish_non_exhaustive()
+    }
+}
+
+impl TranscribeStage {
+    pub fn new(
+        cfg: StreamingConfig,
+        vad: &VadConfig,
+        recognizer: Box<dyn Recognizer>,
+    ) -> Result<Self, String> {
+        cfg.validate()?;
+        let vad = VadDetector::new(vad).map_err(|e| e.to_string())?;
+        Ok(Self {
+            preroll: VecDeque::with_capacity((cfg.preroll_ms * STREAM_RATE / 1000) as usize + 1),
+            buf: Vec::with_capacity((cfg.max_window_s * STREAM_RATE as f32) as usize + 1024),
+            cfg,
+            recognizer,
+            vad,
+            buf_start: 0,
+            in_speech: false,
+            since_decode: 0,
+            committed: Vec::new(),
+            committed_end: 0,
+            pending: Vec::new(),
+            context: String::new(),
+            language: "en".into(),
+            gated: true,
+        })
+    }
+
+    fn max_samples(&self) -> usize {
+        (self.cfg.max_window_s * STREAM_RATE as f32) as usize
+    }
+
+    fn start_utterance(&mut self, onset: u64, frame_start: u64) {
+        self.in_speech = true;
+        // Start from the pre-roll, but not before the (earlier) onset the VAD dated.
+        let pre: Vec<f32> = self.preroll.iter().copied().collect();
+        self.buf.clear();
+        self.buf.extend_from_slice(&pre);
+        self.buf_start = frame_start.saturating_sub(pre.len() as u64);
+        let _ = onset;
+        self.since_decode = 0;
+        self.committed.clear();
+        self.pending.clear();
+        self.committed_end = self.buf_start;
+    }
+
+    /// Decodes the buffer and applies the commit rule. `last` finalises everything.
+    fn decode(&mut self, last: bool, out: &mut Vec<Emitted>) -> Result<(), StageError> {
+        self.since_decode = 0;
+        if self.buf.len() < (STREAM_RATE / 10) as usize {
+            return Ok(());
+        }
+        let prompt = self.context.clone();
+        let hyp = self
+            .recognizer
+            .recognize(&self.buf, &prompt)
+            .map_err(StageError::Failed)?;
+        if !hyp.language.is_empty() {
+            self.language = hyp.language.clone();
+        }
+        let to_abs = |t: f32| self.buf_start + (t.max(0.0) * STREAM_RATE as f32) as u64;
+        let mut words: Vec<AbsWord> = hyp
+            .words
+            .iter()
+            .filter(|w| !norm(&w.word).is_empty())
+            .map(|w| AbsWord {
+                word: w.word.clone(),
+                start: to_abs(w.start),
+                end: to_abs(w.end).max(to_abs(w.start)),
+                p: w.p,
+            })
+            .collect();
+        // Words the previous commits already covered: drop those that end before the commit
+        // point, then any n-gram at the head that repeats the tail of the committed words.
+        let cut = self
+            .committed_end
+            .saturating_sub(u64::from(STREAM_RATE) / 10);
+        words.retain(|w| w.end > cut);
+        for n in (1..=5).rev() {
+            if words.len() >= n && self.committed.len() >= n {
+                let tail = &self.committed[self.committed.len() - n..];
+                if tail
+                    .iter()
+                    .zip(&words[..n])
+                    .all(|(a, b)| norm(&a.word) == norm(&b.word))
+                {
+                    words.drain(..n);
+                    break;
+                }
+            }
+        }
+        let agreed = if last {
+            words.len()
+        } else {
+            words
+                .iter()
+                .zip(&self.pending)
+                .take_while(|(a, b)| norm(&a.word) == norm(&b.word))
+                .count()
+        };
+        let stability = if words.is_empty() {
+            1.0
+        } else {
+            agreed as f32 / words.len() as f32
+        };
+        let tail = words.split_off(agreed);
+        if !words.is_empty() {
+            self.commit(words, out);
+        }
+        if !last && !tail.is_empty() {
+            out.push((
+                tail.last().map_or(self.committed_end, |w| w.end),
+                EventKind::Transcript(self.transcript(&tail, false, 0.5 * stability + 0.25)),
+            ));
+        }
+        self.pending = tail;
+        self.trim();
+        Ok(())
+    }
+
+    fn transcript(&self, words: &[AbsWord], is_final: bool, stability: f32) -> Transcript {
+        let text: String = words.iter().map(|w| w.word.as_str()).collect();
+        Transcript {
+            text: text.trim().to_string(),
+            is_final,
+            stability: if is_final {
+                1.0
+            } else {
+                stability.clamp(0.0, 1.0)
+            },
+            start_sample: words.first().map_or(0, |w| w.start),
+            end_sample: words.last().map_or(0, |w| w.end),
+            language: self.language.clone(),
+            words: words
+                .iter()
+                .map(|w| Word {
+                    word: w.word.trim().to_string(),
+                    start_sample: w.start,
+                    end_sample: w.end,
+                    p: w.p,
+                })
+                .collect(),
+        }
+    }
+
+    fn commit(&mut self, words: Vec<AbsWord>, out: &mut Vec<Emitted>) {
+        let t = self.transcript(&words, true, 1.0);
+        out.push((t.end_sample, EventKind::Transcript(t.clone())));
+        self.committed_end = self.committed_end.max(t.end_sample);
+        self.context.push(' ');
+        self.context.push_str(&t.text);
+        if self.context.len() > self.cfg.prompt_chars {
+            let mut cut = self.context.len() - self.cfg.prompt_chars;
+            while !self.context.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.context.drain(..cut);
+        }
+        self.committed.extend(words);
+        let keep = self.committed.len().saturating_sub(5);
+        self.committed.drain(..keep);
+    }
+
+    /// Drops committed audio from the front of the window once it is long, and never lets the
+    /// window exceed the recogniser's limit.
+    fn trim(&mut self) {
+        let trim_after = (self.cfg.trim_after_s * STREAM_RATE as f32) as usize;
+        let mut cut_at = self.buf_start;
+        if self.buf.len() > trim_after && self.committed_end > self.buf_start {
+            cut_at = self.committed_end;
+        }
+        let max = self.max_samples();
+        if self.buf.len() > max {
+            // Nothing agreed for a whole window: keep the newest audio.
+            cut_at = cut_at.max(self.buf_start + (self.buf.len() - max) as u64);
+        }
+        let n = ((cut_at - self.buf_start) as usize).min(self.buf.len());
+        if n > 0 {
+            self.buf.drain(..n);
+            self.buf_start += n as u64;
+        }
+    }
+
+    fn end_utterance(&mut self, out: &mut Vec<Emitted>) -> Result<(), StageError> {
+        let r = if self.in_speech {
+            self.decode(true, out)
+        } else {
+            Ok(())
+        };
+        self.in_speech = false;
+        self.buf.clear();
+        self.pending.clear();
+        self.committed.clear();
+        r
+    }
+}
+
+impl Stage for TranscribeStage {
+    fn name(&self) -> &'static str {
+        "transcribe"
+    }
+
+    fn window(&self) -> WindowSpec {
+        let n = self.vad.frame_len();
+        WindowSpec { len: n, hop: n }
+    }
+
+    fn process(&mut self, w: &Window<'_>, out: &mut Vec<Emitted>) -> Result<(), StageError> {
+        let transition = if self.gated {
+            self.vad.push_frame(w.samples, w.start)
+        } else if !self.in_speech {
+            Some(VadTransition::Started { at: w.start })
+        } else {
+            None
+        };
+        if let Some(VadTransition::Started { at }) = transition {
+            self.start_utterance(at, w.start);
+        }
+        if self.in_speech {
+            self.buf.extend_from_slice(w.samples);
+            self.since_decode += w.samples.len();
+            if self.buf.len() > self.max_samples() {
+                self.decode(false, out)?;
+            }
+        } else {
+            let cap = (self.cfg.preroll_ms * STREAM_RATE / 1000) as usize;
+            for &s in w.samples {
+                if self.preroll.len() >= cap {
+                    self.preroll.pop_front();
+                }
+                if cap > 0 {
+                    self.preroll.push_back(s);
+                }
+            }
+        }
+        if let Some(VadTransition::Ended { .. }) = transition {
+            return self.end_utterance(out);
+        }
+        if self.in_speech
+            && self.since_decode >= (self.cfg.interim_ms * STREAM_RATE / 1000) as usize
+        {
+            self.decode(false, out)?;
+        }
+        Ok(())
+    }
+
+    fn discontinuity(&mut self, at: u64, out: &mut Vec<Emitted>) {
+        if let Err(e) = self.end_utterance(out) {
+            tracing::warn!(error = %e, "Transcription failed at a discontinuity.");
+        }
+        self.vad.close(at);
+        self.preroll.clear();
+    }
+
+    fn finish(&mut self, _end: u64, out: &mut Vec<Emitted>) {
+        if let Err(e) = self.end_utterance(out) {
+            tracing::warn!(error = %e, "Transcription failed at the end of the stream.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pretends to recognise a script: word i is spoken from i*0.4 s to i*0.4+0.3 s of the
+    /// stream (after `offset_s`). A word whose audio is cut off by the end of the window is
+    /// misheard ("uh"), as real decoders do with cut-off audio.
+    struct Scripted {
+        words: Vec<&'static str>,
+        offset_s: f32,
+        stream_pos: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Recognizer for Scripted {
+        fn recognize(&mut self, audio: &[f32], _prompt: &str) -> Result<Hypothesis, String> {
+            let end = self.stream_pos.load(std::sync::atomic::Ordering::Relaxed) as f32 / 16000.0;
+            let start = end - audio.len() as f32 / 16000.0;
+            let mut words = Vec::new();
+            for (i, w) in self.words.iter().enumerate() {
+                let ws = self.offset_s + i as f32 * 0.4;
+                let we = ws + 0.3;
+                if ws >= start - 0.05 && ws < end {
+                    let cut = we > end;
+                    words.push(HypWord {
+                        word: format!(" {}", if cut { "uh" } else { w }),
+                        start: ws - start,
+                        end: we - start,
+                        p: 0.9,
+                    });
+                }
+            }
+            Ok(Hypothesis {
+                words,
+                language: "en".into(),
+            })
+        }
+    }
+
+    fn run(script: Vec<&'static str>) -> Vec<Transcript> {
+        let pos = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let rec = Scripted {
+            words: script.clone(),
+            offset_s: 1.0,
+            stream_pos: pos.clone(),
+        };
+        let vad = VadConfig {
+            frame_ms: 30,
+            ..VadConfig::default()
+        };
+        let cfg = StreamingConfig {
+            trim_after_s: 3.0,
+            max_window_s: 6.0,
+            ..StreamingConfig::default()
+        };
+        let mut st = TranscribeStage::new(cfg, &vad, Box::new(rec)).unwrap();
+        // The commit policy alone: one utterance over the whole input.
+        st.gated = false;
+        let total_s = 1.0 + script.len() as f32 * 0.4 + 0.5;
+        let n = (total_s * 16000.0) as usize / 480 * 480;
+        let mut seed = 1u32;
+        let mut out = Vec::new();
+        let mut finals = Vec::new();
+        for f in 0..n / 480 {
+            let start = (f * 480) as u64;
+            let t = start as f32 / 16000.0;
+            let speaking = t >= 1.0 && t < 1.0 + script.len() as f32 * 0.4;
+            let frame: Vec<f32> = (0..480)
+                .map(|i| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    let noise = (seed >> 9) as f32 / (1u32 << 23) as f32 - 0.5;
+                    if speaking {
+                        let ph = (start as usize + i) as f32 / 16000.0;
+                        0.3 * (2.0 * std::f32::consts::PI * 220.0 * ph).sin()
+                            + 0.2 * (2.0 * std::f32::consts::PI * 660.0 * ph).sin()
+                            + 0.05 * noise
+                    } else {
+                        0.0005 * noise
+                    }
+                })
+                .collect();
+            pos.store(start + 480, std::sync::atomic::Ordering::Relaxed);
+            st.process(
+                &Window {
+                    samples: &frame,
+                    start,
+                },
+                &mut out,
+            )
+            .unwrap();
+            for (_, e) in out.drain(..) {
+                if let EventKind::Transcript(t) = e
+                    && t.is_final
+                {
+                    finals.push(t);
+                }
+            }
+        }
+        st.finish(n as u64, &mut out);
+        for (_, e) in out.drain(..) {
+            if let EventKind::Transcript(t) = e
+                && t.is_final
+            {
+                finals.push(t);
+            }
+        }
+        finals
+    }
+
+    #[test]
+    fn finals_cover_every_word_once_in_order_across_trims() {
+        let script: Vec<&'static str> =
+            "the quick brown fox jumps over the lazy dog while seven wise owls watch \
+             from the old oak tree near the quiet river bank"
+                .split(' ')
+                .collect();
+        let finals = run(script.clone());
+        let words: Vec<String> = finals
+            .iter()
+            .flat_map(|t| t.words.iter().map(|w| w.word.clone()))
+            .collect();
+        // The VAD may clip the very first/last word; what it keeps must be the script, in
+        // order, without duplicates, and without the decoder's "uh" for unfinished words.
+        let joined = words.join(" ");
+        let script_text = script.join(" ");
+        assert!(
+            script_text.contains(&joined),
+            "finals {joined:?} vs script {script_text:?}"
+        );
+        assert!(words.len() >= script.len() - 2, "lost words: {joined:?}");
+        // Finals are in stream order.
+        let starts: Vec<u64> = finals.iter().map(|t| t.start_sample).collect();
+        assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    }
+}
