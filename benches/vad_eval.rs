@@ -71,7 +71,7 @@ const TRUTH_BELOW_PEAK_DB: f64 = 35.0;
 const TRUTH_ABOVE_FLOOR_DB: f64 = 10.0;
 const LEVEL_MIN_DBFS: f64 = -35.0;
 const LEVEL_MAX_DBFS: f64 = -20.0;
-const SEED: u64 = 0x5EED_0F_4A2D;
+const SEED: u64 = 0x005E_ED0F_4A2D;
 /// The SNRs evaluated; `None` is clean (no noise bed).
 const SNRS: [Option<f64>; 4] = [None, Some(20.0), Some(10.0), Some(5.0)];
 

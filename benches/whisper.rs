@@ -206,9 +206,9 @@ fn micro(model: &mut WhisperModel, audio: &[f32]) -> (f64, f64, f64) {
         .decoder
         .cross_kv(xa.as_ref().expect("encoded"))
         .expect("cross");
+    let sot = model.tokenizer().sot;
     let per_token = |net: &hark::nn::whisper::model::Whisper| {
         let mut state = DecoderState::new(net.decoder.n_layers());
-        let sot = model.tokenizer().sot;
         let first = Tensor::new(&[[sot]], &Device::Cpu).expect("tensor");
         net.decoder
             .forward(&first, &cross, &mut state, &[])

@@ -57,6 +57,10 @@ pub struct StreamingConfig {
     pub trim_after_s: f32,
     /// Characters of committed text passed as the prompt of the next decode.
     pub prompt_chars: usize,
+    /// Silence that ends an utterance for transcription, milliseconds. Longer than the VAD
+    /// stage's hangover: Whisper is more accurate on whole sentences than on fragments, and
+    /// words are committed during speech anyway.
+    pub end_silence_ms: u32,
 }
 
 impl Default for StreamingConfig {
@@ -67,6 +71,7 @@ impl Default for StreamingConfig {
             max_window_s: 30.0,
             trim_after_s: 10.0,
             prompt_chars: 200,
+            end_silence_ms: 900,
         }
     }
 }
@@ -81,6 +86,9 @@ impl StreamingConfig {
         }
         if !(2.0..=30.0).contains(&self.max_window_s) {
             return Err("transcribe.max_window_s must be within 2..=30".into());
+        }
+        if !(100..=5000).contains(&self.end_silence_ms) {
+            return Err("transcribe.end_silence_ms must be within 100..=5000".into());
         }
         if !(1.0..self.max_window_s).contains(&self.trim_after_s) {
             return Err("transcribe.trim_after_s must be >= 1 and below max_window_s".into());
@@ -144,7 +152,11 @@ impl TranscribeStage {
         recognizer: Box<dyn Recognizer>,
     ) -> Result<Self, String> {
         cfg.validate()?;
-        let vad = VadDetector::new(vad).map_err(|e| e.to_string())?;
+        let vad = VadDetector::new(&VadConfig {
+            hangover_ms: vad.hangover_ms.max(cfg.end_silence_ms),
+            ..vad.clone()
+        })
+        .map_err(|e| e.to_string())?;
         Ok(Self {
             preroll: VecDeque::with_capacity((cfg.preroll_ms * STREAM_RATE / 1000) as usize + 1),
             buf: Vec::with_capacity((cfg.max_window_s * STREAM_RATE as f32) as usize + 1024),
@@ -207,32 +219,18 @@ impl TranscribeStage {
                 p: w.p,
             })
             .collect();
-        // Words the previous commits already covered: drop those that end before the commit
-        // point, then any n-gram at the head that repeats the tail of the committed words.
-        let cut = self
-            .committed_end
-            .saturating_sub(u64::from(STREAM_RATE) / 10);
-        words.retain(|w| w.end > cut);
-        for n in (1..=5).rev() {
-            if words.len() >= n && self.committed.len() >= n {
-                let tail = &self.committed[self.committed.len() - n..];
-                if tail
-                    .iter()
-                    .zip(&words[..n])
-                    .all(|(a, b)| norm(&a.word) == norm(&b.word))
-                {
-                    words.drain(..n);
-                    break;
-                }
-            }
-        }
+        self.drop_committed_overlap(&mut words);
+        // Words touching the end of the window may be cut off mid-word: never commit those
+        // before the audio after them has been heard.
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        let guard = u64::from(STREAM_RATE) / 4;
         let agreed = if last {
             words.len()
         } else {
             words
                 .iter()
                 .zip(&self.pending)
-                .take_while(|(a, b)| norm(&a.word) == norm(&b.word))
+                .take_while(|(a, b)| norm(&a.word) == norm(&b.word) && a.end + guard <= buf_end)
                 .count()
         };
         let stability = if words.is_empty() {
@@ -253,6 +251,35 @@ impl TranscribeStage {
         self.pending = tail;
         self.trim();
         Ok(())
+    }
+
+    /// Removes the head of a new hypothesis that repeats already committed words. Word times
+    /// from a re-decode jitter by a few hundred milliseconds, so time only pre-filters (words
+    /// well before the commit point go); the text decides: the longest run (up to 5 words) of
+    /// the committed tail found near the head, allowing one stray word before it.
+    fn drop_committed_overlap(&self, words: &mut Vec<AbsWord>) {
+        let slack = u64::from(STREAM_RATE);
+        words.retain(|w| w.end + slack > self.committed_end);
+        if self.committed.is_empty() {
+            return;
+        }
+        for k in (1..=5.min(self.committed.len())).rev() {
+            let tail = &self.committed[self.committed.len() - k..];
+            for offset in 0..=1 {
+                if words.len() >= offset + k
+                    && tail
+                        .iter()
+                        .zip(&words[offset..offset + k])
+                        .all(|(a, b)| norm(&a.word) == norm(&b.word))
+                {
+                    words.drain(..offset + k);
+                    return;
+                }
+            }
+        }
+        // No textual overlap: whatever ends before the commit point was already said.
+        let cut = self.committed_end.saturating_sub(u64::from(STREAM_RATE) / 10);
+        words.retain(|w| w.end > cut);
     }
 
     fn transcript(&self, words: &[AbsWord], is_final: bool, stability: f32) -> Transcript {
