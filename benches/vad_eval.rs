@@ -38,6 +38,8 @@
 //!   |offset| errors together; onsets and offsets are also shown separately, with the signed median
 //!   (bias: negative = early). Missed = truth segments with no overlapping detection; false =
 //!   detections overlapping no truth; merged = detections spanning two or more truth segments.
+//! * **Configs**: the default, the default at each webrtc-vad aggressiveness 0-3, and the default
+//!   with both energy gates off (webrtc-vad decisions only, the detector before the gates).
 //! * **Cost**: wall time of `push_frame` for the default config over the 10 dB mixes.
 //!
 //! Knobs (environment): `VAD_EVAL_CONFIGS` evaluates extra configs, a JSON array of (partial)

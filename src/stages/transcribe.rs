@@ -278,7 +278,9 @@ impl TranscribeStage {
             }
         }
         // No textual overlap: whatever ends before the commit point was already said.
-        let cut = self.committed_end.saturating_sub(u64::from(STREAM_RATE) / 10);
+        let cut = self
+            .committed_end
+            .saturating_sub(u64::from(STREAM_RATE) / 10);
         words.retain(|w| w.end > cut);
     }
 

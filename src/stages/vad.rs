@@ -15,7 +15,8 @@
 //! at least `onset_ratio` of the frames in the last `onset_ms` are voiced (the segment is dated
 //! from the first voiced frame of that window, extended back over the sustaining frames just
 //! before it, so the onset is not late by the window length), and *ends* once `hangover_ms` has
-//! passed with at most `1 - offset_ratio` of frames sustaining (dated just after the last one).
+//! passed with at most `1 - offset_ratio` of frames sustaining (dated just after the sustaining
+//! run; the isolated frames the hangover tolerates do not move the end).
 //!
 //! Measured by `cargo bench --bench vad_eval` (real speech in real noise at 20/10/5 dB SNR).
 

@@ -55,10 +55,15 @@ impl Daemon {
         let mut cmd = Command::new(harkd());
         cmd.arg("run").arg("--listen").arg(&listen).args(args);
         cmd.envs(env.iter().copied());
+        let wants_asr = config.is_some_and(|c| c.contains("[transcribe]"));
         if let Some(body) = config {
             let path = dir.path().join("harkd.toml");
             std::fs::write(&path, body).expect("write config");
             cmd.arg("--config").arg(path);
+        }
+        if !wants_asr {
+            // Keep Whisper out of plumbing tests: `auto` finds no model and stays off.
+            cmd.env("HARK_MODELS", dir.path().join("no-models"));
         }
         Self::spawn(cmd, dir)
     }
@@ -70,7 +75,8 @@ impl Daemon {
         let d = dir.path().display().to_string();
         let mut cmd = Command::new(harkd());
         cmd.arg("run")
-            .args(args.iter().map(|a| a.replace("{dir}", &d)));
+            .args(args.iter().map(|a| a.replace("{dir}", &d)))
+            .env("HARK_MODELS", dir.path().join("no-models"));
         Self::spawn(cmd, dir)
     }
 
@@ -80,7 +86,9 @@ impl Daemon {
     }
 
     fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Daemon {
-        cmd.env("RUST_LOG", "info")
+        // The transcript store goes in the test's directory, never the user's.
+        cmd.env("STATE_DIRECTORY", dir.path())
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
