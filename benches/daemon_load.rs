@@ -49,8 +49,14 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("hark-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let sock = dir.join("harkd.sock");
+    // The VAD stage alone (the always-on budget); Whisper is measured by benches/whisper.rs.
+    let config = dir.join("harkd.toml");
+    std::fs::write(&config, "[transcribe]\nenabled = \"off\"\n[store]\nenabled = false\n")
+        .expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_harkd"))
-        .args(["run", "--listen"])
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--listen")
         .arg(format!("unix:{}", sock.display()))
         .arg("--source")
         .arg(format!("file:{}", file.display()))
