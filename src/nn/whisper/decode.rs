@@ -215,6 +215,9 @@ fn sample(row: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
 }
 
 /// Decoder pass over `tokens` (one row per sequence, same length) returning logits rows of
+/// Per-row logits of the last position, and optionally row 0's logits at another position.
+type StepLogits = (Vec<Vec<f32>>, Option<Vec<f32>>);
+
 /// the last position; with `extra_position`, also the logits of that position in row 0.
 fn step(
     net: &Whisper,
@@ -222,7 +225,7 @@ fn step(
     state: &mut DecoderState,
     tokens: &[Vec<u32>],
     extra_position: Option<usize>,
-) -> Result<(Vec<Vec<f32>>, Option<Vec<f32>>), NnError> {
+) -> Result<StepLogits, NnError> {
     let b = tokens.len();
     let t = tokens[0].len();
     let flat: Vec<u32> = tokens.iter().flatten().copied().collect();

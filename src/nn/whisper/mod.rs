@@ -716,6 +716,7 @@ impl WhisperModel {
 
     /// Adds word timings to the segments of one window (times relative to `offset`).
     /// Returns false if alignment was impossible.
+    #[allow(clippy::too_many_arguments)] // one call site; the arguments are the window's state
     fn add_words(
         &self,
         segments: &mut [Segment],
