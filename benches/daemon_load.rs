@@ -51,8 +51,11 @@ fn main() {
     let sock = dir.join("harkd.sock");
     // The VAD stage alone (the always-on budget); Whisper is measured by benches/whisper.rs.
     let config = dir.join("harkd.toml");
-    std::fs::write(&config, "[transcribe]\nenabled = \"off\"\n[store]\nenabled = false\n")
-        .expect("write config");
+    std::fs::write(
+        &config,
+        "[transcribe]\nenabled = \"off\"\n[store]\nenabled = false\n",
+    )
+    .expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_harkd"))
         .args(["run", "--config"])
         .arg(&config)

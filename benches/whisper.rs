@@ -226,10 +226,43 @@ fn micro(model: &mut WhisperModel, audio: &[f32]) -> (f64, f64, f64) {
         }
         t0.elapsed().as_secs_f64() * 1e3 / steps as f64
     };
+    // Where a step goes: the layers (no output projection) vs the projection alone.
+    let layers_ms = {
+        let mut state = DecoderState::new(net.decoder.n_layers());
+        let steps = 100;
+        let t0 = Instant::now();
+        for i in 0..steps {
+            let x = Tensor::new(&[[(i * 7 % 5000) as u32 + 100]], &Device::Cpu).expect("t");
+            let _ = net
+                .decoder
+                .forward(&x, &cross, &mut state, &[])
+                .expect("forward");
+        }
+        t0.elapsed().as_secs_f64() * 1e3 / steps as f64
+    };
+    let h = Tensor::zeros(
+        (1, net.config.d_model),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .expect("zeros");
+    let proj_ms = |net: &hark::nn::whisper::model::Whisper| {
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            let _ = net.decoder.logits(&h).expect("logits").to_vec2::<f32>();
+        }
+        t0.elapsed().as_secs_f64() * 1e3 / 50.0
+    };
+    let q8_proj = proj_ms(net);
     let q8 = per_token(net);
     let _ = model.set_q8_output(false);
+    let f32_proj = proj_ms(model.network());
     let f32_ms = per_token(model.network());
     let _ = model.set_q8_output(true);
+    println!(
+        "decoder step breakdown: layers {layers_ms:.1} ms, output projection {f32_proj:.1} ms \
+         (f32) / {q8_proj:.1} ms (Q8_0)"
+    );
     (median(enc), f32_ms, q8)
 }
 
@@ -249,13 +282,16 @@ fn ct2_wheel() -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.exists())
 }
 
+/// Per file: path, text, seconds.
+type FileResults = Vec<(PathBuf, String, f64)>;
+
 /// Runs faster-whisper over `files`; returns (file -> (text, seconds)), peak RSS MB.
 fn run_fw(
     python: &Path,
     wheel: &Path,
     compute_type: &str,
     files: &[PathBuf],
-) -> Option<(Vec<(PathBuf, String, f64)>, f64)> {
+) -> Option<(FileResults, f64)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/whisper_fw.py");
     let out = std::process::Command::new(python)
         .arg(&script)
@@ -334,12 +370,15 @@ fn noise(model: &mut WhisperModel, data: &Path, opts: &DecodeOptions) {
         .unwrap_or_default();
     let mut per_class: std::collections::BTreeMap<String, usize> = Default::default();
     for l in meta.lines().skip(1) {
-        let cols: Vec<&str> = l.split(',').collect();
+        let cols: Vec<&str> = l.trim_end().split(',').collect();
         if cols.len() < 8 || cols[5] != "1" {
             continue;
         }
         let n = per_class.entry(cols[7].to_string()).or_default();
-        let path = data.join("urbansound8k/audio/fold1").join(cols[0]);
+        // The metadata names .wav files; the shared copy holds them as FLAC.
+        let path = data
+            .join("urbansound8k/audio/fold1")
+            .join(Path::new(cols[0]).with_extension("flac"));
         if *n < 5 && path.exists() {
             *n += 1;
             files.push((format!("us8k: {}", cols[7]), path));

@@ -80,11 +80,6 @@ impl Daemon {
         Self::spawn(cmd, dir)
     }
 
-    /// The daemon's temporary directory (config, sockets, certificates).
-    pub fn dir(&self) -> &Path {
-        self._dir.path()
-    }
-
     fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Daemon {
         // The transcript store goes in the test's directory, never the user's.
         cmd.env("STATE_DIRECTORY", dir.path())

@@ -53,26 +53,48 @@ fn layer_norm(vb: &VarBuilder<'_>, d: usize) -> Result<LayerNorm> {
     ))
 }
 
-/// Whisper's `MultiHeadAttention` (`query`, `key` (no bias), `value`, `out`).
+/// Whisper's `MultiHeadAttention` (`query`, `key` (no bias), `value`, `out`), with the three
+/// input projections fused into one (3D, D) matrix: self-attention does one matmul instead of
+/// three; cross-attention uses row slices of it (views, no copies).
 #[derive(Debug, Clone)]
 struct Attention {
+    /// Rows [0, D) query, [D, 2D) key (zero bias), [2D, 3D) value.
+    qkv: Linear,
     q: Linear,
     k: Linear,
     v: Linear,
     out: Linear,
     n_head: usize,
+    d: usize,
     /// 1/sqrt(head dim), applied to the queries (openai applies dh^-0.25 to both q and k).
     scale: f64,
 }
 
 impl Attention {
     fn load(vb: VarBuilder<'_>, d: usize, n_head: usize) -> Result<Self> {
+        let q = linear(&vb.pp("q_proj"), d, d, true)?;
+        let k = linear(&vb.pp("k_proj"), d, d, false)?;
+        let v = linear(&vb.pp("v_proj"), d, d, true)?;
+        let w = Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?;
+        let zeros = Tensor::zeros(d, w.dtype(), w.device())?;
+        let b = match (q.bias(), v.bias()) {
+            (Some(qb), Some(vb)) => Tensor::cat(&[qb, &zeros, vb], 0)?,
+            _ => candle_core::bail!("attention projections without bias"),
+        };
+        let slice = |i: usize| -> Result<Linear> {
+            Ok(Linear::new(
+                w.narrow(0, i * d, d)?,
+                Some(b.narrow(0, i * d, d)?),
+            ))
+        };
         Ok(Self {
-            q: linear(&vb.pp("q_proj"), d, d, true)?,
-            k: linear(&vb.pp("k_proj"), d, d, false)?,
-            v: linear(&vb.pp("v_proj"), d, d, true)?,
+            q: slice(0)?,
+            k: Linear::new(w.narrow(0, d, d)?, None),
+            v: slice(2)?,
+            qkv: Linear::new(w, Some(b)),
             out: linear(&vb.pp("out_proj"), d, d, true)?,
             n_head,
+            d,
             scale: ((d / n_head) as f64).powf(-0.5),
         })
     }
@@ -91,6 +113,17 @@ impl Attention {
         x.transpose(1, 2)?.reshape((b, t, h * dh))
     }
 
+    /// Queries (scaled), keys and values of `x` in head layout.
+    fn project_qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let y = self.qkv.forward(x)?;
+        let d = self.d;
+        Ok((
+            (self.heads(&y.narrow(2, 0, d)?)? * self.scale)?,
+            self.heads(&y.narrow(2, d, d)?)?,
+            self.heads(&y.narrow(2, 2 * d, d)?)?,
+        ))
+    }
+
     /// Self-attention over `x` (B, T, D) plus the cached positions; appends this call's keys and
     /// values to `cache`. `mask` is (T, S_total) additive, or `None` when T == 1.
     fn forward_self(
@@ -99,9 +132,7 @@ impl Attention {
         cache: &mut Option<(Tensor, Tensor)>,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let q = (self.heads(&self.q.forward(x)?)? * self.scale)?;
-        let k_new = self.heads(&self.k.forward(x)?)?;
-        let v_new = self.heads(&self.v.forward(x)?)?;
+        let (q, k_new, v_new) = self.project_qkv(x)?;
         let (k, v) = match cache.take() {
             Some((k0, v0)) => (
                 Tensor::cat(&[&k0, &k_new], 2)?,
@@ -121,22 +152,21 @@ impl Attention {
 
     /// Self-attention without cache or mask (the encoder).
     fn forward_full(&self, x: &Tensor) -> Result<Tensor> {
-        let q = (self.heads(&self.q.forward(x)?)? * self.scale)?;
-        let k = self.heads(&self.k.forward(x)?)?;
-        let v = self.heads(&self.v.forward(x)?)?;
+        let (q, k, v) = self.project_qkv(x)?;
         let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
         self.out.forward(&Self::merge(&w.matmul(&v)?)?)
     }
 
-    /// Cross-attention keys and values of the encoder output `xa` (1, S, D): (1, H, S, Dh) each.
+    /// Cross-attention keys (transposed, (1, H, Dh, S)) and values ((1, H, S, Dh)) of the
+    /// encoder output `xa` (1, S, D).
     fn cross_kv(&self, xa: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
-            self.heads(&self.k.forward(xa)?)?,
+            self.heads(&self.k.forward(xa)?)?.t()?.contiguous()?,
             self.heads(&self.v.forward(xa)?)?,
         ))
     }
 
-    /// Cross-attention of `x` (B, T, D) over one audio window's keys/values (1, H, S, Dh).
+    /// Cross-attention of `x` (B, T, D) over one audio window's keys/values.
     /// Rows are independent (no mask), so the B*T queries are folded into one batch row and
     /// every beam shares the same keys. Returns the output and, when asked, the pre-softmax
     /// scores (1, H, B*T, S) for word alignment.
@@ -149,7 +179,7 @@ impl Attention {
         let (b, t, d) = x.dims3()?;
         let q = self.q.forward(x)?.reshape((1, b * t, d))?;
         let q = (self.heads(&q)? * self.scale)?;
-        let att = q.matmul(&kv.0.t()?)?;
+        let att = q.matmul(&kv.0)?;
         let w = candle_nn::ops::softmax_last_dim(&att)?;
         let o = Self::merge(&w.matmul(&kv.1)?)?.reshape((b, t, d))?;
         Ok((self.out.forward(&o)?, want_scores.then_some(att)))

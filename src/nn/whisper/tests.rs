@@ -594,3 +594,50 @@ fn scratch_install_tiny_en() {
     .unwrap();
     eprintln!("installed {}", dir.display());
 }
+
+/// Diagnostics (temporary): decode statistics on noisy speech.
+#[test]
+#[ignore]
+fn scratch_diag_noisy_speech() {
+    let Some(dir) = tiny_en_dir() else { return };
+    let mut model = WhisperModel::load(&dir).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    let opts = DecodeOptions {
+        no_speech_threshold: None,
+        ..DecodeOptions::default()
+    };
+    let speech_files = [
+        "speech/misc/jfk.flac",
+        "speech/misc/goforward.flac",
+        "speech/librivox_pocketsphinx/sense_and_sensibility_01_austen_64kb-0870.flac",
+        "speech/ljspeech/LJ001-0013.flac",
+    ];
+    for sf in speech_files {
+        let speech = load_audio(&data.join(sf));
+        let ps = speech.iter().map(|x| x * x).sum::<f32>() / speech.len() as f32;
+        for nf in [
+            "noise/ambient/restaurant_ambiance.flac",
+            "noise/ambient/speech_commands_exercise_bike.flac",
+            "noise/ambient/party_crowd.flac",
+            "noise/ambient/speech_commands_doing_the_dishes.flac",
+        ] {
+            let noise = load_audio(&data.join(nf));
+            let pn = noise[..speech.len()].iter().map(|x| x * x).sum::<f32>() / speech.len() as f32;
+            for snr in [10.0f32, 5.0, 0.0] {
+                let g = (ps / pn / 10f32.powf(snr / 10.0)).sqrt();
+                let mix: Vec<f32> = speech.iter().zip(&noise).map(|(a, b)| a + g * b).collect();
+                let r = model.decode_window(&mix, &opts, &[]).unwrap();
+                let text: String = r.segments.iter().map(|s| s.text.as_str()).collect();
+                let lp = r.segments.first().map(|s| s.avg_logprob).unwrap_or(0.0);
+                println!(
+                    "{:<28} {:<36} snr {snr:4.0} ns {:.3} lp {:6.2} {:?}",
+                    Path::new(sf).file_name().unwrap().to_string_lossy(),
+                    Path::new(nf).file_name().unwrap().to_string_lossy(),
+                    r.no_speech_prob,
+                    lp,
+                    text
+                );
+            }
+        }
+    }
+}
