@@ -261,7 +261,7 @@ fn micro(model: &mut WhisperModel, audio: &[f32]) -> (f64, f64, f64) {
     let _ = model.set_q8_output(true);
     println!(
         "decoder step breakdown: layers {layers_ms:.1} ms, output projection {f32_proj:.1} ms \
-         (f32) / {q8_proj:.1} ms (Q8_0)"
+         (f32) / {q8_proj:.1} ms (int8)"
     );
     (median(enc), f32_ms, q8)
 }
@@ -473,14 +473,14 @@ fn main() {
     println!(
         "load {load_s:.2} s; RSS {rss0:.0} MB before load, {rss_loaded:.0} MB after; encoder \
          {enc_ms:.0} ms / 30 s window; decoder step {f32_ms:.1} ms/token (f32 output), \
-         {q8_ms:.1} ms/token (Q8_0 output)"
+         {q8_ms:.1} ms/token (int8 output)"
     );
 
     let greedy = DecodeOptions::default();
     let mut rows = Vec::new();
     model.set_q8_output(true).expect("q8");
     rows.push(run_engine(
-        "hark greedy, Q8_0 out (default)",
+        "hark greedy, int8 out (default)",
         &mut model,
         &greedy,
         &inp,
@@ -498,7 +498,7 @@ fn main() {
     if !quick {
         model.set_pad_to_30s(false);
         rows.push(run_engine(
-            "hark greedy, Q8_0, unpadded encoder",
+            "hark greedy, int8 out, unpadded encoder",
             &mut model,
             &greedy,
             &inp,
@@ -510,7 +510,7 @@ fn main() {
             ..DecodeOptions::default()
         };
         rows.push(run_engine(
-            "hark beam 5, Q8_0",
+            "hark beam 5, int8 out",
             &mut model,
             &beam,
             &inp,

@@ -37,11 +37,13 @@
 //!   confident hallucinations on noise, measured on our noise sets), and segments with no
 //!   letter or digit are dropped.
 //! - **Decoder**: our own forward with an incremental self-attention KV cache
-//!   ([`model`]), cross-attention keys/values computed once per window, optional Q8_0 output
-//!   projection ([`LoadOptions::q8_output`]).
+//!   ([`model`]), cross-attention keys/values computed once per window, one-token steps through
+//!   vectorised dot products ([`gemv`]), optional int8 output projection
+//!   ([`LoadOptions::q8_output`]).
 
 pub mod align;
 pub mod decode;
+pub mod gemv;
 pub mod model;
 pub mod text;
 pub mod tokenizer;
@@ -182,8 +184,8 @@ pub struct WindowResult {
 /// Load-time choices.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Quantise the 51864 x D output projection to Q8_0 (faster steps; see the bench for the
-    /// accuracy check).
+    /// Quantise the 51864 x D output projection to int8 with per-row scales (a quarter of the
+    /// bytes per decode step; see the bench for the accuracy check).
     pub q8_output: bool,
     /// Encode every window padded to 30 s, as Whisper was trained (true), or only the mel
     /// frames holding audio (faster on short inputs, less accurate).
@@ -487,7 +489,7 @@ impl WhisperModel {
         &self.net
     }
 
-    /// Switches the Q8_0 output projection on or off.
+    /// Switches the int8 output projection on or off.
     pub fn set_q8_output(&mut self, on: bool) -> Result<(), NnError> {
         Ok(self.net.decoder.quantize_output(on)?)
     }

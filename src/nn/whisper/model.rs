@@ -10,11 +10,52 @@
 //!
 //! The output projection is tied to the token embedding (`proj_out` = `embed_tokens`) and is the
 //! largest single read of a decode step (51864 x 384 f32 = 80 MB); [`Decoder::quantize_output`]
-//! swaps it for a Q8_0 copy (21 MB) used through candle's quantized matmul.
+//! swaps it for an int8 copy (20 MB). Linear layers run on few rows (decode steps) go through
+//! [`super::gemv`] instead of candle's matmul.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::gemv::{I8Rows, matmul_f32, matmul_i8};
+
+/// Rows (B*T) up to which a linear layer runs as dot products ([`super::gemv`]) rather than
+/// candle's matmul.
+const GEMV_MAX_ROWS: usize = 16;
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("tensor is not contiguous");
+    };
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(&cpu.as_slice::<f32>()?[start..end])),
+        _ => candle_core::bail!("tensor is not on the CPU"),
+    }
+}
+
+/// `l.forward(x)`, through [`matmul_f32`] when `x` has few rows (decode steps).
+fn lin(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().unwrap_or(&0);
+    let rows = x.elem_count() / k.max(1);
+    if rows == 0 || rows > GEMV_MAX_ROWS || x.dtype() != DType::F32 {
+        return l.forward(x);
+    }
+    let (n, _) = l.weight().dims2()?;
+    let x = x.contiguous()?;
+    let out = with_f32(&x, |xs| {
+        with_f32(l.weight(), |w| match l.bias() {
+            Some(b) => with_f32(b, |bs| matmul_f32(xs, k, w, n, Some(bs))),
+            None => Ok(matmul_f32(xs, k, w, n, None)),
+        })
+    })???;
+    let mut shape = dims;
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
+    Tensor::from_vec(out, shape, x.device())
+}
 
 /// The subset of a Hugging Face Whisper `config.json` the network needs (upstream names in
 /// comments). Unknown fields are ignored.
@@ -115,7 +156,7 @@ impl Attention {
 
     /// Queries (scaled), keys and values of `x` in head layout.
     fn project_qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let y = self.qkv.forward(x)?;
+        let y = lin(&self.qkv, x)?;
         let d = self.d;
         Ok((
             (self.heads(&y.narrow(2, 0, d)?)? * self.scale)?,
@@ -147,14 +188,14 @@ impl Attention {
         let w = candle_nn::ops::softmax_last_dim(&att)?;
         let o = Self::merge(&w.matmul(&v)?)?;
         *cache = Some((k, v));
-        self.out.forward(&o)
+        lin(&self.out, &o)
     }
 
     /// Self-attention without cache or mask (the encoder).
     fn forward_full(&self, x: &Tensor) -> Result<Tensor> {
         let (q, k, v) = self.project_qkv(x)?;
         let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        self.out.forward(&Self::merge(&w.matmul(&v)?)?)
+        lin(&self.out, &Self::merge(&w.matmul(&v)?)?)
     }
 
     /// Cross-attention keys (transposed, (1, H, Dh, S)) and values ((1, H, S, Dh)) of the
@@ -177,12 +218,12 @@ impl Attention {
         want_scores: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, d) = x.dims3()?;
-        let q = self.q.forward(x)?.reshape((1, b * t, d))?;
+        let q = lin(&self.q, x)?.reshape((1, b * t, d))?;
         let q = (self.heads(&q)? * self.scale)?;
         let att = q.matmul(&kv.0)?;
         let w = candle_nn::ops::softmax_last_dim(&att)?;
         let o = Self::merge(&w.matmul(&kv.1)?)?.reshape((b, t, d))?;
-        Ok((self.out.forward(&o)?, want_scores.then_some(att)))
+        Ok((lin(&self.out, &o)?, want_scores.then_some(att)))
     }
 }
 
@@ -205,8 +246,8 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // nn.GELU() in openai/whisper is the exact (erf) form.
-        let h = self.fc1.forward(&self.ln.forward(x)?)?.gelu_erf()?;
-        x + self.fc2.forward(&h)?
+        let h = lin(&self.fc1, &self.ln.forward(x)?)?.gelu_erf()?;
+        x + lin(&self.fc2, &h)?
     }
 }
 
@@ -345,17 +386,17 @@ pub struct CrossKv {
     pub n_audio: usize,
 }
 
-/// The output projection: the tied embedding in f32, or a Q8_0 copy.
+/// The output projection: the tied embedding in f32, or an int8 copy.
 #[derive(Debug)]
 enum OutputProjection {
-    F32(Tensor),
-    Q8(QMatMul),
+    F32,
+    I8(I8Rows),
 }
 
 /// Whisper's `TextDecoder`.
 #[derive(Debug)]
 pub struct Decoder {
-    embed_tokens: Tensor,
+    pub(crate) embed_tokens: Tensor,
     positions: Tensor,
     layers: Vec<DecoderLayer>,
     ln: LayerNorm,
@@ -391,7 +432,7 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         let embed_tokens = vb.get((cfg.vocab_size, d), "embed_tokens.weight")?;
         Ok(Self {
-            output: OutputProjection::F32(embed_tokens.clone()),
+            output: OutputProjection::F32,
             embed_tokens,
             positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
             layers,
@@ -410,20 +451,20 @@ impl Decoder {
         self.n_ctx
     }
 
-    /// Replaces the f32 output projection with a Q8_0 copy (or back).
-    pub fn quantize_output(&mut self, q8: bool) -> Result<()> {
-        self.output = if q8 {
-            let q = QTensor::quantize(&self.embed_tokens, GgmlDType::Q8_0)?;
-            OutputProjection::Q8(QMatMul::from_qtensor(q)?)
+    /// Replaces the f32 output projection with an int8 copy (per-row scales; or back).
+    pub fn quantize_output(&mut self, int8: bool) -> Result<()> {
+        self.output = if int8 {
+            let (v, d) = self.embed_tokens.dims2()?;
+            OutputProjection::I8(with_f32(&self.embed_tokens, |w| I8Rows::quantize(w, v, d))?)
         } else {
-            OutputProjection::F32(self.embed_tokens.clone())
+            OutputProjection::F32
         };
         Ok(())
     }
 
-    /// True when the output projection is Q8_0.
-    pub fn output_is_q8(&self) -> bool {
-        matches!(self.output, OutputProjection::Q8(_))
+    /// True when the output projection is int8.
+    pub fn output_is_int8(&self) -> bool {
+        matches!(self.output, OutputProjection::I8(_))
     }
 
     /// Cross-attention keys/values of the encoder output `xa` (1, S, D).
@@ -503,10 +544,14 @@ impl Decoder {
 
     /// Logits (N, V) of hidden states (N, D).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        match &self.output {
-            OutputProjection::F32(w) => hidden.matmul(&w.t()?),
-            OutputProjection::Q8(q) => q.forward(hidden),
-        }
+        let (n, d) = hidden.dims2()?;
+        let (v, _) = self.embed_tokens.dims2()?;
+        let h = hidden.to_dtype(DType::F32)?.contiguous()?;
+        let out = with_f32(&h, |x| match &self.output {
+            OutputProjection::F32 => with_f32(&self.embed_tokens, |w| matmul_f32(x, d, w, v, None)),
+            OutputProjection::I8(q) => Ok(matmul_i8(x, q)),
+        })??;
+        Tensor::from_vec(out, (n, v), hidden.device())
     }
 }
 
