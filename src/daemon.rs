@@ -23,7 +23,7 @@ use crate::{
     metrics,
     pipeline::{Pipeline, PipelineOptions, PipelineStats, StageSpec},
     stages::{
-        asr::{Enable, OneShot, WhisperRecognizer},
+        asr::{Enable, OneShot, SharedModel, WhisperRecognizer},
         level::LevelStage,
         transcribe::TranscribeStage,
         vad::VadStage,
@@ -53,8 +53,12 @@ pub enum DaemonError {
     Spawn(#[from] std::io::Error),
 }
 
-/// Builds the configured stages (a fresh set per pipeline).
-pub fn build_stages(cfg: &Config) -> Result<Vec<StageSpec>, DaemonError> {
+/// Builds the configured stages (a fresh set per pipeline; the Whisper weights in `asr` are
+/// shared, not copied).
+pub fn build_stages(
+    cfg: &Config,
+    asr: Option<&SharedModel>,
+) -> Result<Vec<StageSpec>, DaemonError> {
     let mut stages = Vec::new();
     if cfg.vad.enabled {
         stages.push(StageSpec {
@@ -65,8 +69,9 @@ pub fn build_stages(cfg: &Config) -> Result<Vec<StageSpec>, DaemonError> {
             ring_ms: cfg.pipeline.stage_ring_ms,
         });
     }
-    if let Some(dir) = transcribe_model_dir(cfg)? {
-        let model = crate::nn::whisper::WhisperModel::load(&dir)
+    if let Some(shared) = asr {
+        let model = shared
+            .get()
             .map_err(|e| DaemonError::Stage(format!("transcribe: {e}")))?;
         let recognizer = WhisperRecognizer::new(model, cfg.transcribe.decode_options());
         stages.push(StageSpec {
@@ -205,6 +210,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
     }
 
     let asr_dir = transcribe_model_dir(&cfg)?;
+    let asr = asr_dir.clone().map(SharedModel::new);
     match &asr_dir {
         Some(d) => tracing::info!(model = %d.display(), "Transcription enabled."),
         None if cfg.transcribe.enabled == Enable::Auto => tracing::info!(
@@ -219,7 +225,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             tracing::info!(source = %source.describe(), "Starting pipeline.");
             Some(Pipeline::start(
                 source,
-                build_stages(&cfg)?,
+                build_stages(&cfg, asr.as_ref())?,
                 bus.clone(),
                 PipelineOptions {
                     stream: Arc::from("main"),
@@ -236,13 +242,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
 
     let session_cfg = cfg.clone();
     let session_bus = bus.clone();
+    let session_asr = asr.clone();
     let service = HarkService::new(ApiContext {
         bus: bus.clone(),
         started,
         main: main_stats.clone(),
         start_session: Arc::new(move |src| {
             let name: Arc<str> = Arc::from(src.name.as_str());
-            let stages = build_stages(&session_cfg).map_err(|e| e.to_string())?;
+            let stages =
+                build_stages(&session_cfg, session_asr.as_ref()).map_err(|e| e.to_string())?;
             Pipeline::start(
                 Box::new(src),
                 stages,
@@ -260,7 +268,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         subscriber_buffer: cfg.server.subscriber_buffer,
         max_message_bytes: cfg.server.max_message_bytes,
         store: store.clone(),
-        asr: asr_dir.map(|d| Arc::new(OneShot::new(d))),
+        asr: asr.map(|m| {
+            let gate = cfg.transcribe.vad_gate.then(|| cfg.vad.clone());
+            Arc::new(OneShot::new(m, gate))
+        }),
         asr_defaults: cfg.transcribe.clone(),
     });
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {

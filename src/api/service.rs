@@ -207,8 +207,10 @@ impl Hark for HarkService {
         })?;
         let req = request.into_inner();
         let mut opts = self.ctx.asr_defaults.decode_options();
+        // 0: the configured beam (greedy by default: on held-out speech it was as accurate as
+        // beam 5 and 1.5x faster; see benches/whisper.rs).
         opts.beam_size = if req.beam_size == 0 {
-            5
+            opts.beam_size
         } else {
             req.beam_size.min(16) as usize
         };

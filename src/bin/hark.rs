@@ -67,7 +67,7 @@ enum Command {
         /// Custom vocabulary / context text (names, product words).
         #[arg(long)]
         prompt: Option<String>,
-        /// Beam size (default: 5).
+        /// Beam size (default: the daemon's transcribe.beam_size, 1 = greedy).
         #[arg(long)]
         beam_size: Option<u32>,
     },

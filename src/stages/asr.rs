@@ -1,11 +1,15 @@
 //! Whisper behind the streaming stage's [`Recognizer`] interface, and the `[transcribe]` config.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use super::transcribe::{HypWord, Hypothesis, Recognizer, StreamingConfig};
-use crate::nn::whisper::{DecodeOptions, Segment, Task, WhisperModel};
+use super::vad::{VadConfig, speech_regions};
+use crate::dsp::SAMPLE_RATE;
+use crate::nn::NnError;
+use crate::nn::whisper::{DecodeOptions, Segment, Task, Transcription, WhisperModel};
 
 /// When to run the transcription stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +43,9 @@ pub struct TranscribeConfig {
     pub prompt: String,
     /// Words to bias every decode towards.
     pub hotwords: String,
+    /// One-shot `Transcribe`: drop segments that overlap no speech found by the VAD (`[vad]`
+    /// settings). Stops Whisper writing words over noise; the live stream is VAD-gated anyway.
+    pub vad_gate: bool,
     pub streaming: StreamingConfig,
 }
 
@@ -53,6 +60,7 @@ impl Default for TranscribeConfig {
             beam_size: 1,
             prompt: String::new(),
             hotwords: String::new(),
+            vad_gate: true,
             streaming: StreamingConfig::default(),
         }
     }
@@ -136,15 +144,54 @@ pub fn segment_words(seg: &Segment) -> Vec<HypWord> {
         .collect()
 }
 
+/// One Whisper model shared by every user in the daemon (the live stream, each `StreamAudio`
+/// session, one-shot `Transcribe` requests): loaded on first use, then kept. Decoding takes
+/// `&self` and keeps its state per call, so sharing costs no copies; a second tiny.en
+/// instance would cost ~150 MB.
+#[derive(Debug, Clone)]
+pub struct SharedModel {
+    dir: PathBuf,
+    slot: Arc<Mutex<Option<Arc<WhisperModel>>>>,
+}
+
+impl SharedModel {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            slot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The model directory's name (`tiny.en`, ...).
+    pub fn model_name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The model, loading it if this is the first use. A failed load is not cached: the next
+    /// call tries again (e.g. after `harkd models fetch`).
+    pub fn get(&self) -> Result<Arc<WhisperModel>, NnError> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(WhisperModel::load(&self.dir)?);
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+}
+
 /// Whisper as a streaming recogniser.
 #[derive(Debug)]
 pub struct WhisperRecognizer {
-    model: WhisperModel,
+    model: Arc<WhisperModel>,
     opts: DecodeOptions,
 }
 
 impl WhisperRecognizer {
-    pub fn new(model: WhisperModel, opts: DecodeOptions) -> Self {
+    pub fn new(model: Arc<WhisperModel>, opts: DecodeOptions) -> Self {
         Self { model, opts }
     }
 }
@@ -169,42 +216,97 @@ impl Recognizer for WhisperRecognizer {
     }
 }
 
-/// Whisper for one-shot requests (the `Transcribe` RPC): loaded on first use, one request at a
-/// time (a second request waits; both would compete for the same two cores anyway).
+/// Shortest input the VAD gate judges: below this the VAD's noise floor (1.5 s of minimum
+/// statistics) is not established, so a clip that is nothing but a short word would be called
+/// silent.
+pub const VAD_GATE_MIN_S: f32 = 1.5;
+
+/// Offline transcription as the `Transcribe` RPC does it: Whisper over the whole input, then a
+/// VAD gate that drops segments not overlapping any speech the VAD stage finds (`vad: None`
+/// turns the gate off). Whisper alone, even with its no-speech rules, writes "Thank you." over
+/// a cheering stadium where no one speaks; the VAD's energy gate sees no speech there.
+pub fn transcribe_gated(
+    model: &WhisperModel,
+    audio: &[f32],
+    opts: &DecodeOptions,
+    vad: Option<&VadConfig>,
+) -> Result<Transcription, NnError> {
+    let gate = vad.filter(|_| audio.len() as f32 >= VAD_GATE_MIN_S * SAMPLE_RATE as f32);
+    let Some(vad) = gate else {
+        return model.transcribe(audio, opts);
+    };
+    let regions = speech_regions(audio, vad).map_err(|e| NnError::InvalidInput(e.to_string()))?;
+    if regions.is_empty() {
+        // No speech anywhere: nothing Whisper could write would survive the gate.
+        return Ok(Transcription {
+            // The pinned language; nothing to detect one from when asked for `auto`.
+            language: match opts.language.as_deref() {
+                None | Some("") => "en".into(),
+                Some("auto") => String::new(),
+                Some(l) => l.to_ascii_lowercase(),
+            },
+            language_probs: Vec::new(),
+            segments: Vec::new(),
+            text: String::new(),
+        });
+    }
+    let mut t = model.transcribe(audio, opts)?;
+    let rate = SAMPLE_RATE as f32;
+    let overlaps = |s: &Segment| {
+        regions.iter().any(|&(a, b)| {
+            let (a, b) = (a as f32 / rate, b as f32 / rate);
+            b.min(s.end) - a.max(s.start) > 0.0
+        })
+    };
+    let before = t.segments.len();
+    t.segments.retain(overlaps);
+    if t.segments.len() != before {
+        tracing::debug!(
+            dropped = before - t.segments.len(),
+            "VAD gate dropped segments without speech."
+        );
+        t.text = t
+            .segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<String>()
+            .trim()
+            .to_string();
+    }
+    Ok(t)
+}
+
+/// Whisper for one-shot requests (the `Transcribe` RPC): one request at a time (a second one
+/// waits; both would compete for the same two cores, and the live stream must keep up).
 #[derive(Debug)]
 pub struct OneShot {
-    dir: PathBuf,
-    model: std::sync::Mutex<Option<WhisperModel>>,
+    model: SharedModel,
+    vad: Option<VadConfig>,
+    busy: Mutex<()>,
 }
 
 impl OneShot {
-    pub fn new(dir: PathBuf) -> Self {
+    /// `vad`: settings of the VAD gate ([`transcribe_gated`]), `None` for no gate.
+    pub fn new(model: SharedModel, vad: Option<VadConfig>) -> Self {
         Self {
-            dir,
-            model: std::sync::Mutex::new(None),
+            model,
+            vad,
+            busy: Mutex::new(()),
         }
     }
 
     pub fn model_name(&self) -> String {
-        self.dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        self.model.model_name()
     }
 
-    /// Transcribes 16 kHz mono audio.
+    /// Transcribes 16 kHz mono audio ([`transcribe_gated`]).
     pub fn transcribe(
         &self,
         audio: &[f32],
         opts: &DecodeOptions,
-    ) -> Result<crate::nn::whisper::Transcription, crate::nn::NnError> {
-        let mut guard = self.model.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(WhisperModel::load(&self.dir)?);
-        }
-        match guard.as_mut() {
-            Some(m) => m.transcribe(audio, opts),
-            None => unreachable!("model loaded above"),
-        }
+    ) -> Result<Transcription, NnError> {
+        let _turn = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let model = self.model.get()?;
+        transcribe_gated(&model, audio, opts, self.vad.as_ref())
     }
 }

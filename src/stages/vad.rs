@@ -394,6 +394,24 @@ impl VadDetector {
     }
 }
 
+/// Speech regions of a whole recording, in samples at 16 kHz: the segments the VAD stage would
+/// report for it as a stream (the last one closed at the end of the audio).
+pub fn speech_regions(audio: &[f32], cfg: &VadConfig) -> Result<Vec<(u64, u64)>, VadError> {
+    let mut det = VadDetector::new(cfg)?;
+    let n = det.frame_len();
+    let mut regions = Vec::new();
+    let mut push = |t: Option<VadTransition>| {
+        if let Some(VadTransition::Ended { start, at }) = t {
+            regions.push((start, at));
+        }
+    };
+    for (i, frame) in audio.chunks_exact(n).enumerate() {
+        push(det.push_frame(frame, (i * n) as u64));
+    }
+    push(det.close(audio.len() as u64));
+    Ok(regions)
+}
+
 /// The VAD pipeline stage.
 #[derive(Debug)]
 pub struct VadStage {

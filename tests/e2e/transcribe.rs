@@ -179,3 +179,34 @@ async fn a_file_source_yields_interim_and_final_transcripts_that_survive_kill_9(
     );
     assert!(hits.iter().all(|h| h.stream == "main"));
 }
+
+/// Non-speech that Whisper alone turned into words ("Uh-huh" for a dog bark, "Bye bye." for a
+/// car horn) and footsteps: the `Transcribe` RPC returns nothing for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcribe_rpc_writes_no_words_over_noise() {
+    let (Some(_), Some(data)) = (model_dir(), crate::harness::shared_data()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        &["--source", "none"],
+        Some(&config(&dir.path().join("t.db"))),
+    );
+    let mut client = daemon.client().await;
+    for clip in [
+        "urbansound8k/audio/fold1/101415-3-0-8.flac",
+        "urbansound8k/audio/fold1/175845-1-0-0.flac",
+        "noise/ambient/walking.flac",
+    ] {
+        let r = client
+            .transcribe(pb::TranscribeRequest {
+                audio: std::fs::read(data.join(clip)).unwrap(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.text, "", "{clip}: {r:?}");
+        assert!(r.segments.is_empty(), "{clip}: {r:?}");
+    }
+}

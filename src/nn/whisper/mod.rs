@@ -67,6 +67,11 @@ pub const N_FRAMES: usize = N_SAMPLES / HOP;
 pub const SUSPECT_NO_SPEECH: f32 = 0.2;
 /// Average log probability below which a suspect window is dropped.
 pub const SUSPECT_LOGPROB: f32 = -0.6;
+/// No-speech probability above which a window is more likely noise than speech: it is dropped
+/// unless its text is confident (average log probability >= [`LIKELY_SILENT_LOGPROB`]).
+pub const LIKELY_NO_SPEECH: f32 = 0.5;
+/// See [`LIKELY_NO_SPEECH`].
+pub const LIKELY_SILENT_LOGPROB: f32 = -0.4;
 /// Mel frames per second.
 const FRAMES_PER_SECOND: f32 = SAMPLE_RATE as f32 / HOP as f32;
 
@@ -506,7 +511,7 @@ impl WhisperModel {
 
     /// Language probabilities of the first 30 s of `audio`, most likely first. Errors on
     /// English-only models.
-    pub fn detect_language(&mut self, audio: &[f32]) -> Result<Vec<(String, f32)>, NnError> {
+    pub fn detect_language(&self, audio: &[f32]) -> Result<Vec<(String, f32)>, NnError> {
         if !self.is_multilingual() {
             return Err(NnError::EnglishOnly {
                 model: self.name.clone(),
@@ -690,9 +695,11 @@ impl WhisperModel {
     /// log probability of -0.65 to -1.7. Clean speech scored no-speech probabilities below 0.05
     /// and log probabilities above -0.62; speech mixed with babble, kitchen or machine noise at
     /// 0-10 dB SNR had either a no-speech probability <= 0.16 or a log probability >= -0.6
-    /// (worst: 0.29 with -0.46). So a window is also
-    /// dropped when its no-speech probability is above [`SUSPECT_NO_SPEECH`] and its average
-    /// log probability below [`SUSPECT_LOGPROB`]. Both rules are off when either threshold
+    /// (worst: 0.29 with -0.46); isolated spoken digits (0.2-0.6 s clips) stayed below 0.2. So a
+    /// window is also dropped when its no-speech probability is above [`SUSPECT_NO_SPEECH`] and
+    /// its average log probability below [`SUSPECT_LOGPROB`], or above [`LIKELY_NO_SPEECH`] with
+    /// a log probability below [`LIKELY_SILENT_LOGPROB`] (a car horn read as "Bye bye." at 0.79 /
+    /// -0.54, a dog bark as "Uh-huh" at 0.64 / -0.57). The rules are off when either threshold
     /// option is `None`.
     fn is_silent(r: &DecodingResult, opts: &DecodeOptions) -> bool {
         let (Some(th), Some(lt)) = (opts.no_speech_threshold, opts.logprob_threshold) else {
@@ -704,7 +711,9 @@ impl WhisperModel {
         let openai = r.no_speech_prob > th && r.avg_logprob <= lt;
         let suspect =
             r.no_speech_prob > SUSPECT_NO_SPEECH.min(th) && r.avg_logprob < SUSPECT_LOGPROB.max(lt);
-        openai || suspect
+        let likely_silent = r.no_speech_prob > LIKELY_NO_SPEECH.min(th)
+            && r.avg_logprob < LIKELY_SILENT_LOGPROB.max(lt);
+        openai || suspect || likely_silent
     }
 
     fn hotword_tokens(&self, opts: &DecodeOptions) -> Result<Vec<u32>, NnError> {
@@ -820,7 +829,7 @@ impl WhisperModel {
     /// are relative to the window start. `prompt` conditions the decode on previous text
     /// (e.g. the tokens of committed segments); when empty, `opts.initial_prompt` is used.
     pub fn decode_window(
-        &mut self,
+        &self,
         audio: &[f32],
         opts: &DecodeOptions,
         prompt: &[u32],
@@ -904,7 +913,7 @@ impl WhisperModel {
 
     /// Transcribes `audio` (16 kHz mono, any length) window by window; see the module docs.
     pub fn transcribe(
-        &mut self,
+        &self,
         audio: &[f32],
         opts: &DecodeOptions,
     ) -> Result<Transcription, NnError> {

@@ -365,7 +365,7 @@ fn check_segments(segs: &[Segment], tok: &WhisperTokenizer, max_end: f32) {
 
 #[test]
 fn greedy_and_beam_decode_random_model() {
-    let mut model = tiny_model(5);
+    let model = tiny_model(5);
     let audio = chirp(4.0);
     let greedy = model.decode_window(&audio, &ungated(), &[]).unwrap();
     check_segments(&greedy.segments, model.tokenizer(), 30.0);
@@ -414,7 +414,7 @@ fn greedy_and_beam_decode_random_model() {
 
 #[test]
 fn long_form_loop_terminates_and_orders_segments() {
-    let mut model = tiny_model(6);
+    let model = tiny_model(6);
     let audio = chirp(40.0);
     let t = model.transcribe(&audio, &ungated()).unwrap();
     check_segments(&t.segments, model.tokenizer(), 40.0 + 30.0);
@@ -441,7 +441,7 @@ fn long_form_loop_terminates_and_orders_segments() {
 
 #[test]
 fn english_only_model_pins_language_and_task() {
-    let mut model = tiny_model(7);
+    let model = tiny_model(7);
     assert!(!model.is_multilingual());
     let audio = chirp(1.0);
     let err = model.detect_language(&audio).unwrap_err();
@@ -534,7 +534,7 @@ fn real_tiny_en_transcribes_jfk() {
     if cfg!(debug_assertions) {
         eprintln!("note: real-weight test in a debug build is slow; use --release");
     }
-    let mut model = WhisperModel::load(&dir).unwrap();
+    let model = WhisperModel::load(&dir).unwrap();
     let audio = load_audio(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jfk.flac"));
     let t = model.transcribe(&audio, &DecodeOptions::default()).unwrap();
     let want = "And so my fellow Americans, ask not what your country can do for you, ask what \
@@ -561,7 +561,7 @@ fn real_tiny_en_noise_yields_no_words() {
         eprintln!("skipping: {} is absent", noise.display());
         return;
     }
-    let mut model = WhisperModel::load(&dir).unwrap();
+    let model = WhisperModel::load(&dir).unwrap();
     for name in ["hens.flac", "speech_commands_exercise_bike.flac"] {
         let mut audio = load_audio(&noise.join(name));
         audio.truncate(N_SAMPLES);
