@@ -73,7 +73,13 @@ pub fn build_stages(
         let model = shared
             .get()
             .map_err(|e| DaemonError::Stage(format!("transcribe: {e}")))?;
-        let recognizer = WhisperRecognizer::new(model, cfg.transcribe.decode_options());
+        let mut opts = cfg.transcribe.decode_options();
+        opts.min_encode_s = Some(cfg.transcribe.streaming.min_encode_s);
+        // One decode per re-decode: sampling at higher temperatures costs up to six decodes
+        // (seconds behind live audio) and rarely agrees with the next re-decode anyway;
+        // repetitive results are dropped by the recogniser instead.
+        opts.temperatures = vec![0.0];
+        let recognizer = WhisperRecognizer::new(model, opts);
         stages.push(StageSpec {
             stage: Box::new(
                 TranscribeStage::new(

@@ -209,8 +209,19 @@ impl Recognizer for WhisperRecognizer {
             .model
             .decode_window(audio, &self.opts, &prompt_tokens)
             .map_err(|e| e.to_string())?;
+        // Without the temperature fallback a repetition loop can come back as the result:
+        // such a segment (and what follows it) is not speech to show.
+        let limit = self
+            .opts
+            .compression_ratio_threshold
+            .unwrap_or(f32::INFINITY);
         Ok(Hypothesis {
-            words: r.segments.iter().flat_map(segment_words).collect(),
+            words: r
+                .segments
+                .iter()
+                .take_while(|s| s.compression_ratio <= limit)
+                .flat_map(segment_words)
+                .collect(),
             language: r.language,
         })
     }

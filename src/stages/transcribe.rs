@@ -47,7 +47,8 @@ pub trait Recognizer: Send + 'static {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamingConfig {
-    /// Re-decode the active speech every this many milliseconds (interim results).
+    /// Re-decode the active speech every this many milliseconds of audio (interim results),
+    /// or less often when a decode takes longer (at most 80% of real time goes to decoding).
     pub interim_ms: u32,
     /// Audio kept before the detected speech onset, milliseconds.
     pub preroll_ms: u32,
@@ -61,17 +62,22 @@ pub struct StreamingConfig {
     /// stage's hangover: Whisper is more accurate on whole sentences than on fragments, and
     /// words are committed during speech anyway.
     pub end_silence_ms: u32,
+    /// Seconds of audio the encoder sees at least on each re-decode (the buffer zero-padded to
+    /// this; 30 = Whisper's training setup). Shorter is cheaper: the encoder dominates a
+    /// re-decode and its cost follows its input.
+    pub min_encode_s: f32,
 }
 
 impl Default for StreamingConfig {
     fn default() -> Self {
         Self {
-            interim_ms: 1000,
+            interim_ms: 600,
             preroll_ms: 300,
             max_window_s: 30.0,
-            trim_after_s: 10.0,
+            trim_after_s: 6.0,
             prompt_chars: 200,
             end_silence_ms: 900,
+            min_encode_s: 10.0,
         }
     }
 }
@@ -86,6 +92,9 @@ impl StreamingConfig {
         }
         if !(2.0..=30.0).contains(&self.max_window_s) {
             return Err("transcribe.max_window_s must be within 2..=30".into());
+        }
+        if !(1.0..=30.0).contains(&self.min_encode_s) {
+            return Err("transcribe.min_encode_s must be within 1..=30".into());
         }
         if !(100..=5000).contains(&self.end_silence_ms) {
             return Err("transcribe.end_silence_ms must be within 100..=5000".into());
@@ -134,7 +143,17 @@ pub struct TranscribeStage {
     language: String,
     /// VAD gating (always on in the daemon; unit tests of the commit policy turn it off).
     gated: bool,
+    /// Wall time of the last decode, in samples of audio: the next interim decode waits at
+    /// least this long (x [`DUTY`]) so decoding never falls behind the live audio.
+    decode_cost: usize,
 }
+
+/// Audio kept before the end of the committed words when the window is trimmed.
+const TRIM_MARGIN_MS: u64 = 250;
+
+/// Inverse of the largest share of real time the stage spends decoding; the rest is head
+/// room for the other stages and for decodes that take longer than the last one.
+const DUTY: f32 = 1.25;
 
 impl std::fmt::Debug for TranscribeStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,6 +191,7 @@ impl TranscribeStage {
             context: String::new(),
             language: "en".into(),
             gated: true,
+            decode_cost: 0,
         })
     }
 
@@ -199,11 +219,26 @@ impl TranscribeStage {
         if self.buf.len() < (STREAM_RATE / 10) as usize {
             return Ok(());
         }
+        // Never hand the recogniser more than it takes, even after failed decodes left the
+        // buffer untrimmed: the oldest audio goes (it was shown as interim already).
+        let max = self.max_samples();
+        if self.buf.len() > max {
+            let n = self.buf.len() - max;
+            self.buf.drain(..n);
+            self.buf_start += n as u64;
+        }
         let prompt = self.context.clone();
-        let hyp = self
-            .recognizer
-            .recognize(&self.buf, &prompt)
-            .map_err(StageError::Failed)?;
+        let started = std::time::Instant::now();
+        let hyp = self.recognizer.recognize(&self.buf, &prompt);
+        self.decode_cost = (started.elapsed().as_secs_f32() * DUTY * STREAM_RATE as f32) as usize;
+        let hyp = hyp.map_err(StageError::Failed)?;
+        tracing::debug!(
+            buffered_s = self.buf.len() as f32 / STREAM_RATE as f32,
+            decode_ms = started.elapsed().as_millis() as u64,
+            words = hyp.words.len(),
+            last,
+            "Re-decoded."
+        );
         if !hyp.language.is_empty() {
             self.language = hyp.language.clone();
         }
@@ -332,8 +367,12 @@ impl TranscribeStage {
     fn trim(&mut self) {
         let trim_after = (self.cfg.trim_after_s * STREAM_RATE as f32) as usize;
         let mut cut_at = self.buf_start;
-        if self.buf.len() > trim_after && self.committed_end > self.buf_start {
-            cut_at = self.committed_end;
+        // Cut a little before the end of the last committed word: aligned word ends are off by
+        // a frame or two, and a cut into the next word's onset loses that word. The overlap
+        // that remains is removed by text in `drop_committed_overlap`.
+        let margin = u64::from(STREAM_RATE) * TRIM_MARGIN_MS / 1000;
+        if self.buf.len() > trim_after && self.committed_end > self.buf_start + margin {
+            cut_at = self.committed_end - margin;
         }
         let max = self.max_samples();
         if self.buf.len() > max {
@@ -402,9 +441,8 @@ impl Stage for TranscribeStage {
         if let Some(VadTransition::Ended { .. }) = transition {
             return self.end_utterance(out);
         }
-        if self.in_speech
-            && self.since_decode >= (self.cfg.interim_ms * STREAM_RATE / 1000) as usize
-        {
+        let interval = ((self.cfg.interim_ms * STREAM_RATE / 1000) as usize).max(self.decode_cost);
+        if self.in_speech && self.since_decode >= interval {
             self.decode(false, out)?;
         }
         Ok(())

@@ -379,7 +379,7 @@ fn greedy_and_beam_decode_random_model() {
 
     // Beam search never scores below greedy on the same window (same filters, same start).
     let (mel, frames) = model.window_mel(&audio);
-    let cross = model.encode_window(&mel, frames).unwrap();
+    let cross = model.encode_window(&mel, frames, 30.0).unwrap();
     let setup = setup_for(&model, &ungated());
     let mut rng = Rng::new(1);
     let g = decode_once(&model.net, &model.tokenizer, &cross, &setup, 0.0, &mut rng).unwrap();
@@ -568,4 +568,28 @@ fn real_tiny_en_noise_yields_no_words() {
         let t = model.transcribe(&audio, &DecodeOptions::default()).unwrap();
         assert!(t.segments.is_empty(), "{name}: {:?}", t.text);
     }
+}
+
+#[test]
+fn short_windows_are_encoded_with_padding_after_the_audio() {
+    let fps = 100;
+    // 30 s minimum: always the full window.
+    assert_eq!(WhisperModel::encoded_frames(3 * fps, 30.0), N_FRAMES);
+    // 10 s minimum: 3 s of audio -> 10 s; 9.5 s -> 9.5 + 2 s margin; never beyond 30 s.
+    assert_eq!(WhisperModel::encoded_frames(3 * fps, 10.0), 10 * fps);
+    assert_eq!(WhisperModel::encoded_frames(950, 10.0), 1150);
+    assert_eq!(WhisperModel::encoded_frames(29 * fps, 10.0), N_FRAMES);
+    // Even frame counts (the stride-2 conv), at least 2.
+    assert_eq!(WhisperModel::encoded_frames(0, 0.0) % 2, 0);
+    assert_eq!(WhisperModel::encoded_frames(1001, 0.0), 1202);
+}
+
+#[test]
+fn the_token_budget_follows_the_audio_length() {
+    assert_eq!(super::token_budget(300), 16 + 8 * 3);
+    assert_eq!(super::token_budget(301), 16 + 8 * 4);
+    assert!(
+        super::token_budget(N_FRAMES) > 224,
+        "30 s windows keep openai's 224 limit"
+    );
 }
