@@ -255,6 +255,11 @@ impl TranscribeStage {
             })
             .collect();
         self.drop_committed_overlap(&mut words);
+        // Nothing new starts inside audio already committed: a word aligned across the trim
+        // margin would otherwise date a final before the previous one.
+        for w in &mut words {
+            w.start = w.start.max(self.committed_end.min(w.end));
+        }
         // Words touching the end of the window may be cut off mid-word: never commit those
         // before the audio after them has been heard.
         let buf_end = self.buf_start + self.buf.len() as u64;

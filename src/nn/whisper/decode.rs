@@ -46,6 +46,8 @@ pub(crate) struct DecodingResult {
     pub no_speech_prob: f32,
     pub temperature: f32,
     pub compression_ratio: f32,
+    /// Stopped by the token budget, not by `<|endoftext|>`: a repetition loop.
+    pub truncated: bool,
 }
 
 /// Fallback thresholds (from `DecodeOptions`).
@@ -305,7 +307,9 @@ pub(crate) fn decode_once(
     };
     let text = tok.decode(&tokens)?;
     let text = text.trim().to_string();
+    let truncated = tokens.len() >= max_steps;
     Ok(DecodingResult {
+        truncated,
         avg_logprob: sum_logprob / (tokens.len() + 1) as f32,
         compression_ratio: compression_ratio(&text),
         tokens,
@@ -470,6 +474,43 @@ fn beam_search(
     Ok(best.map(|(s, v, _)| (s, v)).unwrap_or_default())
 }
 
+/// Whether `text` is a repetition loop: one word or one pair of words said [`LOOP_RUN`] times
+/// in a row. The compression-ratio test misses short loops: "And I'm, I'm, I'm, I'm, I'm,
+/// I'm, I'm, I'm." (Whisper on a dog bark) compresses only 2.26:1.
+pub(crate) fn is_loop(text: &str) -> bool {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .flat_map(char::to_lowercase)
+                .collect()
+        })
+        .filter(|w: &String| !w.is_empty())
+        .collect();
+    (1..=2).any(|n| {
+        let mut run = 1;
+        let mut i = n;
+        while i + n <= words.len() {
+            if words[i..i + n] == words[i - n..i] {
+                run += 1;
+                if run >= LOOP_RUN {
+                    return true;
+                }
+                i += n;
+            } else {
+                run = 1;
+                i += 1;
+            }
+        }
+        false
+    })
+}
+
+/// Repeats of the same word (or pair) that make a loop; speech rarely says a word five times
+/// running, decoders stuck on noise do it for as long as they are let.
+const LOOP_RUN: usize = 5;
+
 /// `decode_with_fallback`: decodes at increasing temperatures until the result is neither too
 /// repetitive (compression ratio) nor too unlikely (average log probability), unless the
 /// window is judged silent. When every temperature fails, keeps the attempt with the best
@@ -490,9 +531,13 @@ pub(crate) fn decode_with_fallback(
     let mut attempts: Vec<DecodingResult> = Vec::new();
     for &t in &temperatures {
         let r = decode_once(net, tok, cross, setup, t, rng)?;
-        let too_repetitive = fallback
-            .compression_ratio_threshold
-            .is_some_and(|th| r.compression_ratio > th);
+        // A short loop ("I'm, I'm, I'm, ...") cut by the token budget compresses too little to
+        // trip the ratio test; not finishing within the budget is the better sign.
+        let too_repetitive = r.truncated
+            || is_loop(&r.text)
+            || fallback
+                .compression_ratio_threshold
+                .is_some_and(|th| r.compression_ratio > th);
         let too_unlikely = fallback
             .logprob_threshold
             .is_some_and(|th| r.avg_logprob < th);
@@ -515,9 +560,11 @@ pub(crate) fn decode_with_fallback(
     let under: Vec<&DecodingResult> = attempts
         .iter()
         .filter(|r| {
-            fallback
-                .compression_ratio_threshold
-                .is_none_or(|th| r.compression_ratio <= th)
+            !r.truncated
+                && !is_loop(&r.text)
+                && fallback
+                    .compression_ratio_threshold
+                    .is_none_or(|th| r.compression_ratio <= th)
         })
         .collect();
     let pool: Vec<&DecodingResult> = if under.is_empty() {
@@ -540,6 +587,17 @@ mod tests {
         let row = [0.1, f32::NEG_INFINITY, 3.0, 2.0, -1.0];
         assert_eq!(top_k(&row, 3), vec![(3.0, 2), (2.0, 3), (0.1, 0)]);
         assert_eq!(top_k(&row, 10).len(), 4);
+    }
+
+    #[test]
+    fn loops_are_told_from_speech() {
+        assert!(is_loop("And I'm, I'm, I'm, I'm, I'm, I'm, I'm, I'm."));
+        assert!(is_loop("thank you thank you thank you thank you thank you"));
+        assert!(!is_loop("1, 2, 3, 4, 5, 6"));
+        assert!(!is_loop("no, no, no. Not that one"));
+        assert!(!is_loop(
+            "And so my fellow Americans ask not what your country can do for you"
+        ));
     }
 
     #[test]

@@ -735,7 +735,9 @@ impl WhisperModel {
     /// its average log probability below [`SUSPECT_LOGPROB`], or above [`LIKELY_NO_SPEECH`] with
     /// a log probability below [`LIKELY_SILENT_LOGPROB`] (a car horn read as "Bye bye." at 0.79 /
     /// -0.54, a dog bark as "Uh-huh" at 0.64 / -0.57). The rules are off when either threshold
-    /// option is `None`.
+    /// option is `None`. A loop that survived every temperature (stopped only by the token
+    /// budget, or a word repeated five times: "I'm, I'm, I'm, ..." over a dog bark) is always
+    /// dropped.
     ///
     /// The two stricter rules only judge windows decoded without a prompt (`prompted` false).
     /// Previous text before `<|startoftranscript|>` inflates the no-speech probability of real
@@ -748,6 +750,10 @@ impl WhisperModel {
                 .no_speech_threshold
                 .is_some_and(|th| opts.logprob_threshold.is_none() && r.no_speech_prob > th);
         };
+        if r.truncated || decode::is_loop(&r.text) {
+            // Every temperature looped: no speech to keep.
+            return true;
+        }
         let openai = r.no_speech_prob > th && r.avg_logprob <= lt;
         let suspect =
             r.no_speech_prob > SUSPECT_NO_SPEECH.min(th) && r.avg_logprob < SUSPECT_LOGPROB.max(lt);
