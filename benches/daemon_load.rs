@@ -6,29 +6,12 @@
 //!
 //! Targets: <= 2% of one core and <= 50 MB RSS.
 
+mod common;
+
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
-
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 fn main() {
     // criterion-style args (e.g. --bench) are ignored.
@@ -56,36 +39,23 @@ fn main() {
         "[transcribe]\nenabled = \"off\"\n[store]\nenabled = false\n",
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_harkd"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .arg("--source")
-        .arg(format!("file:{}", file.display()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn harkd");
+    let mut child = common::spawn_harkd(&config, &sock, &file);
     let pid = child.id();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     std::thread::sleep(Duration::from_secs(2)); // startup is not steady state
     let t0 = Instant::now();
-    let c0 = cpu_ticks(pid).expect("harkd is running");
+    let c0 = common::cpu_seconds(pid).expect("harkd is running");
     std::thread::sleep(Duration::from_secs(secs));
-    let c1 = cpu_ticks(pid).expect("harkd died during the measurement");
+    let c1 = common::cpu_seconds(pid).expect("harkd died during the measurement");
     let wall = t0.elapsed().as_secs_f64();
-    let rss = status_kb(pid, "VmRSS:").unwrap_or(0);
-    let hwm = status_kb(pid, "VmHWM:").unwrap_or(0);
+    let rss = common::status_kb(pid, "VmRSS:").unwrap_or(0);
+    let hwm = common::status_kb(pid, "VmHWM:").unwrap_or(0);
     // SAFETY: plain kill(2) on our own child.
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
     }
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    let cpu_s = (c1 - c0) as f64 / hz;
+    let cpu_s = c1 - c0;
     println!("| measurement | value | target |");
     println!("|---|---|---|");
     println!("| window | {wall:.1} s real-time file input, VAD stage | |");

@@ -16,9 +16,10 @@
 //! message otherwise. Targets: streaming WER <= offline WER x 1.15; median latency to the first
 //! interim <= 1.5 s and to the final <= 3.0 s.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -46,26 +47,6 @@ fn percentile(v: &[f64], q: f64) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn cpu_s(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks as f64 / hz)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -103,18 +84,7 @@ async fn main() {
         ),
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_harkd"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--listen")
-        .arg(format!("unix:{}", sock.display()))
-        .arg("--source")
-        .arg(format!("file:{}", file.display()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn harkd");
+    let mut child = common::spawn_harkd(&config, &sock, &file);
     let pid = child.id();
     let addr = format!("unix:{}", sock.display());
     let mut client = None;
@@ -157,7 +127,7 @@ async fn run(
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
-    let cpu0 = cpu_s(pid).unwrap_or(0.0);
+    let cpu0 = common::cpu_seconds(pid).unwrap_or(0.0);
     let wall0 = std::time::Instant::now();
     let stream_name = "main";
     let mut first_seen: Vec<Seen> = Vec::new();
@@ -206,14 +176,14 @@ async fn run(
         }
     }
     let wall = wall0.elapsed().as_secs_f64();
-    let cpu = cpu_s(pid).unwrap_or(0.0) - cpu0;
+    let cpu = common::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
     let status = client
         .get_status(pb::GetStatusRequest {})
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
 
-    let rss_streaming = status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
+    let rss_streaming = common::status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
     // Offline reference on the now idle daemon: the Transcribe RPC on the same audio.
     let audio = std::fs::read(file).map_err(|e| e.to_string())?;
     let t0 = std::time::Instant::now();
@@ -283,7 +253,7 @@ async fn run(
     println!(
         "| harkd CPU while streaming | {:.0}% of one core | |\n| harkd peak RSS streaming / after the offline RPC | {rss_streaming:.0} MB / {:.0} MB | <= 400 MB |",
         100.0 * cpu / wall,
-        status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0
+        common::status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0
     );
     println!("\nstreamed text: {streamed}");
     Ok(())

@@ -64,16 +64,22 @@ fn config(store: &std::path::Path) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transcribe_rpc_matches_the_reference_and_rejects_corrupt_audio() {
-    if model_dir().is_none() {
-        return;
-    }
+/// A daemon with transcription on and no source (one-shot RPCs only), and its state directory.
+fn rpc_only_daemon() -> (tempfile::TempDir, Daemon) {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(
         &["--source", "none"],
         Some(&config(&dir.path().join("t.db"))),
     );
+    (dir, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcribe_rpc_matches_the_reference_and_rejects_corrupt_audio() {
+    if model_dir().is_none() {
+        return;
+    }
+    let (_dir, daemon) = rpc_only_daemon();
     let mut client = daemon.client().await;
     let audio = std::fs::read(repo().join("tests/fixtures/jfk.flac")).unwrap();
     let r = client
@@ -187,11 +193,7 @@ async fn transcribe_rpc_writes_no_words_over_noise() {
     let (Some(_), Some(data)) = (model_dir(), crate::harness::shared_data()) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(
-        &["--source", "none"],
-        Some(&config(&dir.path().join("t.db"))),
-    );
+    let (_dir, daemon) = rpc_only_daemon();
     let mut client = daemon.client().await;
     for clip in [
         "urbansound8k/audio/fold1/101415-3-0-8.flac",
