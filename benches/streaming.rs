@@ -30,6 +30,7 @@ use hark::api::{
 use hark::nn::whisper::text;
 
 /// A word as an event showed it: normalised text, audio end (s), event wall time (us).
+#[derive(Clone)]
 struct Seen {
     word: String,
     end_s: f64,
@@ -163,7 +164,7 @@ async fn run(
                         wall_us: e.wall_time_unix_us - e.stream_start_unix_us,
                     };
                     if t.is_final {
-                        finals.push(s_clone(&s));
+                        finals.push(s.clone());
                     }
                     first_seen.push(s);
                 }
@@ -197,7 +198,7 @@ async fn run(
         .into_inner();
     let offline_s = t0.elapsed().as_secs_f64();
     let reference = reference.unwrap_or(&offline.text).to_string();
-    let duration_s = status_duration(file);
+    let duration_s = offline.duration_s;
 
     // Latency per final word: to its final, and to the first event showing the same word
     // (same text, end within 0.8 s: re-decodes move word times by a few hundred ms).
@@ -257,18 +258,4 @@ async fn run(
     );
     println!("\nstreamed text: {streamed}");
     Ok(())
-}
-
-fn s_clone(s: &Seen) -> Seen {
-    Seen {
-        word: s.word.clone(),
-        end_s: s.end_s,
-        wall_us: s.wall_us,
-    }
-}
-
-fn status_duration(file: &Path) -> f64 {
-    hark::audio::file::decode_file(file)
-        .map(|d| d.samples.len() as f64 / (d.format.rate as f64 * d.format.channels as f64))
-        .unwrap_or(f64::NAN)
 }

@@ -209,19 +209,8 @@ impl Recognizer for WhisperRecognizer {
             .model
             .decode_window(audio, &self.opts, &prompt_tokens)
             .map_err(|e| e.to_string())?;
-        // Without the temperature fallback a repetition loop can come back as the result:
-        // such a segment (and what follows it) is not speech to show.
-        let limit = self
-            .opts
-            .compression_ratio_threshold
-            .unwrap_or(f32::INFINITY);
         Ok(Hypothesis {
-            words: r
-                .segments
-                .iter()
-                .take_while(|s| s.compression_ratio <= limit)
-                .flat_map(segment_words)
-                .collect(),
+            words: r.segments.iter().flat_map(segment_words).collect(),
             language: r.language,
         })
     }
@@ -250,12 +239,7 @@ pub fn transcribe_gated(
     if regions.is_empty() {
         // No speech anywhere: nothing Whisper could write would survive the gate.
         return Ok(Transcription {
-            // The pinned language; nothing to detect one from when asked for `auto`.
-            language: match opts.language.as_deref() {
-                None | Some("") => "en".into(),
-                Some("auto") => String::new(),
-                Some(l) => l.to_ascii_lowercase(),
-            },
+            language: model.pinned_language(opts)?,
             language_probs: Vec::new(),
             segments: Vec::new(),
             text: String::new(),

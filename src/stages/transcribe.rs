@@ -221,12 +221,7 @@ impl TranscribeStage {
         }
         // Never hand the recogniser more than it takes, even after failed decodes left the
         // buffer untrimmed: the oldest audio goes (it was shown as interim already).
-        let max = self.max_samples();
-        if self.buf.len() > max {
-            let n = self.buf.len() - max;
-            self.buf.drain(..n);
-            self.buf_start += n as u64;
-        }
+        self.drop_front(self.buf.len().saturating_sub(self.max_samples()));
         let prompt = self.context.clone();
         let started = std::time::Instant::now();
         let hyp = self.recognizer.recognize(&self.buf, &prompt);
@@ -384,11 +379,14 @@ impl TranscribeStage {
             // Nothing agreed for a whole window: keep the newest audio.
             cut_at = cut_at.max(self.buf_start + (self.buf.len() - max) as u64);
         }
-        let n = ((cut_at - self.buf_start) as usize).min(self.buf.len());
-        if n > 0 {
-            self.buf.drain(..n);
-            self.buf_start += n as u64;
-        }
+        self.drop_front((cut_at - self.buf_start) as usize);
+    }
+
+    /// Drops the oldest `n` buffered samples (at most all of them).
+    fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.buf.drain(..n);
+        self.buf_start += n as u64;
     }
 
     fn end_utterance(&mut self, out: &mut Vec<Emitted>) -> Result<(), StageError> {

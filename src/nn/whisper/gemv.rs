@@ -57,38 +57,22 @@ impl I8Rows {
     }
 }
 
+/// Dot product of f32 activations with f32 or int8 weights, in `LANES` independent
+/// accumulators so the compiler vectorises it.
 #[inline(always)]
-fn dot_f32(x: &[f32], w: &[f32]) -> f32 {
+fn dot<W: Copy + Into<f32>>(x: &[f32], w: &[W]) -> f32 {
     let mut acc = [0f32; LANES];
     let xc = x.chunks_exact(LANES);
     let wc = w.chunks_exact(LANES);
     let (xr, wr) = (xc.remainder(), wc.remainder());
     for (a, b) in xc.zip(wc) {
         for k in 0..LANES {
-            acc[k] += a[k] * b[k];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (a, b) in xr.iter().zip(wr) {
-        s += a * b;
-    }
-    s
-}
-
-#[inline(always)]
-fn dot_i8(x: &[f32], w: &[i8]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let xc = x.chunks_exact(LANES);
-    let wc = w.chunks_exact(LANES);
-    let (xr, wr) = (xc.remainder(), wc.remainder());
-    for (a, b) in xc.zip(wc) {
-        for k in 0..LANES {
-            acc[k] += a[k] * b[k] as f32;
+            acc[k] += a[k] * b[k].into();
         }
     }
     let mut s: f32 = acc.iter().sum();
     for (a, &b) in xr.iter().zip(wr) {
-        s += a * b as f32;
+        s += a * b.into();
     }
     s
 }
@@ -101,7 +85,7 @@ fn block_f32(x: &[f32], k: usize, w: &[f32], j0: usize, out: &mut [f32]) {
     for jj in 0..nb {
         let row = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
         for m in 0..m_rows {
-            out[m * nb + jj] = dot_f32(&x[m * k..(m + 1) * k], row);
+            out[m * nb + jj] = dot(&x[m * k..(m + 1) * k], row);
         }
     }
 }
@@ -115,7 +99,7 @@ fn block_i8(x: &[f32], w: &I8Rows, j0: usize, out: &mut [f32]) {
         let j = j0 + jj;
         let row = &w.data[j * k..(j + 1) * k];
         for m in 0..m_rows {
-            out[m * nb + jj] = dot_i8(&x[m * k..(m + 1) * k], row) * w.scales[j];
+            out[m * nb + jj] = dot(&x[m * k..(m + 1) * k], row) * w.scales[j];
         }
     }
 }

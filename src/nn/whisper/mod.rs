@@ -608,6 +608,16 @@ impl WhisperModel {
         Ok(self.net.decoder.cross_kv(&features)?)
     }
 
+    /// The language a decode with `opts` is pinned to, with the same errors as a decode
+    /// (translate or a foreign language on an English-only model, unknown codes); empty when
+    /// it is to be detected from audio.
+    pub fn pinned_language(&self, opts: &DecodeOptions) -> Result<String, NnError> {
+        if opts.language.as_deref() == Some("auto") && self.is_multilingual() {
+            return Ok(String::new());
+        }
+        self.resolve_language(opts, None).map(|(code, _)| code)
+    }
+
     /// Resolves the language: (code, probabilities if detected).
     fn resolve_language(
         &self,
@@ -736,8 +746,8 @@ impl WhisperModel {
     /// a log probability below [`LIKELY_SILENT_LOGPROB`] (a car horn read as "Bye bye." at 0.79 /
     /// -0.54, a dog bark as "Uh-huh" at 0.64 / -0.57). The rules are off when either threshold
     /// option is `None`. A loop that survived every temperature (stopped only by the token
-    /// budget, or a word repeated five times: "I'm, I'm, I'm, ..." over a dog bark) is always
-    /// dropped.
+    /// budget, over the compression-ratio threshold, or a word repeated five times: "I'm, I'm,
+    /// I'm, ..." over a dog bark) is always dropped.
     ///
     /// The two stricter rules only judge windows decoded without a prompt (`prompted` false).
     /// Previous text before `<|startoftranscript|>` inflates the no-speech probability of real
@@ -750,7 +760,10 @@ impl WhisperModel {
                 .no_speech_threshold
                 .is_some_and(|th| opts.logprob_threshold.is_none() && r.no_speech_prob > th);
         };
-        if r.truncated || decode::is_loop(&r.text) {
+        let repetitive = opts
+            .compression_ratio_threshold
+            .is_some_and(|c| r.compression_ratio > c);
+        if r.truncated || repetitive || decode::is_loop(&r.text) {
             // Every temperature looped: no speech to keep.
             return true;
         }
