@@ -7,7 +7,8 @@
 //! ```sh
 //! cargo bench --bench streaming               # long-form file (~2 min)
 //! HARK_STREAM_FILE=tests/fixtures/jfk.flac cargo bench --bench streaming
-//! HARK_STREAM_CONFIG='streaming.pad_to_30s = false' cargo bench --bench streaming
+//! HARK_STREAM_CONFIG='streaming.min_encode_s = 30.0' cargo bench --bench streaming
+//! HARK_BENCH_LOG=hark::stages::transcribe=trace HARK_STREAM_TRACE=1 cargo bench --bench streaming
 //! ```
 //!
 //! `HARK_STREAM_CONFIG` is added to the `[transcribe]` table of the daemon's config.

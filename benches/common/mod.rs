@@ -7,7 +7,8 @@ use std::{
 };
 
 /// Starts `harkd run` with `config`, listening on the Unix socket `sock`, reading `file` at
-/// real-time pace; warnings go to the bench's stderr.
+/// real-time pace; warnings (or what `HARK_BENCH_LOG` selects, in `RUST_LOG` syntax) go to the
+/// bench's stderr.
 pub fn spawn_harkd(config: &Path, sock: &Path, file: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_harkd"))
         .args(["run", "--config"])
@@ -16,7 +17,10 @@ pub fn spawn_harkd(config: &Path, sock: &Path, file: &Path) -> Child {
         .arg(format!("unix:{}", sock.display()))
         .arg("--source")
         .arg(format!("file:{}", file.display()))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("HARK_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -4,9 +4,10 @@
 //! While speech is active the stage re-decodes the buffered audio every `interim_ms`. A word is
 //! *final* once two consecutive decodes agree on it (and on everything before it); the rest of the
 //! newest hypothesis is sent as an *interim* result with a stability score. At the end of speech
-//! everything left is finalised at once. Committed audio is trimmed from the buffer, keeping the
-//! committed text as the decoder prompt, so the window slides without duplicating or losing words
-//! at its seams. No recogniser work happens outside speech.
+//! everything left is finalised at once. Once the window is long, committed audio is trimmed from
+//! its front at a pause after a committed word (preferably one the decoder punctuated), keeping
+//! the committed text as the decoder prompt, so the window slides without duplicating or losing
+//! words at its seams. No recogniser work happens outside speech.
 //!
 //! The recogniser is behind [`Recognizer`], so the policy is tested without a model; the daemon
 //! plugs Whisper in.
@@ -133,12 +134,13 @@ pub struct TranscribeStage {
     preroll: VecDeque<f32>,
     in_speech: bool,
     since_decode: usize,
-    /// Words committed in this utterance (for overlap removal) and where committed audio ends.
+    /// Committed words whose audio is still in the window (they come back in every decode and
+    /// are matched away by text), and where committed audio ends.
     committed: Vec<AbsWord>,
     committed_end: u64,
     /// Uncommitted tail of the previous hypothesis.
     pending: Vec<AbsWord>,
-    /// Committed text used as the prompt.
+    /// Committed text before the window: the decoder prompt.
     context: String,
     language: String,
     /// VAD gating (always on in the daemon; unit tests of the commit policy turn it off).
@@ -147,9 +149,6 @@ pub struct TranscribeStage {
     /// least this long (x [`DUTY`]) so decoding never falls behind the live audio.
     decode_cost: usize,
 }
-
-/// Audio kept before the end of the committed words when the window is trimmed.
-const TRIM_MARGIN_MS: u64 = 250;
 
 /// Inverse of the largest share of real time the stage spends decoding; the rest is head
 /// room for the other stages and for decodes that take longer than the last one.
@@ -234,6 +233,15 @@ impl TranscribeStage {
             last,
             "Re-decoded."
         );
+        tracing::trace!(
+            from_s = self.buf_start as f32 / STREAM_RATE as f32,
+            text = hyp
+                .words
+                .iter()
+                .map(|w| w.word.as_str())
+                .collect::<String>(),
+            "Hypothesis."
+        );
         if !hyp.language.is_empty() {
             self.language = hyp.language.clone();
         }
@@ -288,35 +296,47 @@ impl TranscribeStage {
         Ok(())
     }
 
-    /// Removes the head of a new hypothesis that repeats already committed words. Word times
-    /// from a re-decode jitter by a few hundred milliseconds, so time only pre-filters (words
-    /// well before the commit point go); the text decides: the longest run (up to 5 words) of
-    /// the committed tail found near the head, allowing one stray word before it.
+    /// Removes the head of a new hypothesis that re-recognises committed audio still in the
+    /// window. The window starts in a pause after a committed word (see [`Self::trim`]), so a
+    /// hypothesis begins with the committed words after that pause: its head is the prefix
+    /// that best matches them (fewest word edits; among equals, the one ending nearest the
+    /// commit point). Text decides, not time: word times from a re-decode jitter by a few
+    /// hundred milliseconds, and alignment squeezes a quickly spoken word ("we are at
+    /// present") into its neighbour. Words starting well after the commit point are never
+    /// taken for committed ones.
     fn drop_committed_overlap(&self, words: &mut Vec<AbsWord>) {
-        let slack = u64::from(STREAM_RATE);
-        words.retain(|w| w.end + slack > self.committed_end);
-        if self.committed.is_empty() {
+        let inside: Vec<String> = self
+            .committed
+            .iter()
+            .filter(|w| w.end > self.buf_start)
+            .map(|w| norm(&w.word))
+            .collect();
+        if inside.is_empty() {
             return;
         }
-        for k in (1..=5.min(self.committed.len())).rev() {
-            let tail = &self.committed[self.committed.len() - k..];
-            for offset in 0..=1 {
-                if words.len() >= offset + k
-                    && tail
-                        .iter()
-                        .zip(&words[offset..offset + k])
-                        .all(|(a, b)| norm(&a.word) == norm(&b.word))
-                {
-                    words.drain(..offset + k);
-                    return;
-                }
+        let late = self.committed_end + u64::from(STREAM_RATE) / 5;
+        let m = words.iter().take_while(|w| w.start < late).count();
+        // Edit distance between `inside` and each prefix words[..j], row by row.
+        let mut row: Vec<usize> = (0..=m).collect();
+        for (i, c) in inside.iter().enumerate() {
+            let mut next = vec![i + 1; m + 1];
+            for j in 1..=m {
+                let sub = row[j - 1] + usize::from(norm(&words[j - 1].word) != *c);
+                next[j] = sub.min(row[j] + 1).min(next[j - 1] + 1);
             }
+            row = next;
         }
-        // No textual overlap: whatever ends before the commit point was already said.
-        let cut = self
-            .committed_end
-            .saturating_sub(u64::from(STREAM_RATE) / 10);
-        words.retain(|w| w.end > cut);
+        let boundary = |j: usize| {
+            if j == 0 {
+                self.buf_start
+            } else {
+                words[j - 1].end
+            }
+        };
+        let head = (0..=m)
+            .min_by_key(|&j| (row[j], boundary(j).abs_diff(self.committed_end)))
+            .unwrap_or(0);
+        words.drain(..head);
     }
 
     fn transcript(&self, words: &[AbsWord], is_final: bool, stability: f32) -> Transcript {
@@ -348,8 +368,27 @@ impl TranscribeStage {
         let t = self.transcript(&words, true, 1.0);
         out.push((t.end_sample, EventKind::Transcript(t.clone())));
         self.committed_end = self.committed_end.max(t.end_sample);
-        self.context.push(' ');
-        self.context.push_str(&t.text);
+        self.committed.extend(words);
+    }
+
+    /// Moves committed words whose audio has left the window (all of them with `all`) into the
+    /// prompt. The prompt is text *before* the window: given the text of audio it is about to
+    /// hear, Whisper skips that audio and then loops back over it.
+    fn retire_committed(&mut self, all: bool) {
+        let n = if all {
+            self.committed.len()
+        } else {
+            self.committed
+                .iter()
+                .take_while(|w| w.end <= self.buf_start)
+                .count()
+        };
+        for w in self.committed.drain(..n) {
+            if !w.word.starts_with(' ') {
+                self.context.push(' ');
+            }
+            self.context.push_str(&w.word);
+        }
         if self.context.len() > self.cfg.prompt_chars {
             let mut cut = self.context.len() - self.cfg.prompt_chars;
             while !self.context.is_char_boundary(cut) {
@@ -357,9 +396,6 @@ impl TranscribeStage {
             }
             self.context.drain(..cut);
         }
-        self.committed.extend(words);
-        let keep = self.committed.len().saturating_sub(5);
-        self.committed.drain(..keep);
     }
 
     /// Drops committed audio from the front of the window once it is long, and never lets the
@@ -367,12 +403,10 @@ impl TranscribeStage {
     fn trim(&mut self) {
         let trim_after = (self.cfg.trim_after_s * STREAM_RATE as f32) as usize;
         let mut cut_at = self.buf_start;
-        // Cut a little before the end of the last committed word: aligned word ends are off by
-        // a frame or two, and a cut into the next word's onset loses that word. The overlap
-        // that remains is removed by text in `drop_committed_overlap`.
-        let margin = u64::from(STREAM_RATE) * TRIM_MARGIN_MS / 1000;
-        if self.buf.len() > trim_after && self.committed_end > self.buf_start + margin {
-            cut_at = self.committed_end - margin;
+        if self.buf.len() > trim_after
+            && let Some(cut) = self.cut_point(self.buf.len() > 2 * trim_after)
+        {
+            cut_at = cut;
         }
         let max = self.max_samples();
         if self.buf.len() > max {
@@ -380,6 +414,62 @@ impl TranscribeStage {
             cut_at = cut_at.max(self.buf_start + (self.buf.len() - max) as u64);
         }
         self.drop_front((cut_at - self.buf_start) as usize);
+        self.retire_committed(false);
+    }
+
+    /// Where to cut the window: in the pause after a committed word, so that the next decode
+    /// starts on silence. A cut into a word makes Whisper mishear or misplace it, and the
+    /// seam loses it. Prefers the last word with punctuation after it (the decoder heard a
+    /// pause there); any word boundary only when `any_boundary` (the window is getting long).
+    /// The cut goes to the quietest 10 ms around the boundary.
+    fn cut_point(&self, any_boundary: bool) -> Option<u64> {
+        let ms = |n: u64| u64::from(STREAM_RATE) * n / 1000;
+        let buf_end = self.buf_start + self.buf.len() as u64;
+        let next_start = |i: usize| {
+            self.committed
+                .get(i + 1)
+                .or(self.pending.first())
+                .map_or(buf_end, |w| w.start)
+        };
+        // (cut, quietness, punctuated) per committed boundary far enough into the window.
+        let candidates = self.committed.iter().enumerate().filter_map(|(i, w)| {
+            let lo = w.end.saturating_sub(ms(100)).max(self.buf_start + ms(500));
+            let hi = (next_start(i) + ms(100)).min(w.end + ms(400)).min(buf_end);
+            if w.end <= self.buf_start + ms(500) || hi <= lo + ms(10) {
+                return None;
+            }
+            let (at, energy) = self.quietest(lo, hi);
+            let punctuated = w.word.trim_end().ends_with(['.', ',', '?', '!', ';', ':']);
+            Some((at, energy, punctuated))
+        });
+        let candidates: Vec<(u64, f32, bool)> = candidates.collect();
+        if let Some(&(at, _, _)) = candidates.iter().rev().find(|c| c.2) {
+            return Some(at);
+        }
+        if !any_boundary {
+            return None;
+        }
+        candidates
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|c| c.0)
+    }
+
+    /// The middle of the quietest 10 ms frame in `[lo, hi)` (stream samples) and its energy.
+    fn quietest(&self, lo: u64, hi: u64) -> (u64, f32) {
+        let frame = (STREAM_RATE / 100) as usize;
+        let from = (lo - self.buf_start) as usize;
+        let to = ((hi - self.buf_start) as usize).min(self.buf.len());
+        let mut best = (lo, f32::INFINITY);
+        let mut i = from;
+        while i + frame <= to {
+            let e: f32 = self.buf[i..i + frame].iter().map(|x| x * x).sum();
+            if e < best.1 {
+                best = (self.buf_start + (i + frame / 2) as u64, e);
+            }
+            i += frame / 2;
+        }
+        best
     }
 
     /// Drops the oldest `n` buffered samples (at most all of them).
@@ -398,7 +488,7 @@ impl TranscribeStage {
         self.in_speech = false;
         self.buf.clear();
         self.pending.clear();
-        self.committed.clear();
+        self.retire_committed(true);
         r
     }
 }
@@ -480,17 +570,33 @@ mod tests {
     }
 
     impl Recognizer for Scripted {
-        fn recognize(&mut self, audio: &[f32], _prompt: &str) -> Result<Hypothesis, String> {
+        fn recognize(&mut self, audio: &[f32], prompt: &str) -> Result<Hypothesis, String> {
             let end = self.stream_pos.load(std::sync::atomic::Ordering::Relaxed) as f32 / 16000.0;
             let start = end - audio.len() as f32 / 16000.0;
+            // Like Whisper, skip audio whose text the prompt already ends with: the prompt
+            // must only hold text from before the window.
+            let said: Vec<String> = prompt.split_whitespace().map(norm).collect();
+            let skip_to = (0..self.words.len())
+                .filter(|&i| {
+                    i >= 2
+                        && said.len() >= 3
+                        && said[said.len() - 3..] == self.words[i - 2..=i]
+                        && self.offset_s + i as f32 * 0.4 >= start
+                })
+                .max();
             let mut words = Vec::new();
             for (i, w) in self.words.iter().enumerate() {
                 let ws = self.offset_s + i as f32 * 0.4;
                 let we = ws + 0.3;
+                if skip_to.is_some_and(|k| i <= k) {
+                    continue;
+                }
                 if ws >= start - 0.05 && ws < end {
                     let cut = we > end;
+                    // A clause ends every fifth word.
+                    let comma = if i % 5 == 4 { "," } else { "" };
                     words.push(HypWord {
-                        word: format!(" {}", if cut { "uh" } else { w }),
+                        word: format!(" {}{comma}", if cut { "uh" } else { w }),
                         start: ws - start,
                         end: we - start,
                         p: 0.9,
@@ -584,7 +690,11 @@ mod tests {
         let finals = run(script.clone());
         let words: Vec<String> = finals
             .iter()
-            .flat_map(|t| t.words.iter().map(|w| w.word.clone()))
+            .flat_map(|t| {
+                t.words
+                    .iter()
+                    .map(|w| w.word.trim_end_matches(',').to_string())
+            })
             .collect();
         // The VAD may clip the very first/last word; what it keeps must be the script, in
         // order, without duplicates, and without the decoder's "uh" for unfinished words.

@@ -936,6 +936,13 @@ impl WhisperModel {
             &Self::fallback(opts),
             &mut rng,
         )?;
+        tracing::trace!(
+            avg_logprob = r.avg_logprob,
+            no_speech_prob = r.no_speech_prob,
+            truncated = r.truncated,
+            text = %r.text,
+            "Decoded window."
+        );
         if Self::is_silent(&r, opts, !prompt_tokens.is_empty() || !hotwords.is_empty()) {
             return Ok(WindowResult {
                 segments: Vec::new(),
