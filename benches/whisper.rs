@@ -654,6 +654,15 @@ fn main() {
         &inp,
         quick,
     ));
+    model.set_q8_layers(true).expect("q8 layers");
+    rows.push(run_engine(
+        "hark greedy, int8 decoder layers + out",
+        &mut model,
+        &greedy,
+        &inp,
+        quick,
+    ));
+    model.set_q8_layers(false).expect("f32 layers");
     model.set_q8_output(false).expect("f32");
     rows.push(run_engine(
         "hark greedy, f32 out",

@@ -116,7 +116,7 @@ fn block_i8_avx2(x: &[f32], w: &I8Rows, j0: usize, out: &mut [f32]) {
     block_i8(x, w, j0, out)
 }
 
-fn has_avx2() -> bool {
+pub(super) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

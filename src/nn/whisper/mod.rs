@@ -43,6 +43,7 @@
 
 pub mod align;
 pub mod decode;
+pub mod fastmath;
 pub mod gemv;
 pub mod model;
 pub mod text;
@@ -506,6 +507,11 @@ impl WhisperModel {
     /// Switches the int8 output projection on or off.
     pub fn set_q8_output(&mut self, on: bool) -> Result<(), NnError> {
         Ok(self.net.decoder.quantize_output(on)?)
+    }
+
+    /// Switches int8 copies of the decoder's linear layers (used by decode steps) on or off.
+    pub fn set_q8_layers(&mut self, on: bool) -> Result<(), NnError> {
+        Ok(self.net.decoder.quantize_layers(on)?)
     }
 
     /// Encode padded 30 s windows (true, the default) or only the frames holding audio.

@@ -16,7 +16,10 @@
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::gemv::{I8Rows, matmul_f32, matmul_i8};
+use super::{
+    fastmath,
+    gemv::{I8Rows, matmul_f32, matmul_i8},
+};
 
 /// Rows (B*T) up to which a linear layer runs as dot products ([`super::gemv`]) rather than
 /// candle's matmul.
@@ -55,6 +58,59 @@ fn lin(l: &Linear, x: &Tensor) -> Result<Tensor> {
         *last = n;
     }
     Tensor::from_vec(out, shape, x.device())
+}
+
+/// A linear layer that can also hold an int8 copy of its weight for decode steps: a decoder
+/// step reads every weight once for one row (per beam), so it is bound by memory traffic, and
+/// int8 reads a quarter of the bytes. Many rows (the encoder, prompt prefill) stay f32.
+#[derive(Debug, Clone)]
+struct Dense {
+    f32: Linear,
+    i8: Option<I8Rows>,
+}
+
+impl Dense {
+    fn new(f32: Linear) -> Self {
+        Self { f32, i8: None }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(q) = &self.i8 else {
+            return lin(&self.f32, x);
+        };
+        let dims = x.dims().to_vec();
+        let rows = x.elem_count() / q.cols.max(1);
+        if rows == 0 || rows > GEMV_MAX_ROWS || x.dtype() != DType::F32 {
+            return lin(&self.f32, x);
+        }
+        let x = x.contiguous()?;
+        let mut out = with_f32(&x, |xs| matmul_i8(xs, q))?;
+        if let Some(b) = self.f32.bias() {
+            with_f32(b, |bs| {
+                for row in out.chunks_exact_mut(q.rows) {
+                    for (o, &bb) in row.iter_mut().zip(bs) {
+                        *o += bb;
+                    }
+                }
+            })?;
+        }
+        let mut shape = dims;
+        if let Some(last) = shape.last_mut() {
+            *last = q.rows;
+        }
+        Tensor::from_vec(out, shape, x.device())
+    }
+
+    fn quantize(&mut self, int8: bool) -> Result<()> {
+        self.i8 = if int8 {
+            let (n, k) = self.f32.weight().dims2()?;
+            let w = self.f32.weight().contiguous()?;
+            Some(with_f32(&w, |w| I8Rows::quantize(w, n, k))?)
+        } else {
+            None
+        };
+        Ok(())
+    }
 }
 
 /// The subset of a Hugging Face Whisper `config.json` the network needs (upstream names in
@@ -100,11 +156,11 @@ fn layer_norm(vb: &VarBuilder<'_>, d: usize) -> Result<LayerNorm> {
 #[derive(Debug, Clone)]
 struct Attention {
     /// Rows [0, D) query, [D, 2D) key (zero bias), [2D, 3D) value.
-    qkv: Linear,
-    q: Linear,
+    qkv: Dense,
+    q: Dense,
     k: Linear,
     v: Linear,
-    out: Linear,
+    out: Dense,
     n_head: usize,
     d: usize,
     /// 1/sqrt(head dim), applied to the queries (openai applies dh^-0.25 to both q and k).
@@ -129,11 +185,11 @@ impl Attention {
             ))
         };
         Ok(Self {
-            q: slice(0)?,
+            q: Dense::new(slice(0)?),
             k: Linear::new(w.narrow(0, d, d)?, None),
             v: slice(2)?,
-            qkv: Linear::new(w, Some(b)),
-            out: linear(&vb.pp("out_proj"), d, d, true)?,
+            qkv: Dense::new(Linear::new(w, Some(b))),
+            out: Dense::new(linear(&vb.pp("out_proj"), d, d, true)?),
             n_head,
             d,
             scale: ((d / n_head) as f64).powf(-0.5),
@@ -156,7 +212,7 @@ impl Attention {
 
     /// Queries (scaled), keys and values of `x` in head layout.
     fn project_qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let y = lin(&self.qkv, x)?;
+        let y = self.qkv.forward(x)?;
         let d = self.d;
         Ok((
             (self.heads(&y.narrow(2, 0, d)?)? * self.scale)?,
@@ -188,22 +244,35 @@ impl Attention {
         let w = candle_nn::ops::softmax_last_dim(&att)?;
         let o = Self::merge(&w.matmul(&v)?)?;
         *cache = Some((k, v));
-        lin(&self.out, &o)
+        self.out.forward(&o)
     }
 
-    /// Self-attention without cache or mask (the encoder).
+    /// Self-attention without cache or mask (the encoder), one head at a time: a 30 s window
+    /// has 1500 x 1500 scores per head (9 MB), all heads at once would be 54 MB, twice over
+    /// with the softmax output.
     fn forward_full(&self, x: &Tensor) -> Result<Tensor> {
         let (q, k, v) = self.project_qkv(x)?;
-        let w = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        lin(&self.out, &Self::merge(&w.matmul(&v)?)?)
+        let (b, h, t, _) = q.dims4()?;
+        let mut heads = Vec::with_capacity(h);
+        for i in 0..h {
+            let scores = q.narrow(1, i, 1)?.matmul(&k.narrow(1, i, 1)?.t()?)?;
+            let mut w = with_f32(&scores, <[f32]>::to_vec)?;
+            drop(scores);
+            fastmath::softmax_rows(&mut w, t);
+            let w = Tensor::from_vec(w, (b, 1, t, t), x.device())?;
+            heads.push(w.matmul(&v.narrow(1, i, 1)?)?);
+        }
+        self.out.forward(&Self::merge(&Tensor::cat(&heads, 1)?)?)
     }
 
-    /// Cross-attention keys (transposed, (1, H, Dh, S)) and values ((1, H, S, Dh)) of the
-    /// encoder output `xa` (1, S, D).
+    /// Cross-attention keys ((1, H, S, Dh)) and transposed values ((1, H, Dh, S)) of the
+    /// encoder output `xa` (1, S, D): both contiguous along S's partner axis, so that a decode
+    /// step's scores and outputs are dot products over contiguous rows (see
+    /// [`Self::forward_cross`]); candle's matmul takes them as transposed views.
     fn cross_kv(&self, xa: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
-            self.heads(&self.k.forward(xa)?)?.t()?.contiguous()?,
-            self.heads(&self.v.forward(xa)?)?,
+            self.heads(&self.k.forward(xa)?)?,
+            self.heads(&self.v.forward(xa)?)?.t()?.contiguous()?,
         ))
     }
 
@@ -218,36 +287,99 @@ impl Attention {
         want_scores: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, d) = x.dims3()?;
-        let q = lin(&self.q, x)?.reshape((1, b * t, d))?;
+        let q = self.q.forward(x)?.reshape((1, b * t, d))?;
+        if b * t <= GEMV_MAX_ROWS {
+            return self.forward_cross_rows(&q, kv, want_scores, (b, t));
+        }
         let q = (self.heads(&q)? * self.scale)?;
-        let att = q.matmul(&kv.0)?;
+        let att = q.matmul(&kv.0.t()?)?;
         let w = candle_nn::ops::softmax_last_dim(&att)?;
-        let o = Self::merge(&w.matmul(&kv.1)?)?.reshape((b, t, d))?;
-        Ok((lin(&self.out, &o)?, want_scores.then_some(att)))
+        let o = Self::merge(&w.matmul(&kv.1.t()?)?)?.reshape((b, t, d))?;
+        Ok((self.out.forward(&o)?, want_scores.then_some(att)))
+    }
+
+    /// [`Self::forward_cross`] for a decode step's few query rows `q` (1, M, D), head by head
+    /// in parallel, as dot products ([`matmul_f32`]). candle's general matmul packs the
+    /// 1500 x 64 keys and values of every head on every call, which cost more than the
+    /// products themselves.
+    fn forward_cross_rows(
+        &self,
+        q: &Tensor,
+        kv: &(Tensor, Tensor),
+        want_scores: bool,
+        (b, t): (usize, usize),
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let (_, m, d) = q.dims3()?;
+        let (h, dh) = (self.n_head, d / self.n_head);
+        let s = kv.0.dim(2)?;
+        let scale = self.scale as f32;
+        let q = q.contiguous()?;
+        let per_head: Vec<(Vec<f32>, Vec<f32>)> = with_f32(&q, |q| {
+            with_f32(&kv.0, |k| {
+                with_f32(&kv.1, |vt| {
+                    (0..h)
+                        .into_par_iter()
+                        .map(|i| {
+                            let qh: Vec<f32> = (0..m)
+                                .flat_map(|r| {
+                                    q[r * d + i * dh..r * d + (i + 1) * dh]
+                                        .iter()
+                                        .map(|x| x * scale)
+                                })
+                                .collect();
+                            let scores =
+                                matmul_f32(&qh, dh, &k[i * s * dh..(i + 1) * s * dh], s, None);
+                            let mut w = scores.clone();
+                            fastmath::softmax_rows(&mut w, s);
+                            let o = matmul_f32(&w, s, &vt[i * dh * s..(i + 1) * dh * s], dh, None);
+                            (o, if want_scores { scores } else { Vec::new() })
+                        })
+                        .collect()
+                })
+            })
+        })???;
+        let mut o = vec![0f32; m * d];
+        for (i, (oh, _)) in per_head.iter().enumerate() {
+            for r in 0..m {
+                o[r * d + i * dh..r * d + (i + 1) * dh].copy_from_slice(&oh[r * dh..(r + 1) * dh]);
+            }
+        }
+        let o = Tensor::from_vec(o, (b, t, d), q.device())?;
+        let scores = if want_scores {
+            let all: Vec<f32> = per_head.into_iter().flat_map(|(_, sc)| sc).collect();
+            Some(Tensor::from_vec(all, (1, h, m, s), q.device())?)
+        } else {
+            None
+        };
+        Ok((self.out.forward(&o)?, scores))
     }
 }
 
 /// Whisper's `ResidualAttentionBlock` without the cross-attention half (encoder layers).
 #[derive(Debug, Clone)]
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     ln: LayerNorm,
 }
 
 impl Mlp {
     fn load(vb: &VarBuilder<'_>, d: usize) -> Result<Self> {
         Ok(Self {
-            fc1: linear(&vb.pp("fc1"), d, 4 * d, true)?,
-            fc2: linear(&vb.pp("fc2"), 4 * d, d, true)?,
+            fc1: Dense::new(linear(&vb.pp("fc1"), d, 4 * d, true)?),
+            fc2: Dense::new(linear(&vb.pp("fc2"), 4 * d, d, true)?),
             ln: layer_norm(&vb.pp("final_layer_norm"), d)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // nn.GELU() in openai/whisper is the exact (erf) form.
-        let h = lin(&self.fc1, &self.ln.forward(x)?)?.gelu_erf()?;
-        x + lin(&self.fc2, &h)?
+        let h = self.fc1.forward(&self.ln.forward(x)?)?;
+        let mut g = with_f32(&h, <[f32]>::to_vec)?;
+        fastmath::gelu(&mut g);
+        let h = Tensor::from_vec(g, h.shape(), h.device())?;
+        x + self.fc2.forward(&h)?
     }
 }
 
@@ -459,6 +591,20 @@ impl Decoder {
         } else {
             OutputProjection::F32
         };
+        Ok(())
+    }
+
+    /// Gives every decoder linear layer an int8 copy for decode steps (or drops them).
+    pub fn quantize_layers(&mut self, int8: bool) -> Result<()> {
+        for l in &mut self.layers {
+            for a in [&mut l.attn, &mut l.cross] {
+                a.qkv.quantize(int8)?;
+                a.q.quantize(int8)?;
+                a.out.quantize(int8)?;
+            }
+            l.mlp.fc1.quantize(int8)?;
+            l.mlp.fc2.quantize(int8)?;
+        }
         Ok(())
     }
 
