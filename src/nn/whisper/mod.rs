@@ -202,6 +202,9 @@ pub struct LoadOptions {
     /// Quantise the 51864 x D output projection to int8 with per-row scales (a quarter of the
     /// bytes per decode step; see the bench for the accuracy check).
     pub q8_output: bool,
+    /// Give the decoder's linear layers int8 copies (per-row scales) for decode steps, which
+    /// read every weight once per token; prompt prefill and the encoder stay f32.
+    pub q8_layers: bool,
     /// Encode every window padded to 30 s, as Whisper was trained (true), or only the mel
     /// frames holding audio (faster on short inputs, less accurate).
     pub pad_to_30s: bool,
@@ -211,6 +214,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             q8_output: true,
+            q8_layers: true,
             pad_to_30s: true,
         }
     }
@@ -412,6 +416,9 @@ impl WhisperModel {
         let mut net = Whisper::load(vb, config.clone()).map_err(invalid)?;
         if opts.q8_output {
             net.decoder.quantize_output(true)?;
+        }
+        if opts.q8_layers {
+            net.decoder.quantize_layers(true)?;
         }
         let name = dir
             .file_name()

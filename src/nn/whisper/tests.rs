@@ -115,6 +115,7 @@ fn tiny_model(seed: u64) -> WhisperModel {
         GenerationConfig::default(),
         &LoadOptions {
             q8_output: false,
+            q8_layers: false,
             pad_to_30s: true,
         },
     )
@@ -142,7 +143,9 @@ fn kv_cache_matches_full_recomputation() {
         .collect();
     let xa = net.encode(&mel, 200).unwrap();
     let cross = net.decoder.cross_kv(&xa).unwrap();
-    let tokens: Vec<u32> = vec![21, 5, 7, 28, 9, 11, 2, 40];
+    // More tokens than a decode step's row limit: the whole-sequence pass takes candle's
+    // matmul path, the one-token steps the dot-product path, and they must agree.
+    let tokens: Vec<u32> = (0..20u32).map(|i| (i * 7 + 21) % 41).collect();
     let n = tokens.len();
 
     // Without cache: the whole sequence at once.
@@ -225,6 +228,32 @@ fn int8_output_projection_is_close() {
     let q = net.decoder.logits(&h).unwrap();
     let d = max_abs_diff(&exact, &q);
     assert!(d < 0.05, "{d}");
+}
+
+#[test]
+fn int8_decoder_layers_are_close_and_leave_prefill_alone() {
+    let mut net = tiny_net(4);
+    let mel: Vec<f32> = (0..8 * 200)
+        .map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0)
+        .collect();
+    let xa = net.encode(&mel, 200).unwrap();
+    let cross = net.decoder.cross_kv(&xa).unwrap();
+    let run = |net: &Whisper, tokens: &[u32]| {
+        let mut state = DecoderState::new(net.decoder.n_layers());
+        let x = Tensor::from_vec(tokens.to_vec(), (1, tokens.len()), &Device::Cpu).unwrap();
+        net.decoder
+            .forward(&x, &cross, &mut state, &[])
+            .unwrap()
+            .hidden
+    };
+    let long: Vec<u32> = (0..20u32).map(|i| (i * 5 + 3) % 41).collect();
+    let (step_f32, prefill_f32) = (run(&net, &long[..1]), run(&net, &long));
+    net.decoder.quantize_layers(true).unwrap();
+    let (step_i8, prefill_i8) = (run(&net, &long[..1]), run(&net, &long));
+    // Prefill (20 rows) stays on the f32 weights; a step uses the int8 copies.
+    assert!(max_abs_diff(&prefill_f32, &prefill_i8) < 1e-5);
+    let d = max_abs_diff(&step_f32, &step_i8);
+    assert!(d > 0.0 && d < 0.05, "int8 step differs by {d}");
 }
 
 fn setup_for(model: &WhisperModel, opts: &DecodeOptions) -> DecodeSetup {
