@@ -37,27 +37,41 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
 }
 
-/// `l.forward(x)`, through [`matmul_f32`] when `x` has few rows (decode steps).
-fn lin(l: &Linear, x: &Tensor) -> Result<Tensor> {
+/// Runs `f` on the rows of `x` (..., K) when there are few of them (decode steps) and
+/// reshapes its (rows, n) result to (..., n); `None` when `x` should go through candle.
+fn few_rows(
+    x: &Tensor,
+    n: usize,
+    f: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
+) -> Result<Option<Tensor>> {
     let dims = x.dims().to_vec();
     let k = *dims.last().unwrap_or(&0);
     let rows = x.elem_count() / k.max(1);
     if rows == 0 || rows > GEMV_MAX_ROWS || x.dtype() != DType::F32 {
-        return l.forward(x);
+        return Ok(None);
     }
-    let (n, _) = l.weight().dims2()?;
     let x = x.contiguous()?;
-    let out = with_f32(&x, |xs| {
-        with_f32(l.weight(), |w| match l.bias() {
-            Some(b) => with_f32(b, |bs| matmul_f32(xs, k, w, n, Some(bs))),
-            None => Ok(matmul_f32(xs, k, w, n, None)),
-        })
-    })???;
+    let out = with_f32(&x, |xs| f(xs, k))??;
     let mut shape = dims;
     if let Some(last) = shape.last_mut() {
         *last = n;
     }
-    Tensor::from_vec(out, shape, x.device())
+    Tensor::from_vec(out, shape, x.device()).map(Some)
+}
+
+/// `l.forward(x)`, through [`matmul_f32`] when `x` has few rows (decode steps).
+fn lin(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let (n, _) = l.weight().dims2()?;
+    let out = few_rows(x, n, |xs, k| {
+        with_f32(l.weight(), |w| match l.bias() {
+            Some(b) => with_f32(b, |bs| matmul_f32(xs, k, w, n, Some(bs))),
+            None => Ok(matmul_f32(xs, k, w, n, None)),
+        })?
+    })?;
+    match out {
+        Some(t) => Ok(t),
+        None => l.forward(x),
+    }
 }
 
 /// A linear layer that can also hold an int8 copy of its weight for decode steps: a decoder
@@ -78,27 +92,23 @@ impl Dense {
         let Some(q) = &self.i8 else {
             return lin(&self.f32, x);
         };
-        let dims = x.dims().to_vec();
-        let rows = x.elem_count() / q.cols.max(1);
-        if rows == 0 || rows > GEMV_MAX_ROWS || x.dtype() != DType::F32 {
-            return lin(&self.f32, x);
-        }
-        let x = x.contiguous()?;
-        let mut out = with_f32(&x, |xs| matmul_i8(xs, q))?;
-        if let Some(b) = self.f32.bias() {
-            with_f32(b, |bs| {
-                for row in out.chunks_exact_mut(q.rows) {
-                    for (o, &bb) in row.iter_mut().zip(bs) {
-                        *o += bb;
+        let out = few_rows(x, q.rows, |xs, _| {
+            let mut out = matmul_i8(xs, q);
+            if let Some(b) = self.f32.bias() {
+                with_f32(b, |bs| {
+                    for row in out.chunks_exact_mut(q.rows) {
+                        for (o, &bb) in row.iter_mut().zip(bs) {
+                            *o += bb;
+                        }
                     }
-                }
-            })?;
+                })?;
+            }
+            Ok(out)
+        })?;
+        match out {
+            Some(t) => Ok(t),
+            None => lin(&self.f32, x),
         }
-        let mut shape = dims;
-        if let Some(last) = shape.last_mut() {
-            *last = q.rows;
-        }
-        Tensor::from_vec(out, shape, x.device())
     }
 
     fn quantize(&mut self, int8: bool) -> Result<()> {
@@ -328,12 +338,13 @@ impl Attention {
                                         .map(|x| x * scale)
                                 })
                                 .collect();
-                            let scores =
+                            let mut w =
                                 matmul_f32(&qh, dh, &k[i * s * dh..(i + 1) * s * dh], s, None);
-                            let mut w = scores.clone();
+                            // Pre-softmax scores are copied only when alignment asks for them.
+                            let scores = if want_scores { w.clone() } else { Vec::new() };
                             fastmath::softmax_rows(&mut w, s);
                             let o = matmul_f32(&w, s, &vt[i * dh * s..(i + 1) * dh * s], dh, None);
-                            (o, if want_scores { scores } else { Vec::new() })
+                            (o, scores)
                         })
                         .collect()
                 })
