@@ -30,3 +30,4 @@ pub mod ring;
 pub mod stages;
 pub mod store;
 pub mod telemetry;
+pub mod train;

@@ -24,7 +24,7 @@ impl KindFilter {
                 Ok(pb::EventKind::Level) => Category::Level,
                 Ok(pb::EventKind::Source) => Category::Source,
                 Ok(pb::EventKind::Transcript) => Category::Transcript,
-                Ok(pb::EventKind::Unspecified) | Err(_) => {
+                Ok(pb::EventKind::Unspecified | pb::EventKind::Sound) | Err(_) => {
                     return Err(Status::invalid_argument(format!(
                         "unknown event kind {k}; valid kinds: {}",
                         valid_kinds()
@@ -147,7 +147,7 @@ pub fn pb_kind_name(e: &pb::Event) -> &'static str {
         Some(Kind::Gap(_)) => "gap",
         Some(Kind::Transcript(t)) if t.is_final => "transcript_final",
         Some(Kind::Transcript(_)) => "transcript_interim",
-        None => "unknown",
+        _ => "unknown",
     }
 }
 
@@ -207,7 +207,7 @@ pub fn pb_event_line(e: &pb::Event) -> String {
             t.end_s,
             t.text.trim()
         ),
-        None => "unknown event".to_string(),
+        _ => "unknown event".to_string(),
     };
     format!("[{:>9.2}s {}] {}", e.stream_time_s, e.stream, what)
 }

@@ -304,6 +304,13 @@ impl Hark for HarkService {
             .map(Response::new)
     }
 
+    async fn classify(
+        &self,
+        _request: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        Err(Status::unimplemented("TEMPORARY"))
+    }
+
     async fn list_devices(
         &self,
         _request: Request<pb::ListDevicesRequest>,

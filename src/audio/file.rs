@@ -216,6 +216,22 @@ pub fn decode_file(path: &Path) -> Result<Decoded, SourceError> {
     Decoder::open(path)?.read_all()
 }
 
+/// Decodes a whole file and converts it to 16 kHz mono (the stream format every model takes).
+pub fn decode_file_16k(path: &Path) -> Result<Vec<f32>, SourceError> {
+    let d = decode_file(path)?;
+    Ok(to_16k_mono(d.format, &d.samples)?)
+}
+
+/// Converts interleaved samples of any supported format to 16 kHz mono.
+pub fn to_16k_mono(format: Format, interleaved: &[f32]) -> Result<Vec<f32>, SourceError> {
+    let mut conv = super::resample::ToMono16k::new(format)?;
+    let frames = interleaved.len() / usize::from(format.channels.max(1));
+    let mut out = Vec::with_capacity(frames * 16_000 / format.rate.max(1) as usize + 1024);
+    conv.process(interleaved, &mut out);
+    conv.flush(&mut out);
+    Ok(out)
+}
+
 /// Plays a file into the pipeline.
 #[derive(Debug)]
 pub struct FileSource {

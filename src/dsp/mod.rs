@@ -17,6 +17,7 @@
 
 pub mod logmel;
 pub mod mel;
+pub mod patches;
 pub mod stft;
 
 pub use logmel::{HOP, LogMel, LogMelScratch, N_FFT, SAMPLE_RATE};

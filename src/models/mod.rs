@@ -24,6 +24,8 @@
 
 pub mod ct2;
 pub mod fetch;
+pub mod onnx;
+pub mod yamnet;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -163,6 +165,8 @@ pub enum ModelError {
          nothing to verify against"
     )]
     NoManifest { dir: PathBuf },
+    #[error("{what}: {reason}")]
+    Onnx { what: String, reason: String },
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ModelError {

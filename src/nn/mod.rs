@@ -16,6 +16,7 @@
 //! the first model is loaded (e.g. in the systemd unit); [`num_threads`] reports the value in
 //! force.
 
+pub mod sound;
 pub mod whisper;
 
 use std::path::PathBuf;

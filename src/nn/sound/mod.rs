@@ -1,0 +1,286 @@
+//! Sound-event classification (UrbanSound8K-style classes) on log-mel patches.
+//!
+//! Two architectures share one front end ([`crate::dsp::patches`], YAMNet's) and one model
+//! directory format:
+//!
+//! - [`Arch::Yamnet`]: YAMNet's pretrained MobileNet trunk ([`backbone`], frozen, imported from
+//!   the ONNX in a registry package by `hark-train`) and a small trained head on its 1024-d
+//!   embedding. Transfer from AudioSet is what makes ~1 000 training clips enough.
+//! - [`Arch::Cnn`]: a from-scratch log-mel CNN ([`cnn`], ~0.1 M parameters), the baseline.
+//!
+//! ```text
+//! <model dir>/
+//!   model.safetensors   backbone.{i}.weight|bias (f16, YAMNet only), head.* or cnn.* (f32)
+//!   config.json         SoundModelConfig: arch, labels, front end, backbone layer specs
+//!   hark-model.json     manifest (kind "sound"), MODEL_CARD.md, plots
+//! ```
+//!
+//! A patch covers 0.975 s of audio; the classifier scores each patch independently (softmax over
+//! the labels), and callers pool patches over a clip ([`clip_scores`]) or track them over time
+//! (the `sound` stage).
+
+pub mod backbone;
+pub mod cnn;
+
+use std::{collections::HashMap, path::Path};
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+pub use backbone::{Backbone, ConvSpec, ConvWeights};
+pub use cnn::Cnn;
+
+use super::NnError;
+use crate::dsp::patches::{PatchFrontEnd, PatchParams};
+
+/// Which network a sound model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Yamnet,
+    Cnn,
+}
+
+/// `config.json` of a sound model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoundModelConfig {
+    pub arch: Arch,
+    /// Class names, in output order.
+    pub labels: Vec<String>,
+    pub frontend: PatchParams,
+    /// YAMNet trunk layers, in order (empty for the CNN).
+    #[serde(default)]
+    pub backbone: Vec<ConvSpec>,
+    /// Hidden units of the head on the embedding (0 = a linear head).
+    #[serde(default)]
+    pub head_hidden: usize,
+    /// Channels of the CNN's conv blocks.
+    #[serde(default)]
+    pub cnn_channels: Vec<usize>,
+}
+
+impl SoundModelConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.frontend.validate()?;
+        if self.labels.len() < 2 {
+            return Err("a sound model needs at least two labels".into());
+        }
+        match self.arch {
+            Arch::Yamnet if self.backbone.is_empty() => {
+                Err("arch yamnet without backbone layers".into())
+            }
+            Arch::Cnn if self.cnn_channels.is_empty() => Err("arch cnn without channels".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The trainable head on a backbone embedding: `[dim] -> hidden -> ReLU -> classes` (or linear).
+#[derive(Debug, Clone)]
+pub struct Head {
+    hidden: Option<Linear>,
+    out: Linear,
+    dropout: f32,
+}
+
+impl Head {
+    pub fn new(
+        vb: VarBuilder<'_>,
+        dim: usize,
+        hidden: usize,
+        classes: usize,
+    ) -> candle_core::Result<Self> {
+        let (hidden, d) = if hidden > 0 {
+            (
+                Some(candle_nn::linear(dim, hidden, vb.pp("hidden"))?),
+                hidden,
+            )
+        } else {
+            (None, dim)
+        };
+        Ok(Self {
+            hidden,
+            out: candle_nn::linear(d, classes, vb.pp("out"))?,
+            dropout: 0.3,
+        })
+    }
+}
+
+impl ModuleT for Head {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        if let Some(h) = &self.hidden {
+            x = h.forward(&x)?.relu()?;
+            if train {
+                x = candle_nn::ops::dropout(&x, self.dropout)?;
+            }
+        }
+        self.out.forward(&x)
+    }
+}
+
+#[derive(Debug)]
+enum Net {
+    Yamnet { backbone: Backbone, head: Head },
+    Cnn(Cnn),
+}
+
+/// A loaded sound classifier. Inference only; `Send + Sync`, so one copy can serve the stage and
+/// the one-shot RPC.
+#[derive(Debug)]
+pub struct SoundClassifier {
+    pub config: SoundModelConfig,
+    frontend: PatchFrontEnd,
+    net: Net,
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> NnError {
+    NnError::InvalidFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads backbone layer `i`'s tensors into [`ConvWeights`].
+pub fn conv_from_tensors(
+    tensors: &HashMap<String, Tensor>,
+    i: usize,
+    spec: &ConvSpec,
+) -> Result<ConvWeights, String> {
+    let get = |n: &str| {
+        tensors
+            .get(&format!("backbone.{i}.{n}"))
+            .ok_or_else(|| format!("backbone.{i}.{n} is missing"))
+            .and_then(|t| {
+                let dims = t.dims().to_vec();
+                t.to_dtype(DType::F32)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map(|v| (dims, v))
+                    .map_err(|e| e.to_string())
+            })
+    };
+    let (wd, weight) = get("weight")?;
+    let (_, bias) = get("bias")?;
+    let [c_out, c_in_per, k, _] = wd[..] else {
+        return Err(format!("backbone.{i}.weight has shape {wd:?}"));
+    };
+    Ok(ConvWeights {
+        spec: spec.clone(),
+        c_out,
+        c_in: c_in_per * spec.group,
+        k,
+        weight,
+        bias,
+    })
+}
+
+impl SoundClassifier {
+    /// Loads a model directory (`config.json` + `model.safetensors`).
+    pub fn load(dir: &Path) -> Result<Self, NnError> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|_| NnError::MissingFile {
+            path: cfg_path.clone(),
+        })?;
+        let config: SoundModelConfig =
+            serde_json::from_str(&text).map_err(|e| invalid(&cfg_path, e))?;
+        config.validate().map_err(|e| invalid(&cfg_path, e))?;
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(NnError::MissingFile { path: weights });
+        }
+        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+            .map_err(|e| invalid(&weights, e))?;
+        Self::from_tensors(config, tensors).map_err(|e| invalid(&weights, e))
+    }
+
+    /// Builds a classifier from named tensors (what `load` reads, or a trainer's variables).
+    pub fn from_tensors(
+        config: SoundModelConfig,
+        tensors: HashMap<String, Tensor>,
+    ) -> Result<Self, String> {
+        config.validate()?;
+        let f32s: HashMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("backbone."))
+            .map(|(k, t)| Ok((k.clone(), t.to_dtype(DType::F32)?)))
+            .collect::<candle_core::Result<_>>()
+            .map_err(|e| e.to_string())?;
+        let vb = VarBuilder::from_tensors(f32s, DType::F32, &Device::Cpu);
+        let classes = config.labels.len();
+        let net = match config.arch {
+            Arch::Yamnet => {
+                let convs = config
+                    .backbone
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| conv_from_tensors(&tensors, i, s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let backbone = Backbone::new(convs).map_err(|e| e.to_string())?;
+                let head = Head::new(vb.pp("head"), backbone.dim(), config.head_hidden, classes)
+                    .map_err(|e| e.to_string())?;
+                Net::Yamnet { backbone, head }
+            }
+            Arch::Cnn => Net::Cnn(
+                Cnn::new(vb.pp("cnn"), &config.cnn_channels, classes).map_err(|e| e.to_string())?,
+            ),
+        };
+        Ok(Self {
+            frontend: PatchFrontEnd::new(config.frontend.clone()),
+            config,
+            net,
+        })
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.config.labels
+    }
+
+    pub fn frontend(&self) -> &PatchFrontEnd {
+        &self.frontend
+    }
+
+    /// Class probabilities `[n][classes]` of `n` log-mel patches.
+    pub fn patch_probs(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, NnError> {
+        let p = &self.config.frontend;
+        let (h, w) = (p.patch_frames, p.n_mels);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let logits = match &self.net {
+            Net::Yamnet { backbone, head } => {
+                let emb = backbone.embed(patches, n, h, w)?;
+                let x = Tensor::from_vec(emb, (n, backbone.dim()), &Device::Cpu)?;
+                head.forward_t(&x, false)?
+            }
+            Net::Cnn(cnn) => {
+                let x = Tensor::from_slice(patches, (n, 1, h, w), &Device::Cpu)?;
+                cnn.forward_t(&x, false)?
+            }
+        };
+        Ok(candle_nn::ops::softmax_last_dim(&logits)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    /// Per-patch probabilities of 16 kHz mono `samples`, with each patch's start sample.
+    pub fn classify(&self, samples: &[f32]) -> Result<(Vec<f32>, Vec<usize>), NnError> {
+        let (patches, starts) = self.frontend.patches(samples);
+        let probs = self.patch_probs(&patches, starts.len())?;
+        Ok((probs, starts))
+    }
+}
+
+/// Clip-level scores: the mean of the patches' probabilities.
+pub fn clip_scores(probs: &[f32], classes: usize) -> Vec<f32> {
+    let n = probs.len() / classes.max(1);
+    let mut out = vec![0f32; classes];
+    for row in probs.chunks(classes) {
+        for (o, p) in out.iter_mut().zip(row) {
+            *o += p / n.max(1) as f32;
+        }
+    }
+    out
+}

@@ -1,0 +1,363 @@
+//! Data sets and augmentation for the trainers.
+//!
+//! [`Us8k`] reads any data set in UrbanSound8K's layout (`metadata/UrbanSound8K.csv` +
+//! `audio/foldN/<slice_file_name>`): the original (WAV at mixed rates, bit depths and channel
+//! counts) or the FLAC copy in `../shared/data` (the CSV keeps the `.wav` names; a missing `.wav`
+//! is looked up as `.flac`). Every clip is decoded to 16 kHz mono, the stream format.
+//!
+//! [`NoiseBank`] holds real background noise for augmentation; [`Augment`] draws every random
+//! choice from one seeded generator, so a run with the same `--seed` sees the same data.
+
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::TrainError;
+use crate::audio::{Format, file};
+
+/// One labelled clip of the data set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clip {
+    pub path: PathBuf,
+    pub fold: u32,
+    pub class_id: usize,
+    pub class: String,
+}
+
+/// An UrbanSound8K-layout data set.
+#[derive(Debug, Clone)]
+pub struct Us8k {
+    pub root: PathBuf,
+    pub clips: Vec<Clip>,
+    /// Class names by id.
+    pub classes: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Row {
+    slice_file_name: String,
+    fold: u32,
+    #[serde(rename = "classID")]
+    class_id: usize,
+    class: String,
+}
+
+impl Us8k {
+    /// Reads the manifest and resolves every clip's file (clips whose file is missing are an
+    /// error naming the first few, so a half-copied data set does not train silently).
+    pub fn load(root: &Path) -> Result<Self, TrainError> {
+        let csv_path = root.join("metadata").join("UrbanSound8K.csv");
+        let mut rdr = csv::Reader::from_path(&csv_path).map_err(|e| TrainError::Data {
+            path: csv_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut clips = Vec::new();
+        let mut classes: Vec<String> = Vec::new();
+        let mut missing = Vec::new();
+        for row in rdr.deserialize::<Row>() {
+            let row = row.map_err(|e| TrainError::Data {
+                path: csv_path.clone(),
+                reason: e.to_string(),
+            })?;
+            if row.class_id >= 1000 {
+                return Err(TrainError::Data {
+                    path: csv_path.clone(),
+                    reason: format!("classID {} is out of range", row.class_id),
+                });
+            }
+            if classes.len() <= row.class_id {
+                classes.resize(row.class_id + 1, String::new());
+            }
+            classes[row.class_id] = row.class.clone();
+            let dir = root.join("audio").join(format!("fold{}", row.fold));
+            let mut path = dir.join(&row.slice_file_name);
+            if !path.is_file() {
+                path.set_extension("flac");
+            }
+            if !path.is_file() {
+                missing.push(dir.join(&row.slice_file_name));
+                continue;
+            }
+            clips.push(Clip {
+                path,
+                fold: row.fold,
+                class_id: row.class_id,
+                class: row.class,
+            });
+        }
+        if !missing.is_empty() {
+            return Err(TrainError::Data {
+                path: root.to_path_buf(),
+                reason: format!(
+                    "{} clips listed in the CSV are missing (e.g. {})",
+                    missing.len(),
+                    missing
+                        .iter()
+                        .take(3)
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        if clips.is_empty() || classes.iter().any(String::is_empty) {
+            return Err(TrainError::Data {
+                path: csv_path,
+                reason: "no clips, or class ids with no name".into(),
+            });
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            clips,
+            classes,
+        })
+    }
+
+    /// The clips of the given folds.
+    pub fn folds(&self, folds: &[u32]) -> Vec<Clip> {
+        self.clips
+            .iter()
+            .filter(|c| folds.contains(&c.fold))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Decodes a clip to 16 kHz mono.
+pub fn load_16k(path: &Path) -> Result<Vec<f32>, TrainError> {
+    file::decode_file_16k(path).map_err(|e| TrainError::Data {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Real background noise (every audio file under the given directories, 16 kHz mono).
+#[derive(Debug, Default)]
+pub struct NoiseBank {
+    pub clips: Vec<(PathBuf, Vec<f32>)>,
+}
+
+impl NoiseBank {
+    /// Loads every `.flac`/`.wav`/`.ogg`/`.mp3` under `dirs` (recursively); room impulse
+    /// responses (files under a directory named `rir`) are skipped: they are not noise.
+    pub fn load(dirs: &[PathBuf]) -> Result<Self, TrainError> {
+        let mut files = Vec::new();
+        for d in dirs {
+            collect_audio(d, &mut files)?;
+        }
+        files.sort();
+        let mut clips = Vec::new();
+        for f in files {
+            let x = load_16k(&f)?;
+            // At least a second of audio, and not digital silence.
+            if x.len() >= 16_000 && rms(&x) > 1e-4 {
+                clips.push((f, x));
+            }
+        }
+        Ok(Self { clips })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clips.is_empty()
+    }
+}
+
+/// Clips of "anything else" (speech, ambience) under `dirs`, labelled `class_id`/`class`: a
+/// catch-all class lets the classifier say "none of the above" instead of forcing speech into
+/// the nearest sound class. Files are used whole (the front end pads or tiles them).
+pub fn background_clips(
+    dirs: &[PathBuf],
+    class_id: usize,
+    class: &str,
+) -> Result<Vec<Clip>, TrainError> {
+    let mut files = Vec::new();
+    for d in dirs {
+        collect_audio(d, &mut files)?;
+    }
+    files.sort();
+    Ok(files
+        .into_iter()
+        .map(|path| Clip {
+            path,
+            fold: 0,
+            class_id,
+            class: class.to_string(),
+        })
+        .collect())
+}
+
+fn collect_audio(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| TrainError::Data {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    for entry in rd.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == "rir") {
+                continue;
+            }
+            collect_audio(&p, out)?;
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "flac" | "wav" | "ogg" | "mp3"))
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+pub fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
+
+/// Waveform augmentation settings. Defaults are what `hark-train sound` uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AugmentConfig {
+    /// Max shift of the clip in time (a circular roll), seconds.
+    pub max_shift_s: f32,
+    /// Gain range, dB.
+    pub gain_db: (f32, f32),
+    /// Probability of mixing in background noise, and its SNR range in dB.
+    pub noise_p: f32,
+    pub snr_db: (f32, f32),
+    /// Probability and range of a speed change (pitch and tempo together), as a factor.
+    pub speed_p: f32,
+    pub speed: (f32, f32),
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            max_shift_s: 1.0,
+            gain_db: (-12.0, 6.0),
+            noise_p: 0.6,
+            snr_db: (0.0, 20.0),
+            speed_p: 0.5,
+            speed: (0.9, 1.1),
+        }
+    }
+}
+
+/// A seeded augmenter.
+#[derive(Debug)]
+pub struct Augment<'a> {
+    pub cfg: AugmentConfig,
+    pub noise: &'a NoiseBank,
+    pub rng: StdRng,
+}
+
+impl<'a> Augment<'a> {
+    pub fn new(cfg: AugmentConfig, noise: &'a NoiseBank, seed: u64) -> Self {
+        Self {
+            cfg,
+            noise,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// One augmented copy of `x` (16 kHz mono).
+    pub fn apply(&mut self, x: &[f32]) -> Vec<f32> {
+        let c = self.cfg.clone();
+        let mut y = if self.rng.random::<f32>() < c.speed_p {
+            let f = self.rng.random_range(c.speed.0..=c.speed.1);
+            change_speed(x, f)
+        } else {
+            x.to_vec()
+        };
+        if c.max_shift_s > 0.0 && !y.is_empty() {
+            let max = ((c.max_shift_s * 16_000.0) as usize).min(y.len() - 1);
+            if max > 0 {
+                let k = self.rng.random_range(0..=max);
+                y.rotate_right(k);
+            }
+        }
+        if !self.noise.is_empty() && self.rng.random::<f32>() < c.noise_p {
+            let (_, n) = &self.noise.clips[self.rng.random_range(0..self.noise.clips.len())];
+            let off = self
+                .rng
+                .random_range(0..n.len().saturating_sub(y.len()).max(1));
+            let snr = self.rng.random_range(c.snr_db.0..=c.snr_db.1);
+            let seg: Vec<f32> = (0..y.len()).map(|i| n[(off + i) % n.len()]).collect();
+            let (ps, pn) = (rms(&y), rms(&seg));
+            if ps > 1e-6 && pn > 1e-6 {
+                let g = ps / pn / 10f32.powf(snr / 20.0);
+                for (a, b) in y.iter_mut().zip(&seg) {
+                    *a += g * b;
+                }
+            }
+        }
+        let gain = 10f32.powf(self.rng.random_range(c.gain_db.0..=c.gain_db.1) / 20.0);
+        let peak = y.iter().fold(0f32, |m, v| m.max(v.abs())) * gain;
+        // Never clip: a clipped copy teaches distortion, not the class.
+        let gain = if peak > 0.99 {
+            gain * 0.99 / peak
+        } else {
+            gain
+        };
+        for v in &mut y {
+            *v *= gain;
+        }
+        y
+    }
+
+    /// SpecAugment on a `[frames][mels]` patch: one time mask and one frequency mask, filled with
+    /// the patch mean.
+    pub fn spec_augment(&mut self, patch: &mut [f32], frames: usize, mels: usize) {
+        let mean = patch.iter().sum::<f32>() / patch.len().max(1) as f32;
+        let t = self.rng.random_range(0..=frames / 8);
+        let t0 = self.rng.random_range(0..=frames - t);
+        for f in t0..t0 + t {
+            patch[f * mels..(f + 1) * mels].fill(mean);
+        }
+        let m = self.rng.random_range(0..=mels / 8);
+        let m0 = self.rng.random_range(0..=mels - m);
+        for f in 0..frames {
+            patch[f * mels + m0..f * mels + m0 + m].fill(mean);
+        }
+    }
+}
+
+/// Plays `x` `factor` times faster (pitch up and shorter for factor > 1), by resampling:
+/// treat the audio as recorded at `16 kHz * factor` and convert it back to 16 kHz.
+pub fn change_speed(x: &[f32], factor: f32) -> Vec<f32> {
+    let rate = (16_000.0 * factor).round() as u32;
+    file::to_16k_mono(Format { rate, channels: 1 }, x).unwrap_or_else(|_| x.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augmentation_is_deterministic_per_seed_and_never_clips() {
+        let bank = NoiseBank {
+            clips: vec![(
+                PathBuf::from("n"),
+                (0..20_000)
+                    .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+                    .collect(),
+            )],
+        };
+        let x: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.9).collect();
+        let a = Augment::new(AugmentConfig::default(), &bank, 7).apply(&x);
+        let b = Augment::new(AugmentConfig::default(), &bank, 7).apply(&x);
+        let c = Augment::new(AugmentConfig::default(), &bank, 8).apply(&x);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().all(|v| v.abs() <= 0.99 + 1e-6));
+    }
+
+    #[test]
+    fn speed_change_scales_length() {
+        let x = vec![0.1f32; 16_000];
+        let y = change_speed(&x, 1.1);
+        assert!(
+            (y.len() as f32 - 16_000.0 / 1.1).abs() < 200.0,
+            "{}",
+            y.len()
+        );
+    }
+}
