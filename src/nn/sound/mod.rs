@@ -265,6 +265,17 @@ impl SoundClassifier {
             .to_vec1::<f32>()?)
     }
 
+    /// Backbone embeddings `[n][dim]` of `n` patches (None for architectures without one).
+    pub fn embed(&self, patches: &[f32], n: usize) -> Option<Result<Vec<f32>, NnError>> {
+        let p = &self.config.frontend;
+        match &self.net {
+            Net::Yamnet { backbone, .. } => {
+                Some(backbone.embed(patches, n, p.patch_frames, p.n_mels))
+            }
+            Net::Cnn(_) => None,
+        }
+    }
+
     /// Per-patch probabilities of 16 kHz mono `samples`, with each patch's start sample.
     pub fn classify(&self, samples: &[f32]) -> Result<(Vec<f32>, Vec<usize>), NnError> {
         let (patches, starts) = self.frontend.patches(samples);
