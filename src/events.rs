@@ -20,7 +20,13 @@ use tokio::sync::broadcast;
 pub const STREAM_RATE: u32 = 16_000;
 
 /// What happened. Sample positions inside variants use the same clock as [`Event::sample`].
-#[derive(Debug, Clone, PartialEq)]
+///
+/// **Adding a kind**: a variant here (plus its arms in [`EventKind::category`] and
+/// [`EventKind::name`]; a new [`Category`] if clients should filter on it) and a message of the same
+/// name in the proto's `Event.kind` oneof, with the same field names: `api` converts through this
+/// serde form (`{"kind":"level","rms_dbfs":-20.0,..}`), and JSON lines and `--kinds` names follow.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     SpeechStarted,
     SpeechEnded { start_sample: u64 },
@@ -32,7 +38,7 @@ pub enum EventKind {
 }
 
 /// Recognised speech. Samples are on the stream clock.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Transcript {
     pub text: String,
     pub is_final: bool,
@@ -45,7 +51,7 @@ pub struct Transcript {
 }
 
 /// One recognised word with its stream position and confidence.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Word {
     pub word: String,
     pub start_sample: u64,
@@ -53,7 +59,8 @@ pub struct Word {
     pub p: f32,
 }
 
-/// Coarse grouping used by subscription filters.
+/// Coarse grouping used by subscription filters. The proto `EventKind` value of the same name
+/// (`Vad` <-> `EVENT_KIND_VAD`) selects it; `api` matches them by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Category {
     Vad,
@@ -352,7 +359,9 @@ mod tests {
         let stream: Arc<str> = Arc::from("main");
         let writer = {
             let (bus, stream) = (bus.clone(), stream.clone());
-            std::thread::spawn(move || bus.publish(&stream, SystemTime::now(), 0, final_transcript()))
+            std::thread::spawn(move || {
+                bus.publish(&stream, SystemTime::now(), 0, final_transcript())
+            })
         };
         // Let the writer enter its sink.
         std::thread::sleep(Duration::from_millis(50));
@@ -367,9 +376,15 @@ mod tests {
             },
         );
         let took = t.elapsed();
-        assert!(took < Duration::from_millis(20), "level publish took {took:?}");
+        assert!(
+            took < Duration::from_millis(20),
+            "level publish took {took:?}"
+        );
         let fin = writer.join().unwrap();
-        assert!(fin.seq > level.seq, "the final is sent after its sink returns");
+        assert!(
+            fin.seq > level.seq,
+            "the final is sent after its sink returns"
+        );
         // The level event is delivered first: the final was not sent before it was persisted.
         match sub.recv().await {
             Recv::Event(e) => assert_eq!(e.seq, level.seq),

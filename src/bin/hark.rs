@@ -7,12 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hark::{
     api::{
         client::{Client, ConnectOptions, connect},
-        convert::{kind_from_name, pb_event_json, pb_event_line},
+        convert::{kinds_from_names, pb_event_json, pb_event_line},
         pb,
     },
     audio::file::Decoder,
@@ -39,7 +39,8 @@ struct Cli {
 enum Command {
     /// Live events from the daemon.
     Subscribe {
-        /// Comma-separated kinds: vad, level, source, transcript (default: all).
+        /// Comma-separated kinds, e.g. vad,transcript (default: all; an unknown name lists the
+        /// valid ones).
         #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
         /// JSON lines instead of the human-readable view.
@@ -91,6 +92,7 @@ enum Command {
         fast: bool,
         #[arg(long)]
         json: bool,
+        /// Comma-separated kinds, as for subscribe (default: all).
         #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
     },
@@ -230,14 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn parse_kinds(kinds: &[String]) -> anyhow::Result<Vec<i32>> {
-    kinds
-        .iter()
-        .filter(|k| !k.is_empty())
-        .map(|k| match kind_from_name(k.trim()) {
-            Some(k) => Ok(k as i32),
-            None => bail!("unknown kind {k:?}: use vad, level, source or transcript"),
-        })
-        .collect()
+    Ok(kinds_from_names(kinds)?)
 }
 
 fn print_event(e: &pb::Event, json: bool) {
@@ -277,6 +272,7 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
                     "name": st.name, "queue_depth": st.queue_depth, "queue_capacity": st.queue_capacity,
                     "dropped_samples": st.dropped_samples, "windows": st.windows_processed,
                     "overflow_policy": st.overflow_policy, "mean_window_us": st.mean_window_us,
+                    "cpu_share": st.cpu_share,
                 })
             })
             .collect();
@@ -317,13 +313,15 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
     );
     for st in &s.stages {
         println!(
-            "stage     {:<8} queue {:>6}/{:<6} dropped {:>8} windows {:>9} {:>8.1} us/window  {}",
+            "stage     {:<10} queue {:>6}/{:<6} dropped {:>8} windows {:>9} {:>8.3} ms/window \
+             cpu {:>5.1}%  {}",
             st.name,
             st.queue_depth,
             st.queue_capacity,
             st.dropped_samples,
             st.windows_processed,
-            st.mean_window_us,
+            st.mean_window_us / 1e3,
+            st.cpu_share * 100.0,
             st.overflow_policy
         );
     }
