@@ -189,6 +189,7 @@ impl Hark for HarkService {
                     windows_processed: s.windows.load(Ordering::Relaxed),
                     overflow_policy: s.policy.describe(),
                     mean_window_us: s.mean_window_us(),
+                    cpu_share: s.cpu_share(),
                 })
                 .collect();
         }
