@@ -29,9 +29,10 @@ use crate::{
 
 /// A stage could not be built from its config.
 #[derive(Debug, thiserror::Error)]
-#[error("stage {stage}: {reason}")]
+#[error("stage {stage} (config section [{section}]): {reason}")]
 pub struct StageBuildError {
     pub stage: &'static str,
+    pub section: &'static str,
     pub reason: String,
 }
 
@@ -136,6 +137,7 @@ pub fn build_stages(cx: &StageContext<'_>) -> Result<Vec<StageSpec>, StageBuildE
         .map(|e| {
             let stage = (e.build)(cx).map_err(|reason| StageBuildError {
                 stage: e.name,
+                section: e.section,
                 reason,
             })?;
             debug_assert_eq!(
