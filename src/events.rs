@@ -376,8 +376,9 @@ mod tests {
             },
         );
         let took = t.elapsed();
+        // Generous for a loaded 2-core machine; the old code waited out the sink's 200 ms.
         assert!(
-            took < Duration::from_millis(20),
+            took < Duration::from_millis(100),
             "level publish took {took:?}"
         );
         let fin = writer.join().unwrap();
