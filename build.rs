@@ -8,7 +8,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { env::set_var("PROTOC", protoc) };
     let out = PathBuf::from(env::var("OUT_DIR")?);
+    // serde on the generated types: JSON lines of events (`hark subscribe --json`) are these
+    // messages serialised, so a new event kind gets its JSON from its proto message alone. The
+    // `Event.kind` oneof is internally tagged: `{"kind":"level","rms_dbfs":..}`. Field renames
+    // below keep the keys clients already parse.
     tonic_prost_build::configure()
+        .message_attribute(
+            ".hark.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .enum_attribute(
+            ".hark.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
+        .enum_attribute(
+            ".hark.v1.Event.kind",
+            "#[serde(tag = \"kind\", rename_all = \"snake_case\")]",
+        )
+        .field_attribute(
+            ".hark.v1.Transcript.start_s",
+            "#[serde(rename = \"start\")]",
+        )
+        .field_attribute(".hark.v1.Transcript.end_s", "#[serde(rename = \"end\")]")
+        // Positions in samples are in the common `sample` key and in seconds in start/end.
+        .field_attribute(
+            ".hark.v1.Transcript.start_sample",
+            "#[serde(skip_serializing)]",
+        )
+        .field_attribute(
+            ".hark.v1.Transcript.end_sample",
+            "#[serde(skip_serializing)]",
+        )
+        .field_attribute(".hark.v1.Word.start_s", "#[serde(rename = \"start\")]")
+        .field_attribute(".hark.v1.Word.end_s", "#[serde(rename = \"end\")]")
+        .field_attribute(
+            ".hark.v1.SpeechEnded.start_sample",
+            "#[serde(rename(serialize = \"start_t\"), \
+             serialize_with = \"crate::api::convert::serialize_samples_as_seconds\")]",
+        )
         .file_descriptor_set_path(out.join("hark_descriptor.bin"))
         .compile_protos(&["proto/hark/v1/hark.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

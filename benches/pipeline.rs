@@ -124,9 +124,39 @@ fn bench_pump(c: &mut Criterion) {
     );
 }
 
+/// One VAD frame (default 30 ms) through the detector (WebRTC VAD + high-pass + noise floor + smoothing):
+/// what the transcribe stage's own copy of the VAD costs on top of the VAD stage's.
+fn bench_vad(c: &mut Criterion) {
+    let mut g = c.benchmark_group("vad");
+    let mut det = hark::stages::vad::VadDetector::new(&hark::stages::vad::VadConfig::default())
+        .expect("default VAD config");
+    let n = det.frame_len();
+    // A second of a 220 Hz tone in noise, so both voiced and unvoiced paths run.
+    let audio: Vec<f32> = (0..16_000)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            let noise = ((i as u32).wrapping_mul(2_654_435_761) >> 16) as f32 / 65_536.0 - 0.5;
+            0.3 * (2.0 * std::f32::consts::PI * 220.0 * t).sin()
+                * f32::from(u8::from(i % 8000 < 4000))
+                + 0.01 * noise
+        })
+        .collect();
+    let mut pos = 0usize;
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("push_frame_default_30ms", |b| {
+        b.iter(|| {
+            let start = pos % (audio.len() - n + 1);
+            let start = start - start % n;
+            det.push_frame(std::hint::black_box(&audio[start..start + n]), pos as u64);
+            pos += n;
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench_ring, bench_pump
+    targets = bench_ring, bench_pump, bench_vad
 }
 criterion_main!(benches);

@@ -48,7 +48,8 @@ fn per_window_ms(dir: &Path, audio: &[f32]) -> (f64, f64, usize) {
     (ts[ts.len() / 2], ts[ts.len() * 9 / 10], params)
 }
 
-fn daemon_cpu(dir: &Path, file: &Path, config: &str, secs: u64) -> f64 {
+/// CPU share (of one core) and peak RSS (MB) of a harkd run.
+fn daemon_cpu(dir: &Path, file: &Path, config: &str, secs: u64) -> (f64, f64) {
     let path = dir.join("harkd.toml");
     std::fs::write(&path, config).expect("write config");
     let sock = dir.join("harkd.sock");
@@ -60,12 +61,13 @@ fn daemon_cpu(dir: &Path, file: &Path, config: &str, secs: u64) -> f64 {
     std::thread::sleep(Duration::from_secs(secs));
     let c1 = common::cpu_seconds(pid).expect("harkd died during the measurement");
     let wall = t0.elapsed().as_secs_f64();
+    let hwm_mb = common::status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
     // SAFETY: plain kill(2) on our own child.
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
     }
     let _ = child.wait();
-    (c1 - c0) / wall
+    ((c1 - c0) / wall, hwm_mb)
 }
 
 fn main() {
@@ -145,15 +147,15 @@ fn main() {
         model.display()
     );
     let without = format!("{base}[sound]\nenabled = \"off\"\n");
-    let on = daemon_cpu(&dir, &file, &with_sound, secs);
-    let off = daemon_cpu(&dir, &file, &without, secs);
+    let (on, on_mb) = daemon_cpu(&dir, &file, &with_sound, secs);
+    let (off, off_mb) = daemon_cpu(&dir, &file, &without, secs);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "| harkd, sound stage only, real-time input | {:.2}% of one core | {secs} s window |",
+        "| harkd, sound stage only, real-time input | {:.2}% of one core | {secs} s window; peak RSS {on_mb:.0} MB |",
         on * 100.0
     );
     println!(
-        "| harkd, no stage | {:.2}% of one core | pump and ring only |",
+        "| harkd, no stage | {:.2}% of one core | pump and ring only; peak RSS {off_mb:.0} MB |",
         off * 100.0
     );
     println!(

@@ -2,7 +2,10 @@
 //! (`harkd print-config` prints them). Raw values are deserialised with unknown fields rejected,
 //! then [`Config::validate`] checks everything that types alone cannot.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +42,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub store: crate::store::StoreConfig,
     pub transcribe: crate::stages::asr::TranscribeConfig,
+    pub sound: crate::stages::sound::SoundConfig,
 }
 
 /// `[source]`: where audio comes from.
@@ -134,15 +138,23 @@ pub struct PipelineConfig {
     pub input_ring_s: f32,
     /// Per-stage ring, milliseconds of 16 kHz audio.
     pub stage_ring_ms: u32,
-    /// Overflow policy of the VAD stage.
-    pub vad_overflow: OverflowPolicy,
-    /// Overflow policy of the level stage.
-    pub level_overflow: OverflowPolicy,
-    /// Overflow policy of the transcription stage (its ring holds `stage_ring_ms`; a long
-    /// decode must not cost the start of the next utterance, so it drops only when full).
-    pub transcribe_overflow: OverflowPolicy,
     /// Events the bus keeps for slow subscribers before they get a Gap.
     pub bus_capacity: usize,
+    /// Overflow policy per stage, keyed by stage name (`vad`, `transcribe`, `level`, ...): what
+    /// a stage that falls behind does. `{ mode = "drop-newest" }` drops new audio while its ring
+    /// is full (what transcription wants: a long decode must not cost the start of the next
+    /// utterance); `{ mode = "catch-up", max_lag_ms = N }` skips the oldest audio beyond N ms
+    /// (what live detectors want). A stage left out uses its registry default (listed here).
+    pub overflow: BTreeMap<String, OverflowPolicy>,
+    /// Deprecated spelling of `overflow.vad` (still honoured; wins over `overflow.vad`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vad_overflow: Option<OverflowPolicy>,
+    /// Deprecated spelling of `overflow.level`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level_overflow: Option<OverflowPolicy>,
+    /// Deprecated spelling of `overflow.transcribe`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcribe_overflow: Option<OverflowPolicy>,
 }
 
 impl Default for PipelineConfig {
@@ -150,11 +162,35 @@ impl Default for PipelineConfig {
         Self {
             input_ring_s: 2.0,
             stage_ring_ms: 30_000,
-            vad_overflow: OverflowPolicy::CatchUp { max_lag_ms: 1000 },
-            level_overflow: OverflowPolicy::CatchUp { max_lag_ms: 500 },
-            transcribe_overflow: OverflowPolicy::DropNewest,
             bus_capacity: 4096,
+            overflow: crate::stages::REGISTRY
+                .iter()
+                .map(|e| (e.name.to_string(), e.default_overflow))
+                .collect(),
+            vad_overflow: None,
+            level_overflow: None,
+            transcribe_overflow: None,
         }
+    }
+}
+
+impl PipelineConfig {
+    /// The deprecated per-stage key for `stage`, if one was set.
+    fn legacy_overflow(&self, stage: &str) -> Option<OverflowPolicy> {
+        match stage {
+            "vad" => self.vad_overflow,
+            "level" => self.level_overflow,
+            "transcribe" => self.transcribe_overflow,
+            _ => None,
+        }
+    }
+
+    /// The overflow policy of `stage`: its deprecated key, else `overflow.<stage>`, else
+    /// `default` (the registry's).
+    pub fn overflow_policy(&self, stage: &str, default: OverflowPolicy) -> OverflowPolicy {
+        self.legacy_overflow(stage)
+            .or_else(|| self.overflow.get(stage).copied())
+            .unwrap_or(default)
     }
 }
 
@@ -276,6 +312,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.level.validate().map_err(ConfigError::Invalid)?;
         self.transcribe.validate().map_err(ConfigError::Invalid)?;
+        self.sound.validate().map_err(ConfigError::Invalid)?;
         let s = &self.server;
         if s.max_message_bytes < 1024 || s.max_message_bytes > 256 * 1024 * 1024 {
             return invalid("server.max_message_bytes must be within 1 KiB..=256 MiB".into());
@@ -316,15 +353,34 @@ impl Config {
         if !(100..=600_000).contains(&p.stage_ring_ms) {
             return invalid("pipeline.stage_ring_ms must be within 100..=600000".into());
         }
-        for (name, pol) in [
-            ("vad_overflow", p.vad_overflow),
-            ("level_overflow", p.level_overflow),
-        ] {
-            if let OverflowPolicy::CatchUp { max_lag_ms } = pol
+        for name in p.overflow.keys() {
+            if crate::stages::entry(name).is_none() {
+                let known: Vec<_> = crate::stages::REGISTRY.iter().map(|e| e.name).collect();
+                return invalid(format!(
+                    "pipeline.overflow.{name}: no such stage (stages: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        for e in crate::stages::REGISTRY {
+            if p.legacy_overflow(e.name).is_some()
+                && p.overflow
+                    .get(e.name)
+                    .is_some_and(|&o| o != e.default_overflow)
+            {
+                return invalid(format!(
+                    "pipeline.{0}_overflow and pipeline.overflow.{0} both set; keep only the \
+                     second",
+                    e.name
+                ));
+            }
+            if let OverflowPolicy::CatchUp { max_lag_ms } =
+                p.overflow_policy(e.name, e.default_overflow)
                 && (max_lag_ms < 10 || max_lag_ms >= p.stage_ring_ms)
             {
                 return invalid(format!(
-                    "pipeline.{name}.max_lag_ms must be >= 10 and below stage_ring_ms"
+                    "pipeline.overflow.{}.max_lag_ms must be >= 10 and below stage_ring_ms",
+                    e.name
                 ));
             }
         }
@@ -357,6 +413,43 @@ mod tests {
     fn unknown_fields_are_rejected_with_their_name() {
         let err = Config::parse("[vad]\nagressiveness = 2\n", Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("agressiveness"), "{err}");
+    }
+
+    #[test]
+    fn overflow_policies_by_stage_name_and_legacy_keys() {
+        let parse = |t: &str| Config::parse(t, Path::new("x.toml"));
+        let cfg = parse("[pipeline.overflow.vad]\nmode = \"drop-newest\"\n").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.pipeline
+                .overflow_policy("vad", OverflowPolicy::CatchUp { max_lag_ms: 1 }),
+            OverflowPolicy::DropNewest
+        );
+        // Written before the [pipeline.overflow] table existed: still means the same.
+        let cfg = parse("[pipeline]\nlevel_overflow = { mode = \"catch-up\", max_lag_ms = 200 }\n")
+            .unwrap();
+        cfg.validate().unwrap();
+        let level = crate::stages::entry("level").unwrap();
+        assert_eq!(
+            cfg.pipeline
+                .overflow_policy("level", level.default_overflow),
+            OverflowPolicy::CatchUp { max_lag_ms: 200 }
+        );
+        let err = parse("[pipeline.overflow.vda]\nmode = \"drop-newest\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vda") && err.contains("vad, transcribe, level"),
+            "{err}"
+        );
+        let err = parse("[pipeline.overflow.level]\nmode = \"catch-up\"\nmax_lag_ms = 5\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overflow.level.max_lag_ms"), "{err}");
     }
 
     #[test]

@@ -23,10 +23,8 @@ use crate::{
     metrics,
     pipeline::{Pipeline, PipelineOptions, PipelineStats, StageSpec},
     stages::{
-        asr::{Enable, OneShot, SharedModel, WhisperRecognizer},
-        level::LevelStage,
-        transcribe::TranscribeStage,
-        vad::VadStage,
+        self, StageContext, StageResources,
+        asr::{Enable, OneShot, SharedModel},
     },
     store::Store,
 };
@@ -39,6 +37,8 @@ pub enum DaemonError {
     Source(#[from] crate::audio::SourceError),
     #[error("stage setup: {0}")]
     Stage(String),
+    #[error(transparent)]
+    StageBuild(#[from] stages::StageBuildError),
     #[error(transparent)]
     Serve(#[from] api::server::ServeError),
     #[error("cannot read {path}: {source}")]
@@ -53,54 +53,16 @@ pub enum DaemonError {
     Spawn(#[from] std::io::Error),
 }
 
-/// Builds the configured stages (a fresh set per pipeline; the Whisper weights in `asr` are
-/// shared, not copied).
+/// Builds the enabled stages for one pipeline from the stage registry (a fresh set per
+/// pipeline; loaded weights in `resources` are shared, not copied).
 pub fn build_stages(
     cfg: &Config,
-    asr: Option<&SharedModel>,
+    resources: &StageResources,
 ) -> Result<Vec<StageSpec>, DaemonError> {
-    let mut stages = Vec::new();
-    if cfg.vad.enabled {
-        stages.push(StageSpec {
-            stage: Box::new(
-                VadStage::new(&cfg.vad).map_err(|e| DaemonError::Stage(e.to_string()))?,
-            ),
-            policy: cfg.pipeline.vad_overflow,
-            ring_ms: cfg.pipeline.stage_ring_ms,
-        });
-    }
-    if let Some(shared) = asr {
-        let model = shared
-            .get()
-            .map_err(|e| DaemonError::Stage(format!("transcribe: {e}")))?;
-        let mut opts = cfg.transcribe.decode_options();
-        opts.min_encode_s = Some(cfg.transcribe.streaming.min_encode_s);
-        // One decode per re-decode: sampling at higher temperatures costs up to six decodes
-        // (seconds behind live audio) and rarely agrees with the next re-decode anyway;
-        // repetitive results are dropped by the recogniser instead.
-        opts.temperatures = vec![0.0];
-        let recognizer = WhisperRecognizer::new(model, opts);
-        stages.push(StageSpec {
-            stage: Box::new(
-                TranscribeStage::new(
-                    cfg.transcribe.streaming.clone(),
-                    &cfg.vad,
-                    Box::new(recognizer),
-                )
-                .map_err(DaemonError::Stage)?,
-            ),
-            policy: cfg.pipeline.transcribe_overflow,
-            ring_ms: cfg.pipeline.stage_ring_ms,
-        });
-    }
-    if cfg.level.enabled {
-        stages.push(StageSpec {
-            stage: Box::new(LevelStage::new(&cfg.level)),
-            policy: cfg.pipeline.level_overflow,
-            ring_ms: cfg.pipeline.stage_ring_ms,
-        });
-    }
-    Ok(stages)
+    Ok(stages::build_stages(&StageContext {
+        config: cfg,
+        resources,
+    })?)
 }
 
 /// The Whisper model directory to use, or None when transcription is off (or `auto` and no
@@ -217,6 +179,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
 
     let asr_dir = transcribe_model_dir(&cfg)?;
     let asr = asr_dir.clone().map(SharedModel::new);
+    // Shared by every pipeline: the main source's and each StreamAudio session's.
+    let resources = Arc::new(StageResources::new(asr.clone()));
     match &asr_dir {
         Some(d) => tracing::info!(model = %d.display(), "Transcription enabled."),
         None if cfg.transcribe.enabled == Enable::Auto => tracing::info!(
@@ -231,7 +195,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             tracing::info!(source = %source.describe(), "Starting pipeline.");
             Some(Pipeline::start(
                 source,
-                build_stages(&cfg, asr.as_ref())?,
+                build_stages(&cfg, &resources)?,
                 bus.clone(),
                 PipelineOptions {
                     stream: Arc::from("main"),
@@ -248,7 +212,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
 
     let session_cfg = cfg.clone();
     let session_bus = bus.clone();
-    let session_asr = asr.clone();
+    let session_resources = resources.clone();
     let service = HarkService::new(ApiContext {
         bus: bus.clone(),
         started,
@@ -256,7 +220,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         start_session: Arc::new(move |src| {
             let name: Arc<str> = Arc::from(src.name.as_str());
             let stages =
-                build_stages(&session_cfg, session_asr.as_ref()).map_err(|e| e.to_string())?;
+                build_stages(&session_cfg, &session_resources).map_err(|e| e.to_string())?;
             Pipeline::start(
                 Box::new(src),
                 stages,
@@ -279,6 +243,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             Arc::new(OneShot::new(m, gate))
         }),
         asr_defaults: cfg.transcribe.clone(),
+        resources: resources.clone(),
+        sound_defaults: cfg.sound.clone(),
     });
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(c), Some(k)) => Some((read(c)?, read(k)?)),

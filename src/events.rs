@@ -20,19 +20,60 @@ use tokio::sync::broadcast;
 pub const STREAM_RATE: u32 = 16_000;
 
 /// What happened. Sample positions inside variants use the same clock as [`Event::sample`].
-#[derive(Debug, Clone, PartialEq)]
+///
+/// **Adding a kind**: a variant here (plus its arms in [`EventKind::category`] and
+/// [`EventKind::name`]; a new [`Category`] if clients should filter on it) and a message of the same
+/// name in the proto's `Event.kind` oneof, with the same field names: `api` converts through this
+/// serde form (`{"kind":"level","rms_dbfs":-20.0,..}`), and JSON lines and `--kinds` names follow.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     SpeechStarted,
-    SpeechEnded { start_sample: u64 },
-    Level { rms_dbfs: f32, peak_dbfs: f32 },
-    DeviceLost { reason: String },
-    DeviceRestored { outage: Duration },
-    SourceEnded { reason: String },
+    SpeechEnded {
+        start_sample: u64,
+    },
+    Level {
+        rms_dbfs: f32,
+        peak_dbfs: f32,
+    },
+    DeviceLost {
+        reason: String,
+    },
+    DeviceRestored {
+        outage: Duration,
+    },
+    SourceEnded {
+        reason: String,
+    },
     Transcript(Transcript),
+    /// One occurrence of a sound class, published when it ends (at `end_sample`).
+    Sound(SoundEvent),
+    /// A sound class turned on (published at its start; optional, see `sound.emit_started`).
+    SoundStarted {
+        class: String,
+        p: f32,
+    },
+}
+
+/// One occurrence of a sound class (siren, dog bark, ...). Samples are on the stream clock; the
+/// serde form (and so the proto and JSON) carries them as `start`/`end` seconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SoundEvent {
+    pub class: String,
+    /// Mean class probability over the occurrence.
+    pub p: f32,
+    #[serde(rename = "start", serialize_with = "samples_as_seconds")]
+    pub start_sample: u64,
+    #[serde(rename = "end", serialize_with = "samples_as_seconds")]
+    pub end_sample: u64,
+}
+
+fn samples_as_seconds<S: serde::Serializer>(sample: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(*sample as f64 / f64::from(STREAM_RATE))
 }
 
 /// Recognised speech. Samples are on the stream clock.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Transcript {
     pub text: String,
     pub is_final: bool,
@@ -45,7 +86,7 @@ pub struct Transcript {
 }
 
 /// One recognised word with its stream position and confidence.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Word {
     pub word: String,
     pub start_sample: u64,
@@ -53,21 +94,24 @@ pub struct Word {
     pub p: f32,
 }
 
-/// Coarse grouping used by subscription filters.
+/// Coarse grouping used by subscription filters. The proto `EventKind` value of the same name
+/// (`Vad` <-> `EVENT_KIND_VAD`) selects it; `api` matches them by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Category {
     Vad,
     Level,
     Source,
     Transcript,
+    Sound,
 }
 
 impl Category {
-    pub const ALL: [Category; 4] = [
+    pub const ALL: [Category; 5] = [
         Category::Vad,
         Category::Level,
         Category::Source,
         Category::Transcript,
+        Category::Sound,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +120,7 @@ impl Category {
             Category::Level => "level",
             Category::Source => "source",
             Category::Transcript => "transcript",
+            Category::Sound => "sound",
         }
     }
 
@@ -93,6 +138,7 @@ impl EventKind {
             | EventKind::DeviceRestored { .. }
             | EventKind::SourceEnded { .. } => Category::Source,
             EventKind::Transcript(_) => Category::Transcript,
+            EventKind::Sound(_) | EventKind::SoundStarted { .. } => Category::Sound,
         }
     }
 
@@ -107,6 +153,8 @@ impl EventKind {
             EventKind::SourceEnded { .. } => "source_ended",
             EventKind::Transcript(t) if t.is_final => "transcript_final",
             EventKind::Transcript(_) => "transcript_interim",
+            EventKind::Sound(_) => "sound",
+            EventKind::SoundStarted { .. } => "sound_started",
         }
     }
 }
@@ -159,14 +207,16 @@ pub struct EventBus {
 /// Something that must see an event *before* any subscriber does (e.g. the transcript store, so
 /// that a final result a client has received is already durable).
 pub trait EventSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Called in the publishing thread, before the event is sent and before it is given its
+    /// `seq` (0 here). May block (fsync): only the publishing thread waits.
     fn persist(&self, event: &Event);
 }
 
 #[derive(Debug)]
 struct BusInner {
     tx: broadcast::Sender<Arc<Event>>,
-    // Sequence assignment and send happen under this lock so that seq order == delivery order even
-    // with several publishing threads. Held for a few hundred nanoseconds; never on the RT path.
+    // Taken by every publisher to stamp `seq` and send; held for a few hundred nanoseconds (sinks
+    // run before it is taken). Never on the RT path.
     seq: Mutex<u64>,
     sinks: std::sync::RwLock<Vec<Arc<dyn EventSink>>>,
     published: AtomicU64,
@@ -188,6 +238,13 @@ impl EventBus {
     }
 
     /// Publishes an event; never blocks on subscribers. Returns the stamped event.
+    ///
+    /// Sinks run first, in the publishing thread and *outside* the sequence lock: a transcript's
+    /// fsync then delays only the thread that published the transcript, never a level or sound
+    /// event published concurrently from another stage. Because the event is sent only after its
+    /// sinks return, a final a client receives is already durable. The price is that sinks see
+    /// the event before it has its `seq` (it is 0 there); none needs it (the store keys rows by
+    /// stream and sample).
     pub fn publish(
         &self,
         stream: &Arc<str>,
@@ -196,26 +253,30 @@ impl EventBus {
         kind: EventKind,
     ) -> Arc<Event> {
         let name = kind.name();
+        let mut event = Event {
+            seq: 0,
+            sample,
+            wall: SystemTime::now(),
+            stream_start,
+            stream: stream.clone(),
+            kind,
+        };
+        for sink in self
+            .inner
+            .sinks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            sink.persist(&event);
+        }
         let event = {
+            // Sequence assignment and send happen under this lock so that seq order == delivery
+            // order even with several publishing threads. Nothing slow runs under it.
             let mut seq = self.inner.seq.lock().unwrap_or_else(|e| e.into_inner());
             *seq += 1;
-            let event = Arc::new(Event {
-                seq: *seq,
-                sample,
-                wall: SystemTime::now(),
-                stream_start,
-                stream: stream.clone(),
-                kind,
-            });
-            for sink in self
-                .inner
-                .sinks
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-            {
-                sink.persist(&event);
-            }
+            event.seq = *seq;
+            let event = Arc::new(event);
             // An error only means nobody is subscribed right now.
             let _ = self.inner.tx.send(event.clone());
             event
@@ -303,5 +364,73 @@ mod tests {
             other => panic!("expected event 6, got {other:?}"),
         }
         assert_eq!(bus.counts()["speech_started"], 10);
+    }
+
+    /// Sleeps on every final transcript, like a store that fsyncs on a slow disk.
+    #[derive(Debug)]
+    struct SlowSink(Duration);
+
+    impl EventSink for SlowSink {
+        fn persist(&self, event: &Event) {
+            if matches!(&event.kind, EventKind::Transcript(t) if t.is_final) {
+                std::thread::sleep(self.0);
+            }
+        }
+    }
+
+    fn final_transcript() -> EventKind {
+        EventKind::Transcript(Transcript {
+            text: "hello".into(),
+            is_final: true,
+            stability: 1.0,
+            start_sample: 0,
+            end_sample: 16_000,
+            language: "en".into(),
+            words: Vec::new(),
+        })
+    }
+
+    // Regression: sinks used to run under the seq lock, so a level event waited for a
+    // transcript's fsync.
+    #[tokio::test]
+    async fn level_publish_does_not_wait_for_a_slow_sink() {
+        let bus = EventBus::new(64);
+        bus.add_sink(Arc::new(SlowSink(Duration::from_millis(200))));
+        let mut sub = bus.subscribe();
+        let stream: Arc<str> = Arc::from("main");
+        let writer = {
+            let (bus, stream) = (bus.clone(), stream.clone());
+            std::thread::spawn(move || {
+                bus.publish(&stream, SystemTime::now(), 0, final_transcript())
+            })
+        };
+        // Let the writer enter its sink.
+        std::thread::sleep(Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        let level = bus.publish(
+            &stream,
+            SystemTime::now(),
+            1,
+            EventKind::Level {
+                rms_dbfs: -20.0,
+                peak_dbfs: -6.0,
+            },
+        );
+        let took = t.elapsed();
+        // Generous for a loaded 2-core machine; the old code waited out the sink's 200 ms.
+        assert!(
+            took < Duration::from_millis(100),
+            "level publish took {took:?}"
+        );
+        let fin = writer.join().unwrap();
+        assert!(
+            fin.seq > level.seq,
+            "the final is sent after its sink returns"
+        );
+        // The level event is delivered first: the final was not sent before it was persisted.
+        match sub.recv().await {
+            Recv::Event(e) => assert_eq!(e.seq, level.seq),
+            other => panic!("expected the level event, got {other:?}"),
+        }
     }
 }

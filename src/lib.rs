@@ -7,14 +7,34 @@
 //!  pump thread: down-mix, resample to 16 kHz, stamp the sample clock, fan out 10 ms frames
 //!     │  one ring per stage, typed overflow policy (drop-newest / catch-up), drops counted
 //!     ▼
-//!  stage threads (VAD, level, ...): runner owns windowing, hop, timestamps
+//!  stage threads (VAD, transcribe, level, ...; built from `stages::REGISTRY`): runner owns
+//!     windowing, hop, timestamps, drops and CPU accounting
 //!     │  publish (never blocks)
 //!     ▼
-//!  event bus ──► gRPC Subscribe / StreamAudio streams (slow client => Gap{missed})
+//!  event bus ──► sinks (transcript store) run first, in the publishing thread, off the bus lock
+//!     │
+//!     ▼
+//!  gRPC Subscribe / StreamAudio streams (slow client => Gap{missed})
 //! ```
 //!
-//! Module dependencies point one way: `daemon -> {api, stages} -> {pipeline, events, dsp, ring,
-//! audio}`. `dsp` and `ring` are leaves; `api` is the only module that sees tonic/protobuf types.
+//! Module dependencies (the `use crate::` lines outside tests), higher layers first:
+//!
+//! ```text
+//!  daemon    -> api, stages, store, metrics, pipeline, audio, config, events
+//!  api       -> stages (one-shot Transcribe via stages::asr), store (Search), pipeline, audio,
+//!               nn, events
+//!  config    -> stages, store, pipeline, audio (their config sections), api (listen addresses)
+//!  stages    -> pipeline, nn, models, dsp, events, config
+//!  metrics   -> pipeline, events          telemetry -> config
+//!  pipeline  -> audio, events, ring       audio     -> events, ring
+//!  store     -> events                    nn        -> dsp
+//!  leaves:      events, dsp, ring, models
+//! ```
+//!
+//! The one cycle is `config <-> stages`: the config aggregates each stage's section (defined
+//! next to the stage) and takes overflow defaults from the stage registry, and the registry's
+//! build functions read the whole config. `api` is the only module that sees tonic/protobuf
+//! types; `events` knows no other module.
 
 pub mod api;
 pub mod audio;

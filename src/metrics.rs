@@ -59,6 +59,7 @@ impl MetricsSource {
                 ("hark_stage_dropped_samples_total", "counter"),
                 ("hark_stage_windows_total", "counter"),
                 ("hark_stage_busy_seconds_total", "counter"),
+                ("hark_stage_cpu_seconds_total", "counter"),
             ] {
                 let _ = writeln!(s, "# TYPE {name} {kind}");
                 for st in &p.stages {
@@ -68,6 +69,9 @@ impl MetricsSource {
                         }
                         "hark_stage_dropped_samples_total" => st.dropped_samples() as f64,
                         "hark_stage_windows_total" => st.windows.load(Ordering::Relaxed) as f64,
+                        "hark_stage_cpu_seconds_total" => {
+                            st.cpu_ns.load(Ordering::Relaxed) as f64 / 1e9
+                        }
                         _ => st.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
                     };
                     let _ = writeln!(s, "{name}{{stage=\"{}\"}} {v}", st.name);

@@ -1,7 +1,21 @@
-//! Conversions between domain types and protobuf messages.
+//! Conversions between domain types and protobuf messages, and the renderings of protobuf
+//! events for people and scripts.
+//!
+//! Everything per kind is derived, so a new event kind is a domain variant in `events.rs` plus a
+//! message in the proto's `Event.kind` oneof, and nothing here:
+//! - **domain -> proto**: kinds without a hand-written arm in [`event_to_pb`] go through serde: the
+//!   domain variant (internally tagged, snake_case) must be named like the oneof field and have
+//!   fields named like the proto message's (`EventKind::Level { rms_dbfs, .. }` <-> `Level level`);
+//! - **JSON lines** ([`pb_event_json`]): the common keys plus the proto message serialised by the
+//!   serde derive that `build.rs` puts on generated types (f32 printed short: `0.9`);
+//! - **kind filters** (`--kinds`, `SubscribeRequest.kinds`): a domain [`Category`] matches the
+//!   proto `EventKind` of the same name (`Category::Vad` <-> `EVENT_KIND_VAD`);
+//! - **human lines** ([`pb_event_line`]): custom text for the kinds people watch most, else the
+//!   kind name and its JSON fields.
 
 use std::collections::HashSet;
 
+use serde::Serialize;
 use tonic::Status;
 
 use super::pb;
@@ -19,19 +33,15 @@ impl KindFilter {
     pub fn from_pb(kinds: &[i32]) -> Result<Self, Status> {
         let mut allowed = HashSet::new();
         for &k in kinds {
-            let cat = match pb::EventKind::try_from(k) {
-                Ok(pb::EventKind::Vad) => Category::Vad,
-                Ok(pb::EventKind::Level) => Category::Level,
-                Ok(pb::EventKind::Source) => Category::Source,
-                Ok(pb::EventKind::Transcript) => Category::Transcript,
-                Ok(pb::EventKind::Unspecified | pb::EventKind::Sound) | Err(_) => {
+            match pb::EventKind::try_from(k).ok().and_then(category_of) {
+                Some(cat) => allowed.insert(cat),
+                None => {
                     return Err(Status::invalid_argument(format!(
                         "unknown event kind {k}; valid kinds: {}",
                         valid_kinds()
                     )));
                 }
             };
-            allowed.insert(cat);
         }
         Ok(Self { allowed })
     }
@@ -41,51 +51,82 @@ impl KindFilter {
     }
 }
 
-fn valid_kinds() -> String {
-    [
-        pb::EventKind::Vad,
-        pb::EventKind::Level,
-        pb::EventKind::Source,
-    ]
-    .map(|k| format!("{} ({})", k.as_str_name(), k as i32))
-    .join(", ")
+/// Prefix of the proto `EventKind` names; the rest is the category name in upper case.
+const PB_KIND_PREFIX: &str = "EVENT_KIND_";
+
+/// The domain category a proto `EventKind` stands for, matched by name.
+fn category_of(k: pb::EventKind) -> Option<Category> {
+    let name = k.as_str_name().strip_prefix(PB_KIND_PREFIX)?;
+    Category::parse(&name.to_ascii_lowercase())
 }
 
-/// Maps a CLI kind name (`vad`, `level`, `source`) to the protobuf enum.
+/// The proto `EventKind` of a domain category (None if the proto lacks it).
+pub fn pb_kind(c: Category) -> Option<pb::EventKind> {
+    pb::EventKind::from_str_name(&format!(
+        "{PB_KIND_PREFIX}{}",
+        c.name().to_ascii_uppercase()
+    ))
+}
+
+/// The categories a client can ask for: those both the domain and the proto know.
+fn known_kinds() -> impl Iterator<Item = (Category, pb::EventKind)> {
+    Category::ALL
+        .into_iter()
+        .filter_map(|c| pb_kind(c).map(|k| (c, k)))
+}
+
+fn valid_kinds() -> String {
+    known_kinds()
+        .map(|(_, k)| format!("{} ({})", k.as_str_name(), k as i32))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Names accepted by `--kinds` (`vad`, `level`, ...).
+pub fn kind_names() -> Vec<&'static str> {
+    known_kinds().map(|(c, _)| c.name()).collect()
+}
+
+/// Maps a CLI kind name (`vad`, `level`, `source`, `transcript`) to the protobuf enum.
 pub fn kind_from_name(name: &str) -> Option<pb::EventKind> {
-    match Category::parse(name)? {
-        Category::Vad => Some(pb::EventKind::Vad),
-        Category::Level => Some(pb::EventKind::Level),
-        Category::Source => Some(pb::EventKind::Source),
-        Category::Transcript => Some(pb::EventKind::Transcript),
-    }
+    pb_kind(Category::parse(name)?)
+}
+
+/// A `--kinds` name that no category has.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown kind {name:?}; valid kinds: {}", kind_names().join(", "))]
+pub struct UnknownKind {
+    pub name: String,
+}
+
+/// Parses `--kinds` names (empty entries ignored) into `SubscribeRequest.kinds` values.
+pub fn kinds_from_names<S: AsRef<str>>(names: &[S]) -> Result<Vec<i32>, UnknownKind> {
+    names
+        .iter()
+        .map(|n| n.as_ref().trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            kind_from_name(n)
+                .map(|k| k as i32)
+                .ok_or_else(|| UnknownKind { name: n.into() })
+        })
+        .collect()
 }
 
 pub fn event_to_pb(e: &Event) -> pb::Event {
     use pb::event::Kind;
     let kind = match &e.kind {
-        EventKind::SpeechStarted => Kind::SpeechStarted(pb::SpeechStarted {}),
-        EventKind::SpeechEnded { start_sample } => Kind::SpeechEnded(pb::SpeechEnded {
+        // Hand-written where the proto carries more than the domain variant (seconds next to
+        // samples) or the types differ; every other kind is converted by name through serde.
+        EventKind::SpeechEnded { start_sample } => Some(Kind::SpeechEnded(pb::SpeechEnded {
             start_sample: *start_sample,
             duration_s: e.sample.saturating_sub(*start_sample) as f64 / f64::from(STREAM_RATE),
-        }),
-        EventKind::Level {
-            rms_dbfs,
-            peak_dbfs,
-        } => Kind::Level(pb::Level {
-            rms_dbfs: *rms_dbfs,
-            peak_dbfs: *peak_dbfs,
-        }),
-        EventKind::DeviceLost { reason } => Kind::DeviceLost(pb::DeviceLost {
-            reason: reason.clone(),
-        }),
-        EventKind::DeviceRestored { outage } => Kind::DeviceRestored(pb::DeviceRestored {
+        })),
+        EventKind::DeviceRestored { outage } => Some(Kind::DeviceRestored(pb::DeviceRestored {
             outage_s: outage.as_secs_f64(),
-        }),
-        EventKind::SourceEnded { reason } => Kind::SourceEnded(pb::SourceEnded {
-            reason: reason.clone(),
-        }),
-        EventKind::Transcript(t) => Kind::Transcript(transcript_to_pb(t)),
+        })),
+        EventKind::Transcript(t) => Some(Kind::Transcript(transcript_to_pb(t))),
+        other => by_name(other),
     };
     pb::Event {
         seq: e.seq,
@@ -94,8 +135,31 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
         wall_time_unix_us: unix_us(e.wall),
         stream_start_unix_us: unix_us(e.stream_start),
         stream: e.stream.to_string(),
-        kind: Some(kind),
+        kind,
     }
+}
+
+/// Domain kind -> proto oneof through their common serde form (`{"kind":"level","rms_dbfs":..}`).
+/// f32 fields survive exactly (widened to f64 and narrowed back).
+fn by_name(kind: &EventKind) -> Option<pb::event::Kind> {
+    let converted = serde_json::to_value(kind).and_then(serde_json::from_value);
+    match converted {
+        Ok(k) => Some(k),
+        Err(e) => {
+            // A domain variant whose name or fields do not match its proto message: a bug that
+            // the `every_domain_kind_converts` test catches for the kinds it builds.
+            tracing::error!(kind = kind.name(), error = %e, "Event kind has no proto form.");
+            None
+        }
+    }
+}
+
+/// Serialises a sample position as seconds (SpeechEnded's `start_t` JSON key).
+pub fn serialize_samples_as_seconds<S: serde::Serializer>(
+    sample: &u64,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(secs(*sample))
 }
 
 fn secs(sample: u64) -> f64 {
@@ -134,56 +198,70 @@ pub fn gap_event(missed: u64) -> pb::Event {
     }
 }
 
-/// Stable name of a protobuf event's kind (as in JSON output and status counters).
-pub fn pb_kind_name(e: &pb::Event) -> &'static str {
-    use pb::event::Kind;
-    match &e.kind {
-        Some(Kind::SpeechStarted(_)) => "speech_started",
-        Some(Kind::SpeechEnded(_)) => "speech_ended",
-        Some(Kind::Level(_)) => "level",
-        Some(Kind::DeviceLost(_)) => "device_lost",
-        Some(Kind::DeviceRestored(_)) => "device_restored",
-        Some(Kind::SourceEnded(_)) => "source_ended",
-        Some(Kind::Gap(_)) => "gap",
-        Some(Kind::Transcript(t)) if t.is_final => "transcript_final",
-        Some(Kind::Transcript(_)) => "transcript_interim",
-        _ => "unknown",
+/// The JSON payload of an event: `kind` plus the proto message's fields, flattened into the line.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Payload<'a> {
+    // Finals and interims have their own kind names, as in status counters.
+    TranscriptFinal(&'a pb::Transcript),
+    TranscriptInterim(&'a pb::Transcript),
+    Unknown,
+    // Every other kind as its oneof variant, which is tagged with the oneof field name.
+    #[serde(untagged)]
+    Other(&'a pb::event::Kind),
+}
+
+impl<'a> Payload<'a> {
+    fn of(e: &'a pb::Event) -> Self {
+        use pb::event::Kind;
+        match &e.kind {
+            Some(Kind::Transcript(t)) if t.is_final => Payload::TranscriptFinal(t),
+            Some(Kind::Transcript(t)) => Payload::TranscriptInterim(t),
+            Some(k) => Payload::Other(k),
+            None => Payload::Unknown,
+        }
     }
 }
 
+/// One JSON line: common keys + payload. Serialised straight to text, never through
+/// `serde_json::Value`, which would widen f32 (0.9 -> 0.8999999761581421).
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    #[serde(flatten)]
+    payload: Payload<'a>,
+    t: f64,
+    sample: u64,
+    seq: u64,
+    stream: &'a str,
+    wall_us: i64,
+}
+
 /// One JSON object per event: kind, stream time in seconds, and the kind's fields.
-pub fn pb_event_json(e: &pb::Event) -> serde_json::Value {
-    use pb::event::Kind;
-    use serde_json::json;
-    let mut v = json!({
-        "kind": pb_kind_name(e),
-        "t": e.stream_time_s,
-        "sample": e.sample,
-        "seq": e.seq,
-        "stream": e.stream,
-        "wall_us": e.wall_time_unix_us,
-    });
-    let extra = match &e.kind {
-        Some(Kind::SpeechEnded(s)) => json!({
-            "start_t": s.start_sample as f64 / f64::from(STREAM_RATE),
-            "duration_s": s.duration_s,
-        }),
-        Some(Kind::Level(l)) => json!({"rms_dbfs": l.rms_dbfs, "peak_dbfs": l.peak_dbfs}),
-        Some(Kind::DeviceLost(d)) => json!({"reason": d.reason}),
-        Some(Kind::DeviceRestored(d)) => json!({"outage_s": d.outage_s}),
-        Some(Kind::SourceEnded(s)) => json!({"reason": s.reason}),
-        Some(Kind::Gap(g)) => json!({"missed": g.missed}),
-        Some(Kind::Transcript(t)) => json!({
-            "text": t.text, "is_final": t.is_final, "stability": t.stability,
-            "start": t.start_s, "end": t.end_s, "language": t.language,
-            "words": t.words.iter().map(|w| json!({"word": w.word, "start": w.start_s, "end": w.end_s, "p": w.p})).collect::<Vec<_>>(),
-        }),
-        _ => json!({}),
+pub fn pb_event_json(e: &pb::Event) -> String {
+    let line = JsonLine {
+        payload: Payload::of(e),
+        t: e.stream_time_s,
+        sample: e.sample,
+        seq: e.seq,
+        stream: &e.stream,
+        wall_us: e.wall_time_unix_us,
     };
-    if let (Some(obj), Some(more)) = (v.as_object_mut(), extra.as_object()) {
-        obj.extend(more.clone());
+    serde_json::to_string(&line).unwrap_or_else(|err| {
+        // Only a non-string map key or a failing custom serializer could get here.
+        format!(r#"{{"kind":"unknown","error":{:?}}}"#, err.to_string())
+    })
+}
+
+/// Stable name of a protobuf event's kind (as in JSON lines and status counters).
+pub fn pb_kind_name(e: &pb::Event) -> String {
+    #[derive(serde::Deserialize)]
+    struct Tag {
+        kind: String,
     }
-    v
+    serde_json::to_string(&Payload::of(e))
+        .ok()
+        .and_then(|j| serde_json::from_str::<Tag>(&j).ok())
+        .map_or_else(|| "unknown".into(), |t| t.kind)
 }
 
 /// A human-readable one-line rendering.
@@ -207,7 +285,307 @@ pub fn pb_event_line(e: &pb::Event) -> String {
             t.end_s,
             t.text.trim()
         ),
-        _ => "unknown event".to_string(),
+        // Kinds added after these were written: no code needed here for them.
+        #[allow(unreachable_patterns)]
+        Some(_) => generic_line(e),
+        None => "unknown event".to_string(),
     };
     format!("[{:>9.2}s {}] {}", e.stream_time_s, e.stream, what)
+}
+
+/// `kind key=value ...` from the event's JSON payload, for kinds without a custom rendering.
+fn generic_line(e: &pb::Event) -> String {
+    let json = serde_json::to_string(&Payload::of(e)).unwrap_or_default();
+    // Parsing the short text gives the f64 nearest to it, which prints short again.
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json).unwrap_or_default();
+    let kind = match fields.remove("kind") {
+        Some(serde_json::Value::String(k)) => k,
+        _ => "unknown".into(),
+    };
+    fields
+        .into_iter()
+        .fold(kind.replace('_', " "), |mut line, (k, v)| {
+            use std::fmt::Write as _;
+            let _ = match v {
+                serde_json::Value::String(s) => write!(line, " {k}={s}"),
+                v => write!(line, " {k}={v}"),
+            };
+            line
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, sync::Arc, time::Duration, time::SystemTime};
+
+    use super::*;
+    use crate::events::{Transcript, Word};
+
+    fn event(sample: u64, kind: EventKind) -> Event {
+        Event {
+            seq: 7,
+            sample,
+            wall: SystemTime::now(),
+            stream_start: SystemTime::now(),
+            stream: Arc::from("main"),
+            kind,
+        }
+    }
+
+    fn keys(line: &str) -> BTreeSet<String> {
+        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        v.keys().cloned().collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        ["kind", "t", "sample", "seq", "stream", "wall_us"]
+            .iter()
+            .chain(names)
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    // The keys clients parsed before JSON lines were derived from the proto (one case per kind).
+    #[test]
+    fn json_keys_of_every_kind_are_unchanged() {
+        let transcript = |is_final| {
+            EventKind::Transcript(Transcript {
+                text: "hi there".into(),
+                is_final,
+                stability: 0.9,
+                start_sample: 16_000,
+                end_sample: 32_000,
+                language: "en".into(),
+                words: vec![Word {
+                    word: "hi".into(),
+                    start_sample: 16_000,
+                    end_sample: 20_000,
+                    p: 0.9,
+                }],
+            })
+        };
+        let cases: Vec<(EventKind, &str, &[&str])> = vec![
+            (EventKind::SpeechStarted, "speech_started", &[]),
+            (
+                EventKind::SpeechEnded {
+                    start_sample: 8_000,
+                },
+                "speech_ended",
+                &["start_t", "duration_s"],
+            ),
+            (
+                EventKind::Level {
+                    rms_dbfs: -20.5,
+                    peak_dbfs: -6.0,
+                },
+                "level",
+                &["rms_dbfs", "peak_dbfs"],
+            ),
+            (
+                EventKind::DeviceLost { reason: "x".into() },
+                "device_lost",
+                &["reason"],
+            ),
+            (
+                EventKind::DeviceRestored {
+                    outage: Duration::from_millis(1500),
+                },
+                "device_restored",
+                &["outage_s"],
+            ),
+            (
+                EventKind::SourceEnded { reason: "x".into() },
+                "source_ended",
+                &["reason"],
+            ),
+            (
+                transcript(true),
+                "transcript_final",
+                &[
+                    "text",
+                    "is_final",
+                    "stability",
+                    "start",
+                    "end",
+                    "language",
+                    "words",
+                ],
+            ),
+            (
+                transcript(false),
+                "transcript_interim",
+                &[
+                    "text",
+                    "is_final",
+                    "stability",
+                    "start",
+                    "end",
+                    "language",
+                    "words",
+                ],
+            ),
+        ];
+        for (kind, name, extra) in cases {
+            let e = event_to_pb(&event(24_000, kind));
+            let line = pb_event_json(&e);
+            assert_eq!(keys(&line), set(extra), "{line}");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["kind"], name, "{line}");
+            assert_eq!(pb_kind_name(&e), name);
+            assert_eq!(v["t"], 1.5, "{line}");
+        }
+        let gap = pb_event_json(&gap_event(3));
+        assert_eq!(keys(&gap), set(&["missed"]), "{gap}");
+    }
+
+    #[test]
+    fn json_values_keep_units_and_print_f32_short() {
+        let line = pb_event_json(&event_to_pb(&event(
+            24_000,
+            EventKind::SpeechEnded {
+                start_sample: 8_000,
+            },
+        )));
+        assert!(line.contains(r#""start_t":0.5"#), "{line}");
+        assert!(line.contains(r#""duration_s":1.0"#), "{line}");
+        let level = EventKind::Level {
+            rms_dbfs: 0.9,
+            peak_dbfs: -6.1,
+        };
+        let line = pb_event_json(&event_to_pb(&event(0, level)));
+        assert!(line.contains(r#""rms_dbfs":0.9,"#), "{line}");
+        assert!(line.contains(r#""peak_dbfs":-6.1"#), "{line}");
+        let t = EventKind::Transcript(Transcript {
+            text: "hi".into(),
+            is_final: true,
+            stability: 0.9,
+            start_sample: 16_000,
+            end_sample: 32_000,
+            language: "en".into(),
+            words: vec![Word {
+                word: "hi".into(),
+                start_sample: 16_000,
+                end_sample: 20_000,
+                p: 0.7,
+            }],
+        });
+        let line = pb_event_json(&event_to_pb(&event(32_000, t)));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["start"], 1.0);
+        assert_eq!(v["end"], 2.0);
+        assert_eq!(v["words"][0]["end"], 1.25);
+        assert!(line.contains(r#""stability":0.9,"#), "{line}");
+        assert!(line.contains(r#""p":0.7}"#), "{line}");
+    }
+
+    // Kinds without a hand-written arm go through serde by name; a mismatch would drop the kind.
+    #[test]
+    fn domain_kinds_convert_by_name() {
+        use pb::event::Kind;
+        let level = event_to_pb(&event(
+            0,
+            EventKind::Level {
+                rms_dbfs: 0.9,
+                peak_dbfs: -3.25,
+            },
+        ));
+        assert_eq!(
+            level.kind,
+            Some(Kind::Level(pb::Level {
+                rms_dbfs: 0.9,
+                peak_dbfs: -3.25
+            }))
+        );
+        let started = event_to_pb(&event(0, EventKind::SpeechStarted));
+        assert_eq!(
+            started.kind,
+            Some(Kind::SpeechStarted(pb::SpeechStarted {}))
+        );
+        let lost = event_to_pb(&event(
+            0,
+            EventKind::DeviceLost {
+                reason: "gone".into(),
+            },
+        ));
+        assert_eq!(
+            lost.kind,
+            Some(Kind::DeviceLost(pb::DeviceLost {
+                reason: "gone".into()
+            }))
+        );
+        let ended = event_to_pb(&event(
+            0,
+            EventKind::SourceEnded {
+                reason: "eof".into(),
+            },
+        ));
+        assert_eq!(
+            ended.kind,
+            Some(Kind::SourceEnded(pb::SourceEnded {
+                reason: "eof".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn every_category_has_a_proto_kind_and_back() {
+        for c in Category::ALL {
+            let k = pb_kind(c).unwrap_or_else(|| panic!("no EVENT_KIND_ for {c:?}"));
+            assert_eq!(category_of(k), Some(c));
+        }
+        // Every proto value but UNSPECIFIED is some category (values are small and dense).
+        for v in 1..64 {
+            if let Ok(k) = pb::EventKind::try_from(v) {
+                assert!(
+                    category_of(k).is_some(),
+                    "{} has no Category",
+                    k.as_str_name()
+                );
+            }
+        }
+    }
+
+    // Regression: the INVALID_ARGUMENT message used to leave out TRANSCRIPT.
+    #[test]
+    fn unknown_kinds_are_rejected_with_the_full_list() {
+        assert_eq!(
+            kinds_from_names(&["vad", " level", "", "transcript"]).unwrap(),
+            vec![
+                pb::EventKind::Vad as i32,
+                pb::EventKind::Level as i32,
+                pb::EventKind::Transcript as i32
+            ]
+        );
+        let err = kinds_from_names(&["vad", "sounds"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript"#
+        );
+        let status = KindFilter::from_pb(&[1, 99]).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        for name in ["EVENT_KIND_VAD (1)", "EVENT_KIND_TRANSCRIPT (4)"] {
+            assert!(status.message().contains(name), "{}", status.message());
+        }
+        assert!(
+            KindFilter::from_pb(&[0]).is_err(),
+            "UNSPECIFIED is not a kind"
+        );
+    }
+
+    #[test]
+    fn generic_human_line_names_the_kind_and_its_fields() {
+        let e = pb::Event {
+            stream: "main".into(),
+            kind: Some(pb::event::Kind::Level(pb::Level {
+                rms_dbfs: 0.9,
+                peak_dbfs: -1.5,
+            })),
+            ..Default::default()
+        };
+        // Fields in key order (serde_json's map is sorted).
+        assert_eq!(generic_line(&e), "level peak_dbfs=-1.5 rms_dbfs=0.9");
+    }
 }

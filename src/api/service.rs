@@ -59,6 +59,10 @@ pub struct ApiContext {
     pub asr: Option<Arc<crate::stages::asr::OneShot>>,
     /// Decoding defaults from `[transcribe]`.
     pub asr_defaults: crate::stages::asr::TranscribeConfig,
+    /// Models shared with the stages (the Classify RPC uses the sound stage's).
+    pub resources: Arc<crate::stages::StageResources>,
+    /// `[sound]`: model, thresholds and durations for Classify.
+    pub sound_defaults: crate::stages::sound::SoundConfig,
 }
 
 impl std::fmt::Debug for ApiContext {
@@ -189,6 +193,7 @@ impl Hark for HarkService {
                     windows_processed: s.windows.load(Ordering::Relaxed),
                     overflow_policy: s.policy.describe(),
                     mean_window_us: s.mean_window_us(),
+                    cpu_share: s.cpu_share(),
                 })
                 .collect();
         }
@@ -306,9 +311,49 @@ impl Hark for HarkService {
 
     async fn classify(
         &self,
-        _request: Request<pb::ClassifyRequest>,
+        request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        Err(Status::unimplemented("TEMPORARY"))
+        use crate::stages::sound;
+        let cfg = self.ctx.sound_defaults.clone();
+        if cfg.enabled == crate::stages::asr::Enable::Off {
+            return Err(Status::failed_precondition(
+                "sound classification is off (sound.enabled = \"off\")",
+            ));
+        }
+        let resources = self.ctx.resources.clone();
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || -> Result<pb::ClassifyResponse, Status> {
+            let model =
+                sound::shared_model(&cfg, &resources).map_err(Status::failed_precondition)?;
+            let audio = decode_upload(req.audio, req.raw)?;
+            if audio.is_empty() {
+                return Err(Status::invalid_argument("the upload holds no audio"));
+            }
+            let r = sound::classify_clip(&model, &cfg, &audio).map_err(Status::internal)?;
+            let secs = |s: u64| s as f64 / 16_000.0;
+            Ok(pb::ClassifyResponse {
+                top: r
+                    .top
+                    .into_iter()
+                    .map(|(class, p)| pb::ClassScore { class, p })
+                    .collect(),
+                events: r
+                    .events
+                    .into_iter()
+                    .map(|e| pb::Sound {
+                        class: e.class,
+                        p: e.p,
+                        start: secs(e.start_sample),
+                        end: secs(e.end_sample),
+                    })
+                    .collect(),
+                duration_s: r.duration_s,
+                model: cfg.model.clone(),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map(Response::new)
     }
 
     async fn list_devices(

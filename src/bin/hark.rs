@@ -7,12 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use hark::{
     api::{
         client::{Client, ConnectOptions, connect},
-        convert::{kind_from_name, pb_event_json, pb_event_line},
+        convert::{kinds_from_names, pb_event_json, pb_event_line},
         pb,
     },
     audio::file::Decoder,
@@ -39,7 +39,8 @@ struct Cli {
 enum Command {
     /// Live events from the daemon.
     Subscribe {
-        /// Comma-separated kinds: vad, level, source, transcript (default: all).
+        /// Comma-separated kinds, e.g. vad,transcript (default: all; an unknown name lists the
+        /// valid ones).
         #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
         /// JSON lines instead of the human-readable view.
@@ -71,6 +72,17 @@ enum Command {
         #[arg(long)]
         beam_size: Option<u32>,
     },
+    /// Classify the sounds in an audio file (one-shot, through the daemon's sound model): class
+    /// scores for the whole clip and the sound events found in it.
+    Classify {
+        file: PathBuf,
+        /// JSON: {"top":[{"class","p"}...], "events":[{"class","p","start","end"}...]}.
+        #[arg(long)]
+        json: bool,
+        /// Classes to print in the text view.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+    },
     /// Search final transcripts kept by the daemon.
     Search {
         /// Words to find; all must match (`-word` excludes, `word*` is a prefix).
@@ -91,6 +103,7 @@ enum Command {
         fast: bool,
         #[arg(long)]
         json: bool,
+        /// Comma-separated kinds, as for subscribe (default: all).
         #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
     },
@@ -179,6 +192,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", render_transcript(&r, &format));
             Ok(())
         }
+        Command::Classify { file, json, top } => {
+            let audio =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let r = client
+                .classify(pb::ClassifyRequest { audio, raw: None })
+                .await?
+                .into_inner();
+            print!("{}", render_classify(&r, json, top));
+            Ok(())
+        }
         Command::Search {
             query,
             limit,
@@ -229,15 +252,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn parse_kinds(kinds: &[String]) -> anyhow::Result<Vec<i32>> {
-    kinds
-        .iter()
-        .filter(|k| !k.is_empty())
-        .map(|k| match kind_from_name(k.trim()) {
-            Some(k) => Ok(k as i32),
-            None => bail!("unknown kind {k:?}: use vad, level, source or transcript"),
+/// `hark classify` output: JSON (`top` sorted by p, `events`) or a short text view.
+fn render_classify(r: &pb::ClassifyResponse, json: bool, top: usize) -> String {
+    if json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            top: &'a [pb::ClassScore],
+            events: &'a [pb::Sound],
+        }
+        // Serialised directly (not through serde_json::Value) so f32 prints short: 0.93.
+        let line = serde_json::to_string(&Out {
+            top: &r.top,
+            events: &r.events,
         })
-        .collect()
+        .unwrap_or_default();
+        return line + "\n";
+    }
+    let mut s = format!("{:.1} s of audio ({}):\n", r.duration_s, r.model);
+    for c in r.top.iter().take(top) {
+        s += &format!("  {:<18} {:.3}\n", c.class, c.p);
+    }
+    if r.events.is_empty() {
+        s += "no sound events\n";
+    }
+    for e in &r.events {
+        s += &format!(
+            "event {:>7.2}-{:<7.2} {} (p {:.2})\n",
+            e.start, e.end, e.class, e.p
+        );
+    }
+    s
+}
+
+fn parse_kinds(kinds: &[String]) -> anyhow::Result<Vec<i32>> {
+    Ok(kinds_from_names(kinds)?)
 }
 
 fn print_event(e: &pb::Event, json: bool) {
@@ -277,6 +325,7 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
                     "name": st.name, "queue_depth": st.queue_depth, "queue_capacity": st.queue_capacity,
                     "dropped_samples": st.dropped_samples, "windows": st.windows_processed,
                     "overflow_policy": st.overflow_policy, "mean_window_us": st.mean_window_us,
+                    "cpu_share": st.cpu_share,
                 })
             })
             .collect();
@@ -317,13 +366,15 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
     );
     for st in &s.stages {
         println!(
-            "stage     {:<8} queue {:>6}/{:<6} dropped {:>8} windows {:>9} {:>8.1} us/window  {}",
+            "stage     {:<10} queue {:>6}/{:<6} dropped {:>8} windows {:>9} {:>8.3} ms/window \
+             cpu {:>5.1}%  {}",
             st.name,
             st.queue_depth,
             st.queue_capacity,
             st.dropped_samples,
             st.windows_processed,
-            st.mean_window_us,
+            st.mean_window_us / 1e3,
+            st.cpu_share * 100.0,
             st.overflow_policy
         );
     }

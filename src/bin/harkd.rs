@@ -47,7 +47,7 @@ enum ModelsCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// List installed models and whether their files verify.
+    /// List installed and bundled models (any kind) and whether their files verify.
     List {
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -169,28 +169,41 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             println!("installed {name} at {}", path.display());
         }
         ModelsCommand::List { dir } => {
-            let root = root(dir);
-            let list = models::list(&root)?;
-            if list.is_empty() {
+            // Installed (or fetched) models first, then the ones shipped with hark.
+            let dirs = models::search_dirs(dir.as_deref());
+            let mut any = false;
+            for root in &dirs {
+                for m in models::list(root)? {
+                    any = true;
+                    println!(
+                        "{:<8} {:<12} {:>8.1} MB  {}  {}",
+                        m.kind,
+                        m.name,
+                        m.size_bytes as f64 / 1e6,
+                        m.status,
+                        m.path.display()
+                    );
+                }
+            }
+            if !any {
                 println!(
                     "no models in {} (try `harkd models fetch tiny.en`)",
-                    root.display()
-                );
-            }
-            for m in list {
-                println!(
-                    "{:<10} {:>8.1} MB  {}  {}",
-                    m.name,
-                    m.size_bytes as f64 / 1e6,
-                    m.status,
-                    m.path.display()
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
         }
         ModelsCommand::Verify { path } => {
             let report = models::verify(&path)?;
             if report.is_ok() {
-                println!("{}: all files verify", path.display());
+                println!(
+                    "{}: {} model {}: all files verify",
+                    path.display(),
+                    report.manifest.kind,
+                    report.manifest.name
+                );
             } else {
                 for p in report.problems() {
                     println!("{p}");

@@ -860,6 +860,7 @@ fn write_model_dir(
     }
     let manifest = Manifest {
         schema: 1,
+        kind: super::WHISPER_KIND.into(),
         name: name.into(),
         architecture: "whisper".into(),
         dtype: converted.dtype,

@@ -167,6 +167,20 @@ pub enum ModelError {
     NoManifest { dir: PathBuf },
     #[error("{what}: {reason}")]
     Onnx { what: String, reason: String },
+    #[error("no {kind} model {name:?} in {}", join_paths(.searched))]
+    NotFound {
+        kind: String,
+        name: String,
+        searched: Vec<PathBuf>,
+    },
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ModelError {
@@ -195,6 +209,63 @@ pub fn default_models_dir() -> PathBuf {
         // No home at all (a bare service account): the system location.
         None => PathBuf::from("/var/lib/hark/models"),
     }
+}
+
+/// Where the models shipped with hark live (small trained ones, each a directory with a
+/// `hark-model.json`): `$HARK_BUNDLED_MODELS` if set; else the source tree's `models/` when it
+/// exists (a build run from the repository); else `/usr/share/hark/models` (a package install).
+pub fn bundled_models_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HARK_BUNDLED_MODELS").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let source_tree = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models"));
+    if source_tree.is_dir() {
+        return source_tree.to_path_buf();
+    }
+    PathBuf::from("/usr/share/hark/models")
+}
+
+/// Directories searched for a model, in order: the models root (installed and fetched models,
+/// `root` or [`default_models_dir`]), then [`bundled_models_dir`]. An installed model thus
+/// overrides a bundled one of the same name.
+pub fn search_dirs(root: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = vec![root.map_or_else(default_models_dir, Path::to_path_buf)];
+    let bundled = bundled_models_dir();
+    if !dirs.contains(&bundled) {
+        dirs.push(bundled);
+    }
+    dirs
+}
+
+/// The directory of the `kind` model called `name`, from the first of [`search_dirs`] that has
+/// one (its manifest's kind must match; a directory without a manifest counts as Whisper).
+/// Does not hash the files: run [`verify`] for that.
+pub fn find(kind: &str, name: &str, root: Option<&Path>) -> Result<PathBuf, ModelError> {
+    find_in(&search_dirs(root), kind, name)
+}
+
+/// [`find`] over explicit directories.
+pub fn find_in(dirs: &[PathBuf], kind: &str, name: &str) -> Result<PathBuf, ModelError> {
+    let searched = dirs.to_vec();
+    for dir in &searched {
+        let candidate = dir.join(name);
+        if !candidate.is_dir() {
+            continue;
+        }
+        let found = match Manifest::load(&candidate) {
+            Ok(m) => m.kind == kind,
+            Err(ModelError::NoManifest { .. }) => kind == WHISPER_KIND,
+            Err(_) => false,
+        };
+        if found {
+            return Ok(candidate);
+        }
+    }
+    Err(ModelError::NotFound {
+        kind: kind.into(),
+        name: name.into(),
+        searched,
+    })
 }
 
 /// The fields of a Hugging Face Whisper `config.json` that candle's `whisper::Config` reads
@@ -325,15 +396,21 @@ fn hex(bytes: &[u8]) -> String {
 pub struct Manifest {
     /// Manifest format version (1).
     pub schema: u32,
+    /// What the model is for, i.e. which stage loads it: `whisper`, `sound`, `wake`, `voice`,
+    /// `pitch`, ... Manifests written before kinds existed are Whisper models.
+    #[serde(default = "default_kind")]
+    pub kind: String,
     /// Catalogue name (`tiny.en`, `base`) or the name given to `import_ct2_dir`.
     pub name: String,
-    /// Always `whisper` for now.
+    /// Network architecture (`whisper`, or what a trainer built, e.g. `cnn`).
     pub architecture: String,
     pub dtype: WeightDType,
-    /// UTC, RFC 3339.
+    /// UTC, RFC 3339: when the weights were converted or trained.
     pub converted_at: String,
-    /// `hark <version>`.
+    /// `hark <version>` (or the trainer that wrote the directory).
     pub converter: String,
+    /// Registry packages the weights came from; empty for models trained here.
+    #[serde(default)]
     pub source: ManifestSource,
     /// File name (relative to the model directory) -> hash and size.
     pub files: BTreeMap<String, FileDigest>,
@@ -365,7 +442,75 @@ pub struct FileDigest {
     pub size: u64,
 }
 
+/// The model kind of Whisper speech recognisers (and of manifests that predate kinds).
+pub const WHISPER_KIND: &str = "whisper";
+
+fn default_kind() -> String {
+    WHISPER_KIND.into()
+}
+
+/// Files a model of `kind` must list in its manifest (beyond at least one file).
+fn required_files(kind: &str) -> &'static [&'static str] {
+    if kind == WHISPER_KIND {
+        &[WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE]
+    } else {
+        &[]
+    }
+}
+
 impl Manifest {
+    /// A manifest for a directory a trainer (or anything else) produced: the sha256 and size of
+    /// every regular file in `dir` except hidden ones and the manifest itself. Write it with
+    /// [`write`](Self::write); [`verify`] then checks the directory against it.
+    pub fn for_dir(
+        dir: &Path,
+        kind: &str,
+        name: &str,
+        architecture: &str,
+        dtype: WeightDType,
+    ) -> Result<Self, ModelError> {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if file.starts_with('.') || file == MANIFEST_FILE || !path.is_file() {
+                continue;
+            }
+            let (sha256, size) = sha256_file(&path)?;
+            files.insert(file, FileDigest { sha256, size });
+        }
+        if files.is_empty() {
+            return Err(ModelError::InvalidFile {
+                path: dir.to_path_buf(),
+                reason: "no files to list in a manifest".into(),
+                hint: "write the model files first".into(),
+            });
+        }
+        Ok(Self {
+            schema: 1,
+            kind: kind.into(),
+            name: name.into(),
+            architecture: architecture.into(),
+            dtype,
+            converted_at: utc_now_rfc3339(),
+            converter: format!("hark {}", env!("CARGO_PKG_VERSION")),
+            source: ManifestSource::default(),
+            files,
+        })
+    }
+
+    /// Writes `dir/hark-model.json`.
+    pub fn write(&self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join(MANIFEST_FILE);
+        let mut text = serde_json::to_string_pretty(self).map_err(|e| ModelError::Write {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        text.push('\n');
+        std::fs::write(&path, text).map_err(io_err(&path))
+    }
+
     /// Reads and parses `dir/hark-model.json`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join(MANIFEST_FILE);
@@ -488,7 +633,14 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, ModelError> {
             status,
         });
     }
-    for required in [WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE] {
+    if manifest.files.is_empty() {
+        return Err(ModelError::InvalidFile {
+            path: dir.join(MANIFEST_FILE),
+            reason: "lists no files".into(),
+            hint: "rewrite it (Manifest::for_dir) or reinstall the model".into(),
+        });
+    }
+    for &required in required_files(&manifest.kind) {
         if !manifest.files.contains_key(required) {
             files.push(FileCheck {
                 file: required.into(),
@@ -739,6 +891,8 @@ impl fmt::Display for ModelStatus {
 pub struct InstalledModel {
     /// Directory name under the models root.
     pub name: String,
+    /// From the manifest (`whisper` for a Whisper directory without one; empty if unknown).
+    pub kind: String,
     pub path: PathBuf,
     /// From the manifest, when there is one.
     pub dtype: Option<WeightDType>,
@@ -766,26 +920,31 @@ pub fn list(root: &Path) -> Result<Vec<InstalledModel>, ModelError> {
             continue;
         }
         let size_bytes = dir_size(&path);
-        let (dtype, status) = match verify(&path) {
+        let (kind, dtype, status) = match verify(&path) {
             Ok(report) => {
-                let dtype = Some(report.manifest.dtype);
-                if !report.is_ok() {
-                    (dtype, ModelStatus::Corrupt(report.problems()))
+                let (kind, dtype) = (report.manifest.kind.clone(), Some(report.manifest.dtype));
+                let status = if !report.is_ok() {
+                    ModelStatus::Corrupt(report.problems())
+                } else if kind != WHISPER_KIND {
+                    // Other kinds are checked by the stage that loads them; hashes are enough here.
+                    ModelStatus::Verified
                 } else {
                     match ModelDir::open(&path) {
-                        Ok(_) => (dtype, ModelStatus::Verified),
-                        Err(e) => (dtype, ModelStatus::Invalid(e.to_string())),
+                        Ok(_) => ModelStatus::Verified,
+                        Err(e) => ModelStatus::Invalid(e.to_string()),
                     }
-                }
+                };
+                (kind, dtype, status)
             }
             Err(ModelError::NoManifest { .. }) => match ModelDir::open(&path) {
-                Ok(_) => (None, ModelStatus::Unmanaged),
-                Err(e) => (None, ModelStatus::Invalid(e.to_string())),
+                Ok(_) => (default_kind(), None, ModelStatus::Unmanaged),
+                Err(e) => (String::new(), None, ModelStatus::Invalid(e.to_string())),
             },
-            Err(e) => (None, ModelStatus::Invalid(e.to_string())),
+            Err(e) => (String::new(), None, ModelStatus::Invalid(e.to_string())),
         };
         out.push(InstalledModel {
             name,
+            kind,
             path,
             dtype,
             size_bytes,
@@ -931,5 +1090,47 @@ mod tests {
         huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
         std::fs::write(&p, &huge).unwrap();
         assert!(read_safetensors_header(&p).is_err());
+    }
+
+    #[test]
+    fn trainer_manifest_verifies_and_is_found_by_kind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (installed, bundled) = (tmp.path().join("root"), tmp.path().join("bundled"));
+        let dir = bundled.join("urban-cnn");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&installed).unwrap();
+        std::fs::write(dir.join(WEIGHTS_FILE), b"weights").unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), b"{}").unwrap();
+        let m = Manifest::for_dir(&dir, "sound", "urban-cnn", "cnn", WeightDType::F32).unwrap();
+        assert_eq!(m.files.len(), 2);
+        m.write(&dir).unwrap();
+        let report = verify(&dir).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problems());
+        assert_eq!(report.manifest.kind, "sound");
+
+        let dirs = [installed.clone(), bundled.clone()];
+        assert_eq!(find_in(&dirs, "sound", "urban-cnn").unwrap(), dir);
+        let err = find_in(&dirs, "wake", "urban-cnn").unwrap_err().to_string();
+        assert!(
+            err.contains("no wake model") && err.contains("bundled"),
+            "{err}"
+        );
+        let listed = list(&bundled).unwrap();
+        assert_eq!(
+            (listed[0].kind.as_str(), &listed[0].status),
+            ("sound", &ModelStatus::Verified)
+        );
+
+        std::fs::write(dir.join(WEIGHTS_FILE), b"changed").unwrap();
+        assert!(!verify(&dir).unwrap().is_ok());
+    }
+
+    #[test]
+    fn manifests_without_a_kind_are_whisper() {
+        let json = r#"{"schema":1,"name":"tiny.en","architecture":"whisper","dtype":"f16",
+            "converted_at":"2025-01-01T00:00:00Z","converter":"hark 0.1.0","source":{},
+            "files":{}}"#;
+        let m: Manifest = serde_json::from_str(json).unwrap();
+        assert_eq!(m.kind, WHISPER_KIND);
     }
 }

@@ -183,6 +183,32 @@ impl SharedModel {
     }
 }
 
+/// Registry build function of the `transcribe` stage: the streaming policy around the shared
+/// Whisper model (the registry enables it only when `resources.whisper` is set).
+pub fn build_transcribe_stage(
+    cx: &super::StageContext<'_>,
+) -> Result<Box<dyn crate::pipeline::Stage>, String> {
+    let shared = cx
+        .resources
+        .whisper
+        .as_ref()
+        .ok_or("no Whisper model configured")?;
+    let model = shared.get().map_err(|e| e.to_string())?;
+    let cfg = cx.config;
+    let mut opts = cfg.transcribe.decode_options();
+    opts.min_encode_s = Some(cfg.transcribe.streaming.min_encode_s);
+    // One decode per re-decode: sampling at higher temperatures costs up to six decodes
+    // (seconds behind live audio) and rarely agrees with the next re-decode anyway;
+    // repetitive results are dropped by the recogniser instead.
+    opts.temperatures = vec![0.0];
+    let recognizer = WhisperRecognizer::new(model, opts);
+    Ok(Box::new(super::transcribe::TranscribeStage::new(
+        cfg.transcribe.streaming.clone(),
+        &cfg.vad,
+        Box::new(recognizer),
+    )?))
+}
+
 /// Whisper as a streaming recogniser.
 #[derive(Debug)]
 pub struct WhisperRecognizer {

@@ -105,7 +105,7 @@ impl SoundConfig {
         if p.join("config.json").is_file() {
             return Some(p);
         }
-        crate::models::find_dir(&self.model)
+        crate::models::find(SOUND_KIND, &self.model, None).ok()
     }
 
     /// Checks the configured class names against the model's labels.
@@ -124,6 +124,45 @@ impl SoundConfig {
         }
         Ok(())
     }
+}
+
+/// `kind` of sound models in `hark-model.json`.
+pub const SOUND_KIND: &str = "sound";
+
+/// Registry rule: `off` never, `on` always (a missing model is then a startup error naming
+/// it), `auto` when the model is found.
+pub fn enabled(cx: &super::StageContext<'_>) -> bool {
+    match cx.config.sound.enabled {
+        Enable::Off => false,
+        Enable::On => true,
+        Enable::Auto => cx.config.sound.model_dir().is_some(),
+    }
+}
+
+/// The configured model, loaded once and shared by every pipeline and the Classify RPC.
+pub fn shared_model(
+    cfg: &SoundConfig,
+    resources: &super::StageResources,
+) -> Result<Arc<SoundClassifier>, String> {
+    let dir = cfg.model_dir().ok_or_else(|| {
+        format!(
+            "no sound model {:?} (a directory, or a name in the models root or the bundled \
+             models/ directory; train one with `hark-train sound`)",
+            cfg.model
+        )
+    })?;
+    resources.shared(&format!("sound:{}", dir.display()), || {
+        let m = SoundClassifier::load(&dir).map_err(|e| e.to_string())?;
+        cfg.check_labels(m.labels())?;
+        tracing::info!(model = %dir.display(), classes = m.labels().len(), "Sound model loaded.");
+        Ok(m)
+    })
+}
+
+/// Registry build function.
+pub fn build(cx: &super::StageContext<'_>) -> Result<Box<dyn Stage>, String> {
+    let model = shared_model(&cx.config.sound, cx.resources)?;
+    Ok(Box::new(SoundStage::new(&cx.config.sound, model)?))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -153,8 +192,8 @@ impl EventTracker {
         let report = labels
             .iter()
             .map(|l| {
-                let wanted = (cfg.classes.is_empty() || cfg.classes.contains(l))
-                    && !cfg.ignore.contains(l);
+                let wanted =
+                    (cfg.classes.is_empty() || cfg.classes.contains(l)) && !cfg.ignore.contains(l);
                 wanted.then(|| cfg.thresholds.get(l).copied().unwrap_or(cfg.on_threshold))
             })
             .collect();

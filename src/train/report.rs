@@ -219,28 +219,31 @@ pub fn plot_confusion(path: &Path, title: &str, ev: &Evaluation) -> Result<bool,
     let k = ev.labels.len();
     let root = BitMapBackend::new(path, (760, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    use plotters::coord::ranged1d::SegmentValue::{CenterOf, Exact};
     let mut c = ChartBuilder::on(&root)
         .caption(
             format!("{title} (accuracy {:.3}, rows: truth)", ev.accuracy),
             ("sans-serif", 16),
         )
         .margin(10)
-        .x_label_area_size(110)
+        .x_label_area_size(130)
         .y_label_area_size(130)
-        .build_cartesian_2d(0..k, 0..k)
+        .build_cartesian_2d((0..k).into_segmented(), (0..k).into_segmented())
         .map_err(|e| plot_err(path, e))?;
     let labels = ev.labels.clone();
     let labels2 = ev.labels.clone();
+    // Rows are drawn top-down in truth order: row t sits at y = k - 1 - t.
     c.configure_mesh()
         .disable_mesh()
         .x_labels(k)
         .y_labels(k)
-        .x_label_formatter(&move |i| labels.get(*i).cloned().unwrap_or_default())
-        .y_label_formatter(&move |i| {
-            labels2
-                .get(k.saturating_sub(1 + *i))
-                .cloned()
-                .unwrap_or_default()
+        .x_label_formatter(&move |v| match v {
+            CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_label_formatter(&move |v| match v {
+            CenterOf(i) if *i < k => labels2[k - 1 - *i].clone(),
+            _ => String::new(),
         })
         .x_label_style(
             ("sans-serif", 12)
@@ -256,14 +259,14 @@ pub fn plot_confusion(path: &Path, title: &str, ev: &Evaluation) -> Result<bool,
             let y = k - 1 - t;
             let shade = (255.0 * (1.0 - frac)) as u8;
             c.draw_series(std::iter::once(Rectangle::new(
-                [(p, y), (p + 1, y + 1)],
+                [(Exact(p), Exact(y)), (Exact(p + 1), Exact(y + 1))],
                 RGBColor(shade, shade, 255).filled(),
             )))
             .map_err(|e| plot_err(path, e))?;
             if v > 0 {
                 c.draw_series(std::iter::once(Text::new(
                     v.to_string(),
-                    (p, y + 1),
+                    (CenterOf(p), CenterOf(y)),
                     ("sans-serif", 13).into_font(),
                 )))
                 .map_err(|e| plot_err(path, e))?;

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     dsp::patches::{PatchFrontEnd, PatchParams},
-    models::{self, FileDigest, Manifest, ManifestSource, SourcePackage},
+    models::{self, Manifest, ManifestSource, SourcePackage},
     nn::sound::{Arch, Backbone, Cnn, Head, SoundClassifier, SoundModelConfig, clip_scores},
 };
 
@@ -133,6 +133,37 @@ fn load_all(clips: Vec<Clip>, what: &str) -> Result<Vec<Loaded>, TrainError> {
     }
     pb.finish_and_clear();
     Ok(out)
+}
+
+/// Re-initialises every trainable weight from a seeded generator (candle initialises from an
+/// unseeded one): weights of linear and conv layers uniform in `+-1/sqrt(fan_in)` (candle's own
+/// default bound), their biases zero; batch-norm scales and shifts keep their constant init.
+fn seeded_init(varmap: &VarMap, seed: u64) -> Result<(), TrainError> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x1417);
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Setting("variable map poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        if name.split('.').any(|p| p.starts_with("bn")) {
+            continue;
+        }
+        let dims = var.dims().to_vec();
+        let values: Vec<f32> = if name.ends_with(".weight") && dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            let b = 1.0 / (fan_in.max(1) as f32).sqrt();
+            (0..var.elem_count())
+                .map(|_| rng.random_range(-b..=b))
+                .collect()
+        } else {
+            vec![0.0; var.elem_count()]
+        };
+        var.set(&Tensor::from_vec(values, dims, &Device::Cpu)?)?;
+    }
+    Ok(())
 }
 
 /// Class-balancing weights `N / (K * n_c)` (0 for classes absent from training).
@@ -342,7 +373,8 @@ pub fn train(opts: &SoundTrainOptions) -> Result<TrainOutcome, TrainError> {
             let test_items: Vec<(Vec<f32>, usize)> =
                 test.iter().map(|l| clip_patches(&fe, &l.audio)).collect();
             let (test_emb, test_owner) = embed(&test_items, "embed test")?;
-            let head = Head::new(vb.pp("head"), dim, opts.head_hidden, k)?;
+            let head = Head::new(vb.pp("head"), dim, opts.head_hidden, k, opts.seed)?;
+            seeded_init(&varmap, opts.seed)?;
             let mut opt = AdamW::new(
                 varmap.all_vars(),
                 ParamsAdamW {
@@ -417,7 +449,8 @@ pub fn train(opts: &SoundTrainOptions) -> Result<TrainOutcome, TrainError> {
         }
         Arch::Cnn => {
             config.cnn_channels = opts.cnn_channels.clone();
-            let cnn = Cnn::new(vb.pp("cnn"), &opts.cnn_channels, k)?;
+            let cnn = Cnn::new(vb.pp("cnn"), &opts.cnn_channels, k, opts.seed)?;
+            seeded_init(&varmap, opts.seed)?;
             let mut opt = AdamW::new(
                 varmap.all_vars(),
                 ParamsAdamW {
@@ -473,26 +506,29 @@ pub fn train(opts: &SoundTrainOptions) -> Result<TrainOutcome, TrainError> {
                     let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
                     correct += pred.iter().zip(&yv).filter(|(p, y)| p == y).count();
                 }
-                let test_accuracy = if test_items.is_empty() {
-                    None
-                } else {
-                    let mut probs = Vec::new();
-                    let mut owner = Vec::new();
-                    for (ci, (p, n)) in test_items.iter().enumerate() {
-                        let x = Tensor::from_slice(
-                            p,
-                            (*n, 1, params.patch_frames, params.n_mels),
-                            &dev,
-                        )?;
-                        probs.extend(
-                            candle_nn::ops::softmax_last_dim(&cnn.forward_t(&x, false)?)?
-                                .flatten_all()?
-                                .to_vec1::<f32>()?,
-                        );
-                        owner.extend(std::iter::repeat_n(ci, *n));
-                    }
-                    Some(pooled_eval(&labels, &test, &probs, &owner).accuracy)
-                };
+                // The held-out fold costs a forward pass over every patch: report it every 5
+                // epochs and at the end.
+                let test_accuracy =
+                    if test_items.is_empty() || (epoch % 5 != 0 && epoch != opts.epochs) {
+                        None
+                    } else {
+                        let mut probs = Vec::new();
+                        let mut owner = Vec::new();
+                        for (ci, (p, n)) in test_items.iter().enumerate() {
+                            let x = Tensor::from_slice(
+                                p,
+                                (*n, 1, params.patch_frames, params.n_mels),
+                                &dev,
+                            )?;
+                            probs.extend(
+                                candle_nn::ops::softmax_last_dim(&cnn.forward_t(&x, false)?)?
+                                    .flatten_all()?
+                                    .to_vec1::<f32>()?,
+                            );
+                            owner.extend(std::iter::repeat_n(ci, *n));
+                        }
+                        Some(pooled_eval(&labels, &test, &probs, &owner).accuracy)
+                    };
                 let st = EpochStats {
                     epoch,
                     train_loss: loss_sum / batches.max(1) as f32,
@@ -663,39 +699,19 @@ fn write_model_dir(
     let card = model_card(opts, config, epochs, test, parameters, train_clips, &pngs);
     let card_path = out.join(models::MODEL_CARD_FILE);
     std::fs::write(&card_path, card).map_err(write_err(&card_path))?;
-    let mut files = std::collections::BTreeMap::new();
-    let mut names = vec![
-        models::WEIGHTS_FILE,
-        models::CONFIG_FILE,
-        models::MODEL_CARD_FILE,
-    ];
-    names.extend(pngs.iter().copied());
-    if test.is_some() {
-        names.push("metrics.json");
-    }
-    for name in names {
-        let (sha256, size) = models::sha256_file(&out.join(name))?;
-        files.insert(name.to_string(), FileDigest { sha256, size });
-    }
-    let manifest = Manifest {
-        schema: 1,
-        name: opts.name.clone(),
-        architecture: format!("sound-{:?}", config.arch).to_lowercase(),
-        dtype: models::WeightDType::F32,
-        converted_at: models::utc_now_rfc3339(),
-        converter: format!("hark-train {}", env!("CARGO_PKG_VERSION")),
-        source: ManifestSource {
-            packages: sources.to_vec(),
-            inputs: Default::default(),
-        },
-        files,
+    let mut manifest = Manifest::for_dir(
+        out,
+        crate::stages::sound::SOUND_KIND,
+        &opts.name,
+        &format!("sound-{:?}", config.arch).to_lowercase(),
+        models::WeightDType::F32,
+    )?;
+    manifest.converter = format!("hark-train {}", env!("CARGO_PKG_VERSION"));
+    manifest.source = ManifestSource {
+        packages: sources.to_vec(),
+        inputs: Default::default(),
     };
-    let mpath = out.join(models::MANIFEST_FILE);
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| TrainError::Write {
-        path: mpath.clone(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(&mpath, text + "\n").map_err(write_err(&mpath))?;
+    manifest.write(out)?;
     Ok(())
 }
 

@@ -65,6 +65,10 @@ impl Daemon {
             // Keep Whisper out of plumbing tests: `auto` finds no model and stays off.
             cmd.env("HARK_MODELS", dir.path().join("no-models"));
         }
+        if !config.is_some_and(|c| c.contains("[sound]")) {
+            // Likewise the bundled sound model (models/ in the source tree).
+            cmd.env("HARK_BUNDLED_MODELS", dir.path().join("no-models"));
+        }
         Self::spawn(cmd, dir)
     }
 
@@ -76,7 +80,8 @@ impl Daemon {
         let mut cmd = Command::new(harkd());
         cmd.arg("run")
             .args(args.iter().map(|a| a.replace("{dir}", &d)))
-            .env("HARK_MODELS", dir.path().join("no-models"));
+            .env("HARK_MODELS", dir.path().join("no-models"))
+            .env("HARK_BUNDLED_MODELS", dir.path().join("no-models"));
         Self::spawn(cmd, dir)
     }
 

@@ -3,6 +3,7 @@
 mod device_loss;
 mod harness;
 mod service;
+mod sound;
 mod train_sound;
 mod transcribe;
 

@@ -25,8 +25,10 @@ fn read_f32(name: &str) -> Vec<f32> {
         .collect()
 }
 
-/// A foreground siren clip of the shared UrbanSound8K folds (4 s).
-const SIREN: &str = "urbansound8k/audio/fold2/102871-8-0-0.flac";
+/// A foreground siren clip of the shared UrbanSound8K folds (4 s). The shipped model was trained
+/// on folds 1-2, so this checks plumbing and timing; accuracy on unseen folds is measured by
+/// `hark-train` cross-validation (see the model card).
+const SIREN: &str = "urbansound8k/audio/fold2/159750-8-0-0.flac";
 
 #[test]
 fn front_end_and_yamnet_trunk_match_the_numpy_reference() {
@@ -83,10 +85,10 @@ async fn a_siren_between_speech_clips_is_one_sound_event_while_transcripts_arriv
     let (audio, (t0, t1)) = speech_siren_speech(&data);
     let whisper = hark::models::default_models_dir().join("tiny.en/model.safetensors");
     let config = if whisper.is_file() {
-        "[transcribe]\nenabled = \"on\"\n[store]\nenabled = false\n"
+        "[transcribe]\nenabled = \"on\"\n[store]\nenabled = false\n[sound]\nenabled = \"on\"\n"
     } else {
         eprintln!("SKIP (transcripts part): no tiny.en model (run `harkd models fetch tiny.en`)");
-        "[store]\nenabled = false\n"
+        "[store]\nenabled = false\n[sound]\nenabled = \"on\"\n"
     };
     let daemon = Daemon::start(&["--source", "none"], Some(config));
     let events = stream_file(&daemon, audio, 0.0).await.expect("StreamAudio");
@@ -109,7 +111,10 @@ async fn a_siren_between_speech_clips_is_one_sound_event_while_transcripts_arriv
     assert!(s.p >= 0.5, "{s:?}");
     // Speech is not a sound event: nothing else overlaps the speech for long.
     for other in sounds.iter().filter(|o| o.class != "siren") {
-        assert!(other.end - other.start < 2.0, "speech reported as {other:?}");
+        assert!(
+            other.end - other.start < 2.0,
+            "speech reported as {other:?}"
+        );
     }
     if whisper.is_file() {
         let finals = events
@@ -122,7 +127,10 @@ async fn a_siren_between_speech_clips_is_one_sound_event_while_transcripts_arriv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classify_rpc_scores_a_siren_and_rejects_corrupt_audio() {
-    let daemon = Daemon::start(&["--source", "none"], Some("[store]\nenabled = false\n"));
+    let daemon = Daemon::start(
+        &["--source", "none"],
+        Some("[store]\nenabled = false\n[sound]\nenabled = \"on\"\n"),
+    );
     let mut client = daemon.client().await;
     // Corrupt and empty uploads: INVALID_ARGUMENT with a message, and the daemon stays up.
     for bad in [b"RIFF\x24\x00\x00\x00WAVEjunkjunkjunk".to_vec(), Vec::new()] {

@@ -7,17 +7,20 @@
 use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Cnn {
     blocks: Vec<(Conv2d, BatchNorm)>,
     out: Linear,
+    dropout: super::SeededDropout,
 }
 
 impl Cnn {
+    /// `seed` drives the training-time dropout masks.
     pub fn new(
         vb: VarBuilder<'_>,
         channels: &[usize],
         classes: usize,
+        seed: u64,
     ) -> candle_core::Result<Self> {
         let cfg = Conv2dConfig {
             padding: 1,
@@ -34,6 +37,7 @@ impl Cnn {
         Ok(Self {
             blocks,
             out: candle_nn::linear(c_in, classes, vb.pp("out"))?,
+            dropout: super::SeededDropout::new(0.3, seed),
         })
     }
 }
@@ -51,7 +55,7 @@ impl ModuleT for Cnn {
         }
         let mut x = x.mean(3)?.mean(2)?;
         if train {
-            x = candle_nn::ops::dropout(&x, 0.3)?;
+            x = self.dropout.apply(&x)?;
         }
         self.out.forward(&x)
     }

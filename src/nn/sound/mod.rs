@@ -77,20 +77,57 @@ impl SoundModelConfig {
     }
 }
 
+/// Dropout whose masks come from a seeded generator: candle's `ops::dropout` draws from an
+/// unseeded one, and `hark-train --seed` must give the same model twice.
+#[derive(Debug)]
+pub struct SeededDropout {
+    p: f32,
+    rng: std::sync::Mutex<rand::rngs::StdRng>,
+}
+
+impl SeededDropout {
+    pub fn new(p: f32, seed: u64) -> Self {
+        use rand::SeedableRng;
+        Self {
+            p,
+            rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Zeroes each element with probability `p` and scales the rest by `1 / (1 - p)`.
+    pub fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        use rand::Rng;
+        let keep = 1.0 - self.p;
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.random::<f32>() < keep {
+                    1.0 / keep
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        x * Tensor::from_vec(mask, x.shape(), x.device())?
+    }
+}
+
 /// The trainable head on a backbone embedding: `[dim] -> hidden -> ReLU -> classes` (or linear).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Head {
     hidden: Option<Linear>,
     out: Linear,
-    dropout: f32,
+    dropout: SeededDropout,
 }
 
 impl Head {
+    /// `seed` drives the training-time dropout masks.
     pub fn new(
         vb: VarBuilder<'_>,
         dim: usize,
         hidden: usize,
         classes: usize,
+        seed: u64,
     ) -> candle_core::Result<Self> {
         let (hidden, d) = if hidden > 0 {
             (
@@ -103,7 +140,7 @@ impl Head {
         Ok(Self {
             hidden,
             out: candle_nn::linear(d, classes, vb.pp("out"))?,
-            dropout: 0.3,
+            dropout: SeededDropout::new(0.3, seed),
         })
     }
 }
@@ -114,7 +151,7 @@ impl ModuleT for Head {
         if let Some(h) = &self.hidden {
             x = h.forward(&x)?.relu()?;
             if train {
-                x = candle_nn::ops::dropout(&x, self.dropout)?;
+                x = self.dropout.apply(&x)?;
             }
         }
         self.out.forward(&x)
@@ -219,12 +256,19 @@ impl SoundClassifier {
                     .map(|(i, s)| conv_from_tensors(&tensors, i, s))
                     .collect::<Result<Vec<_>, _>>()?;
                 let backbone = Backbone::new(convs).map_err(|e| e.to_string())?;
-                let head = Head::new(vb.pp("head"), backbone.dim(), config.head_hidden, classes)
-                    .map_err(|e| e.to_string())?;
+                let head = Head::new(
+                    vb.pp("head"),
+                    backbone.dim(),
+                    config.head_hidden,
+                    classes,
+                    0,
+                )
+                .map_err(|e| e.to_string())?;
                 Net::Yamnet { backbone, head }
             }
             Arch::Cnn => Net::Cnn(
-                Cnn::new(vb.pp("cnn"), &config.cnn_channels, classes).map_err(|e| e.to_string())?,
+                Cnn::new(vb.pp("cnn"), &config.cnn_channels, classes, 0)
+                    .map_err(|e| e.to_string())?,
             ),
         };
         Ok(Self {
