@@ -8,8 +8,10 @@
 //! 3. the `sound` stage's CPU share inside the release `harkd` on real-time input: the daemon
 //!    with only the sound stage, minus the daemon with no stage at all, over the same window.
 //!
-//!     cargo bench --bench sound                     # 30 s daemon windows
-//!     HARK_LOAD_SECS=10 cargo bench --bench sound
+//! ```text
+//! cargo bench --bench sound                     # 30 s daemon windows
+//! HARK_LOAD_SECS=10 cargo bench --bench sound
+//! ```
 //!
 //! Targets: stage CPU share <= 5% of one core.
 

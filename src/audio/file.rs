@@ -219,7 +219,7 @@ pub fn decode_file(path: &Path) -> Result<Decoded, SourceError> {
 /// Decodes a whole file and converts it to 16 kHz mono (the stream format every model takes).
 pub fn decode_file_16k(path: &Path) -> Result<Vec<f32>, SourceError> {
     let d = decode_file(path)?;
-    Ok(to_16k_mono(d.format, &d.samples)?)
+    to_16k_mono(d.format, &d.samples)
 }
 
 /// Converts interleaved samples of any supported format to 16 kHz mono.

@@ -110,13 +110,12 @@ impl SoundConfig {
 
     /// Checks the configured class names against the model's labels.
     pub fn check_labels(&self, labels: &[String]) -> Result<(), String> {
-        let known = |c: &String| labels.contains(c);
-        for c in self
+        let unknown = self
             .classes
             .iter()
             .chain(self.thresholds.keys())
-            .filter(|c| !known(c))
-        {
+            .find(|c| !labels.contains(c));
+        if let Some(c) = unknown {
             return Err(format!(
                 "sound: unknown class {c:?}; the model's classes are {}",
                 labels.join(", ")
