@@ -441,7 +441,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("vda") && err.contains("vad, transcribe, level"),
+            err.contains("vda") && err.contains("vad, transcribe, sound, level"),
             "{err}"
         );
         let err = parse("[pipeline.overflow.level]\nmode = \"catch-up\"\nmax_lag_ms = 5\n")

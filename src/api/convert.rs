@@ -562,7 +562,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript"#
+            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript, sound"#
         );
         let status = KindFilter::from_pb(&[1, 99]).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
