@@ -9,7 +9,8 @@
 //!
 //! The import walks the graph's `Conv` nodes in order (27: a full 3x3, then 13 depthwise +
 //! pointwise pairs), checks each is followed by `Relu`, and keeps kernel, bias, stride, pads and
-//! group; the AudioSet classifier (`Gemm`, 521 classes) is dropped — hark trains its own head.
+//! group. The AudioSet classifier (`Gemm`, 521 classes) is kept too, but only as a speech
+//! detector for the sound stage's speech gate; hark trains its own head for its classes.
 
 use std::io::{Cursor, Read};
 use std::path::Path;
@@ -40,6 +41,9 @@ pub const PROVENANCE: &str = "YAMNet (Apache-2.0, trained on AudioSet) MobileNet
 #[derive(Debug, Clone)]
 pub struct YamnetTrunk {
     pub convs: Vec<ConvWeights>,
+    /// YAMNet's own AudioSet classifier on the embedding: `[521][1024]` weights and `[521]`
+    /// biases (logits; class 0 is "Speech"). hark uses it only to recognise speech.
+    pub audioset: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl YamnetTrunk {
@@ -170,5 +174,18 @@ pub fn trunk_from_graph(what: &str, graph: &Graph) -> Result<YamnetTrunk, ModelE
             return Err(bad(what, "conv channels do not chain".into()));
         }
     }
-    Ok(YamnetTrunk { convs })
+    let audioset = match graph.nodes.iter().find(|n| n.op_type == "Gemm") {
+        Some(g) if g.inputs.len() >= 3 => {
+            let w = graph.weight(what, &g.inputs[1])?;
+            let b = graph.weight(what, &g.inputs[2])?;
+            let dim = convs.last().map_or(0, |c| c.c_out);
+            // transB = 1: the weight is [classes][dim].
+            if w.dims.len() != 2 || w.dims[1] != dim || b.data.len() != w.dims[0] {
+                return Err(bad(what, format!("classifier shape {:?}", w.dims)));
+            }
+            Some((w.data, b.data))
+        }
+        _ => None,
+    };
+    Ok(YamnetTrunk { convs, audioset })
 }

@@ -55,6 +55,9 @@ pub struct SoundConfig {
     pub thresholds: BTreeMap<String, f32>,
     /// Also send `sound_started` when an occurrence begins.
     pub emit_started: bool,
+    /// Windows that YAMNet's own AudioSet classifier calls speech count as no sound at all:
+    /// without it, talking over a noisy line reads as "engine idling" or "street music".
+    pub speech_gate: bool,
 }
 
 impl Default for SoundConfig {
@@ -71,6 +74,7 @@ impl Default for SoundConfig {
             ignore: vec!["other".into()],
             thresholds: BTreeMap::new(),
             emit_started: false,
+            speech_gate: true,
         }
     }
 }
@@ -277,6 +281,7 @@ impl EventTracker {
 pub struct SoundStage {
     model: Arc<SoundClassifier>,
     tracker: EventTracker,
+    speech_gate: bool,
     len: usize,
     hop: usize,
 }
@@ -289,11 +294,20 @@ impl SoundStage {
         let hop = (STREAM_RATE * cfg.hop_ms / 1000) as usize;
         Ok(Self {
             tracker: EventTracker::new(cfg, model.labels()),
+            speech_gate: cfg.speech_gate,
             model,
             len,
             hop: hop.min(len),
         })
     }
+}
+
+/// A speech window reports no class (every probability 0), so occurrences end and none start.
+fn gate(mut probs: Vec<f32>, speech: bool) -> Vec<f32> {
+    if speech {
+        probs.fill(0.0);
+    }
+    probs
 }
 
 /// The audio a window at `start` stands for (see the module docs).
@@ -315,12 +329,15 @@ impl Stage for SoundStage {
     }
 
     fn process(&mut self, w: &Window<'_>, out: &mut Vec<Emitted>) -> Result<(), StageError> {
-        let (probs, _) = self
+        let (probs, speech) = self
             .model
-            .classify(w.samples)
+            .classify_speech(w.samples)
             .map_err(|e| StageError::Failed(e.to_string()))?;
         // One window is one patch; a longer window (never produced by the runner) is pooled.
-        let probs = clip_scores(&probs, self.model.labels().len());
+        let probs = gate(
+            clip_scores(&probs, self.model.labels().len()),
+            self.speech_gate && speech.iter().any(|&s| s),
+        );
         self.tracker
             .push(span(w.start, self.len, self.hop), &probs, out);
         Ok(())
@@ -361,15 +378,17 @@ pub fn classify_clip(
     let mut start = 0usize;
     loop {
         let end = (start + len).min(samples.len());
-        let (probs, _) = model
-            .classify(&samples[start..end])
+        let (probs, speech) = model
+            .classify_speech(&samples[start..end])
             .map_err(|e| e.to_string())?;
         let probs = clip_scores(&probs, k);
+        // Clip scores are the classifier's own; only the events are gated.
         for (s, p) in sums.iter_mut().zip(&probs) {
             *s += p;
         }
         n += 1;
-        tracker.push(span(start as u64, len, hop), &probs, &mut out);
+        let gated = gate(probs, cfg.speech_gate && speech.iter().any(|&s| s));
+        tracker.push(span(start as u64, len, hop), &gated, &mut out);
         if start + len >= samples.len() {
             break;
         }

@@ -34,7 +34,10 @@ use super::{
 use crate::{
     dsp::patches::{PatchFrontEnd, PatchParams},
     models::{self, Manifest, ManifestSource, SourcePackage},
-    nn::sound::{Arch, Backbone, Cnn, Head, SoundClassifier, SoundModelConfig, clip_scores},
+    nn::sound::{
+        AUDIOSET_BIAS, AUDIOSET_WEIGHT, Arch, Backbone, Cnn, Head, SoundClassifier,
+        SoundModelConfig, clip_scores,
+    },
 };
 
 /// Settings of one training run (the `hark-train sound` flags).
@@ -310,6 +313,14 @@ pub fn train(opts: &SoundTrainOptions) -> Result<TrainOutcome, TrainError> {
                     format!("backbone.{i}.bias"),
                     Tensor::from_slice(&c.bias, c.c_out, &dev)?,
                 );
+            }
+            if let Some((w, b)) = &trunk.audioset {
+                extra.insert(
+                    AUDIOSET_WEIGHT.into(),
+                    Tensor::from_slice(w, (b.len(), w.len() / b.len().max(1)), &dev)?
+                        .to_dtype(DType::F16)?,
+                );
+                extra.insert(AUDIOSET_BIAS.into(), Tensor::from_slice(b, b.len(), &dev)?);
             }
             let backbone = Backbone::new(trunk.convs)?;
             let dim = backbone.dim();

@@ -68,6 +68,24 @@ fn front_end_and_yamnet_trunk_match_the_numpy_reference() {
     assert!(worst < 1e-2, "log-mel differs by {worst}");
 }
 
+#[test]
+fn yamnet_speech_gate_sees_speech_in_speech_and_not_in_a_siren() {
+    let model = SoundClassifier::load(&shipped_model()).expect("shipped sound model");
+    let jfk = load_16k(&repo().join("tests/fixtures/jfk.flac"));
+    let (_, speech) = model.classify_speech(&jfk).unwrap();
+    let frac = speech.iter().filter(|&&s| s).count() as f32 / speech.len() as f32;
+    assert!(
+        frac >= 0.6,
+        "only {frac:.2} of jfk's windows are speech: {speech:?}"
+    );
+    let Some(data) = shared_data() else { return };
+    let (_, speech) = model.classify_speech(&load_16k(&data.join(SIREN))).unwrap();
+    assert!(
+        speech.iter().all(|&s| !s),
+        "siren windows called speech: {speech:?}"
+    );
+}
+
 /// jfk (11 s) + a 4 s siren + "go forward ten meters", 16 kHz mono; the siren's true span.
 fn speech_siren_speech(data: &std::path::Path) -> (Vec<f32>, (f64, f64)) {
     let mut audio = load_16k(&repo().join("tests/fixtures/jfk.flac"));

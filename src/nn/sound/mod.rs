@@ -158,9 +158,22 @@ impl ModuleT for Head {
     }
 }
 
+/// Tensor names of YAMNet's AudioSet classifier in a model directory (optional).
+pub const AUDIOSET_WEIGHT: &str = "audioset.weight";
+pub const AUDIOSET_BIAS: &str = "audioset.bias";
+
+/// AudioSet classes that mean "someone is talking": Speech (0), Conversation (2) and
+/// Narration (3). Child speech (1) is left out: it is what `children_playing` sounds like.
+const SPEECH_CLASSES: [usize; 3] = [0, 2, 3];
+
 #[derive(Debug)]
 enum Net {
-    Yamnet { backbone: Backbone, head: Head },
+    Yamnet {
+        backbone: Backbone,
+        head: Head,
+        /// `[521, dim]` and `[521]`: YAMNet's own AudioSet logits, for the speech gate.
+        audioset: Option<(Tensor, Tensor)>,
+    },
     Cnn(Cnn),
 }
 
@@ -264,7 +277,20 @@ impl SoundClassifier {
                     0,
                 )
                 .map_err(|e| e.to_string())?;
-                Net::Yamnet { backbone, head }
+                let audioset = match (tensors.get(AUDIOSET_WEIGHT), tensors.get(AUDIOSET_BIAS)) {
+                    (Some(w), Some(b)) => Some((
+                        w.to_dtype(DType::F32).map_err(|e| e.to_string())?,
+                        b.to_dtype(DType::F32)
+                            .and_then(|b| b.unsqueeze(0))
+                            .map_err(|e| e.to_string())?,
+                    )),
+                    _ => None,
+                };
+                Net::Yamnet {
+                    backbone,
+                    head,
+                    audioset,
+                }
             }
             Arch::Cnn => Net::Cnn(
                 Cnn::new(vb.pp("cnn"), &config.cnn_channels, classes, 0)
@@ -288,15 +314,40 @@ impl SoundClassifier {
 
     /// Class probabilities `[n][classes]` of `n` log-mel patches.
     pub fn patch_probs(&self, patches: &[f32], n: usize) -> Result<Vec<f32>, NnError> {
+        Ok(self.patch_probs_speech(patches, n)?.0)
+    }
+
+    /// As [`patch_probs`](Self::patch_probs), plus for each patch whether YAMNet's own AudioSet
+    /// classifier ranks a speech class first (always false for models without it).
+    pub fn patch_probs_speech(
+        &self,
+        patches: &[f32],
+        n: usize,
+    ) -> Result<(Vec<f32>, Vec<bool>), NnError> {
         let p = &self.config.frontend;
         let (h, w) = (p.patch_frames, p.n_mels);
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
+        let mut speech = vec![false; n];
         let logits = match &self.net {
-            Net::Yamnet { backbone, head } => {
+            Net::Yamnet {
+                backbone,
+                head,
+                audioset,
+            } => {
                 let emb = backbone.embed(patches, n, h, w)?;
                 let x = Tensor::from_vec(emb, (n, backbone.dim()), &Device::Cpu)?;
+                if let Some((aw, ab)) = audioset {
+                    let top = x
+                        .matmul(&aw.t()?)?
+                        .broadcast_add(ab)?
+                        .argmax(candle_core::D::Minus1)?
+                        .to_vec1::<u32>()?;
+                    for (s, t) in speech.iter_mut().zip(top) {
+                        *s = SPEECH_CLASSES.contains(&(t as usize));
+                    }
+                }
                 head.forward_t(&x, false)?
             }
             Net::Cnn(cnn) => {
@@ -304,9 +355,16 @@ impl SoundClassifier {
                 cnn.forward_t(&x, false)?
             }
         };
-        Ok(candle_nn::ops::softmax_last_dim(&logits)?
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?
             .flatten_all()?
-            .to_vec1::<f32>()?)
+            .to_vec1::<f32>()?;
+        Ok((probs, speech))
+    }
+
+    /// Per-patch probabilities and speech flags of 16 kHz mono `samples`.
+    pub fn classify_speech(&self, samples: &[f32]) -> Result<(Vec<f32>, Vec<bool>), NnError> {
+        let (patches, starts) = self.frontend.patches(samples);
+        self.patch_probs_speech(&patches, starts.len())
     }
 
     /// Backbone embeddings `[n][dim]` of `n` patches (None for architectures without one).
