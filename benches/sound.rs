@@ -98,10 +98,10 @@ fn main() {
     println!("|---|---|---|");
     let (p50, p90, bytes) = per_window_ms(&model, &audio);
     println!(
-        "| hark {} per window, 1 thread | {p50:.2} ms (p90 {p90:.2}) | {:.1} MB weights; {:.2}% of a core at one window per 0.48 s |",
+        "| hark {} per window, 1 thread | {p50:.2} ms (p90 {p90:.2}) | {:.1} MB weights; {:.2}% of a core at the default one window per 0.96 s |",
         model.file_name().unwrap_or_default().to_string_lossy(),
         bytes as f64 / 1e6,
-        p50 / 480.0 * 100.0
+        p50 / 960.0 * 100.0
     );
     if let Some(cnn) = std::env::var_os("HARK_SOUND_CNN").map(PathBuf::from) {
         let (p50, p90, bytes) = per_window_ms(&cnn, &audio);

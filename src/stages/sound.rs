@@ -2,7 +2,8 @@
 //! one event per occurrence.
 //!
 //! Each window is one classifier patch (0.975 s) and windows start every `hop_ms` (default
-//! 480 ms, YAMNet's patch hop). Per class, an [`EventTracker`] applies hysteresis: a class turns
+//! 960 ms: back to back, half the CPU of YAMNet's own 480 ms patch hop, and boundaries still
+//! within half a second). Per class, an [`EventTracker`] applies hysteresis: a class turns
 //! *on* when its probability reaches `on_threshold` and *off* after `release` consecutive
 //! windows below `off_threshold`. The occurrence is sent when it ends, as
 //! `Sound{class, p, start, end}` (p = the mean probability while on), if it lasted at least
@@ -65,7 +66,7 @@ impl Default for SoundConfig {
         Self {
             enabled: Enable::Auto,
             model: "sound-us8k".into(),
-            hop_ms: 480,
+            hop_ms: 960,
             on_threshold: 0.6,
             off_threshold: 0.4,
             release: 1,
