@@ -440,21 +440,15 @@ pub fn train(opts: &SoundTrainOptions) -> Result<TrainOutcome, TrainError> {
                     }
                     None => None,
                 };
-                let st = EpochStats {
-                    epoch,
-                    train_loss: loss_sum / batches.max(1) as f32,
-                    train_accuracy: correct as f32 / n.max(1) as f32,
-                    test_accuracy,
-                };
-                pb.set_message(format!(
-                    "loss {:.3} acc {:.3}{}",
-                    st.train_loss,
-                    st.train_accuracy,
-                    test_accuracy.map_or(String::new(), |a| format!(" held-out {a:.3}"))
+                epochs.push(report_epoch(
+                    &pb,
+                    EpochStats {
+                        epoch,
+                        train_loss: loss_sum / batches.max(1) as f32,
+                        train_accuracy: correct as f32 / n.max(1) as f32,
+                        test_accuracy,
+                    },
                 ));
-                pb.inc(1);
-                tracing::info!(epoch, loss = st.train_loss, train_acc = st.train_accuracy, test_acc = ?test_accuracy, "Epoch done.");
-                epochs.push(st);
             }
             pb.finish_and_clear();
         }
@@ -540,21 +534,15 @@ pub fn train(opts: &SoundTrainOptions) -> Result<TrainOutcome, TrainError> {
                         }
                         Some(pooled_eval(&labels, &test, &probs, &owner).accuracy)
                     };
-                let st = EpochStats {
-                    epoch,
-                    train_loss: loss_sum / batches.max(1) as f32,
-                    train_accuracy: correct as f32 / n.max(1) as f32,
-                    test_accuracy,
-                };
-                pb.set_message(format!(
-                    "loss {:.3} acc {:.3}{}",
-                    st.train_loss,
-                    st.train_accuracy,
-                    test_accuracy.map_or(String::new(), |a| format!(" held-out {a:.3}"))
+                epochs.push(report_epoch(
+                    &pb,
+                    EpochStats {
+                        epoch,
+                        train_loss: loss_sum / batches.max(1) as f32,
+                        train_accuracy: correct as f32 / n.max(1) as f32,
+                        test_accuracy,
+                    },
                 ));
-                pb.inc(1);
-                tracing::info!(epoch, loss = st.train_loss, train_acc = st.train_accuracy, test_acc = ?test_accuracy, "Epoch done.");
-                epochs.push(st);
             }
             pb.finish_and_clear();
         }
@@ -594,6 +582,20 @@ pub fn train(opts: &SoundTrainOptions) -> Result<TrainOutcome, TrainError> {
         parameters,
         seconds: started.elapsed().as_secs_f32(),
     })
+}
+
+/// Shows an epoch's numbers on the progress bar and in the log.
+fn report_epoch(pb: &indicatif::ProgressBar, st: EpochStats) -> EpochStats {
+    pb.set_message(format!(
+        "loss {:.3} acc {:.3}{}",
+        st.train_loss,
+        st.train_accuracy,
+        st.test_accuracy
+            .map_or(String::new(), |a| format!(" held-out {a:.3}"))
+    ));
+    pb.inc(1);
+    tracing::info!(epoch = st.epoch, loss = st.train_loss, train_acc = st.train_accuracy, test_acc = ?st.test_accuracy, "Epoch done.");
+    st
 }
 
 /// Clip-level evaluation from per-patch probabilities and each patch's clip index.
