@@ -618,12 +618,8 @@ fn decode_upload(bytes: Vec<u8>, raw: Option<pb::AudioConfig>) -> Result<Vec<f32
             "corrupt audio: sample {bad} is not finite"
         )));
     }
-    let mut conv = crate::audio::resample::ToMono16k::new(format)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let mut out = Vec::with_capacity(samples.len() * 16_000 / format.rate.max(1) as usize + 1024);
-    conv.process(&samples, &mut out);
-    conv.flush(&mut out);
-    Ok(out)
+    crate::audio::file::to_16k_mono(format, &samples)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// tonic reports an oversized message as OUT_OF_RANGE; for clients it is a size limit.
