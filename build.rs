@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `Event.kind` oneof is internally tagged: `{"kind":"level","rms_dbfs":..}`. Field renames
     // below keep the keys clients already parse.
     tonic_prost_build::configure()
+        // Malformed requests (truncated protobuf, invalid UTF-8) are the caller's error:
+        // INVALID_ARGUMENT, not prost's INTERNAL.
+        .codec_path("crate::api::codec::StrictCodec")
         .message_attribute(
             ".hark.v1",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",

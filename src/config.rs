@@ -93,13 +93,17 @@ pub struct ServerConfig {
     /// (`$HARK_SOCKET`, else `/run/harkd/harkd.sock` for root, else
     /// `$XDG_RUNTIME_DIR/hark/harkd.sock`, else `/tmp/hark-UID/harkd.sock`).
     pub listen: Vec<String>,
-    /// Unix socket file mode (octal): owner and group may connect.
+    /// Unix socket file mode, octal digits as in chmod (`"660"` or `660`): owner and group may
+    /// connect.
+    #[serde(with = "octal_mode")]
     pub socket_mode: u32,
     /// TLS certificate (PEM). Required, with `tls_key` and `token_file`, for non-loopback TCP.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
-    /// File holding the bearer token clients must send (`authorization: Bearer TOKEN`) on TCP.
+    /// File holding the bearer token clients must send (`authorization: Bearer TOKEN`) on TCP,
+    /// loopback included (any local user can reach a loopback port; the Unix socket is guarded
+    /// by its file mode instead).
     pub token_file: Option<PathBuf>,
     /// Largest accepted request message, bytes.
     pub max_message_bytes: usize,
@@ -111,6 +115,25 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Events buffered per subscriber before it is considered lagging.
     pub subscriber_buffer: usize,
+    /// Subscribe streams one connection may hold (one HTTP/2 connection with 256 streams took
+    /// every subscriber slot).
+    pub subscribers_per_connection: usize,
+    /// Open connections, all listeners together; more are accepted and closed at once (logged).
+    /// Keep it below the process's descriptor limit (`LimitNOFILE=` in the unit).
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (seconds). Clients answer the
+    /// daemon's 30 s keep-alive pings, so only dead or hostile peers go quiet.
+    pub connection_idle_s: u64,
+    /// A StreamAudio session that sends no audio for this long ends with DEADLINE_EXCEEDED
+    /// (seconds): idle sessions held their slot forever.
+    pub session_idle_s: u64,
+    /// Longest upload `Transcribe`/`Classify` accept, seconds of audio (RESOURCE_EXHAUSTED
+    /// beyond; checked against the header before decoding, and while decoding).
+    pub max_upload_s: f64,
+    /// One-shot jobs (`Transcribe`, `Classify`) run at once; each uses the cores fully.
+    pub max_jobs: usize,
+    /// One-shot jobs waiting for a turn; more are refused with RESOURCE_EXHAUSTED.
+    pub max_queued_jobs: usize,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +149,13 @@ impl Default for ServerConfig {
             max_subscribers: 256,
             max_sessions: 8,
             subscriber_buffer: 256,
+            subscribers_per_connection: 16,
+            max_connections: 512,
+            connection_idle_s: 120,
+            session_idle_s: 30,
+            max_upload_s: 1800.0,
+            max_jobs: 1,
+            max_queued_jobs: 32,
         }
     }
 }
@@ -229,8 +259,11 @@ impl Default for LogConfig {
 pub struct MetricsConfig {
     /// Serve `/metrics` (off by default).
     pub enabled: bool,
-    /// Address of the metrics endpoint (keep it on loopback unless fronted by a proxy).
+    /// Address of the metrics endpoint. It has no authentication, so only loopback addresses
+    /// are accepted unless `allow_remote` is set.
     pub listen: String,
+    /// Allow a non-loopback `listen` (behind a proxy or firewall that guards it).
+    pub allow_remote: bool,
 }
 
 impl Default for MetricsConfig {
@@ -238,7 +271,41 @@ impl Default for MetricsConfig {
         Self {
             enabled: false,
             listen: "127.0.0.1:9464".into(),
+            allow_remote: false,
         }
+    }
+}
+
+/// `socket_mode` as chmod writes it: the string `"660"` (or `"0o660"`), or an integer whose
+/// decimal digits are read as octal (`660`, as people type it; the TOML integer 660 used to
+/// be rejected while `print-config` printed the mode as 432).
+mod octal_mode {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{mode:03o}"))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(i64),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let digits = match Raw::deserialize(d)? {
+            Raw::Text(t) => t.trim().trim_start_matches("0o").to_string(),
+            Raw::Number(n) => n.to_string(),
+        };
+        let mode = u32::from_str_radix(&digits, 8)
+            .map_err(|_| D::Error::custom(format!("socket_mode {digits:?}: not octal digits")))?;
+        if mode > 0o777 {
+            return Err(D::Error::custom(format!(
+                "socket_mode {digits} is not a file mode (000..777)"
+            )));
+        }
+        Ok(mode)
     }
 }
 
@@ -262,10 +329,30 @@ pub fn default_socket_path() -> PathBuf {
 }
 
 impl Config {
+    /// Largest config file read (`--config /dev/zero` grew the process to 5.4 GB).
+    pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read as _;
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(read_err)?
+            .take(Self::MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > Self::MAX_FILE_BYTES {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("larger than {} bytes", Self::MAX_FILE_BYTES),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!("not UTF-8 text ({e})"),
         })?;
         Self::parse(&text, path)
     }
@@ -317,16 +404,38 @@ impl Config {
         if s.max_message_bytes < 1024 || s.max_message_bytes > 256 * 1024 * 1024 {
             return invalid("server.max_message_bytes must be within 1 KiB..=256 MiB".into());
         }
-        if s.subscriber_buffer == 0 || s.max_subscribers == 0 || s.max_concurrent_streams == 0 {
-            return invalid(
-                "server.subscriber_buffer, max_subscribers and max_concurrent_streams must be > 0"
-                    .into(),
-            );
+        // Every number is bounded: 2^62 subscribers passed validation, then panicked at run
+        // time allocating semaphores and buffers.
+        for (name, v, lo, hi) in [
+            ("subscriber_buffer", s.subscriber_buffer, 1, 65_536),
+            ("max_subscribers", s.max_subscribers, 1, 4096),
+            ("max_sessions", s.max_sessions, 1, 256),
+            (
+                "max_concurrent_streams",
+                s.max_concurrent_streams as usize,
+                1,
+                4096,
+            ),
+            (
+                "subscribers_per_connection",
+                s.subscribers_per_connection,
+                1,
+                4096,
+            ),
+            ("max_connections", s.max_connections, 1, 65_536),
+            ("max_jobs", s.max_jobs, 1, 64),
+            ("max_queued_jobs", s.max_queued_jobs, 0, 100_000),
+            ("connection_idle_s", s.connection_idle_s as usize, 5, 86_400),
+            ("session_idle_s", s.session_idle_s as usize, 1, 86_400),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return invalid(format!("server.{name} = {v} must be within {lo}..={hi}"));
+            }
         }
-        if s.socket_mode > 0o777 {
+        if !(1.0..=86_400.0).contains(&s.max_upload_s) {
             return invalid(format!(
-                "server.socket_mode {:o} is not a file mode",
-                s.socket_mode
+                "server.max_upload_s = {} must be within 1..=86400",
+                s.max_upload_s
             ));
         }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
@@ -388,10 +497,18 @@ impl Config {
             return invalid("pipeline.bus_capacity must be within 1..=1048576".into());
         }
         if self.metrics.enabled {
-            self.metrics
+            let addr = self
+                .metrics
                 .listen
                 .parse::<std::net::SocketAddr>()
                 .map_err(|e| ConfigError::Invalid(format!("metrics.listen: {e}")))?;
+            if !addr.ip().is_loopback() && !self.metrics.allow_remote {
+                return invalid(format!(
+                    "metrics.listen = {addr} is not loopback and /metrics has no \
+                     authentication: use 127.0.0.1, or set metrics.allow_remote = true behind a \
+                     proxy or firewall"
+                ));
+            }
         }
         Ok(())
     }

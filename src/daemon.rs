@@ -245,6 +245,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         asr_defaults: cfg.transcribe.clone(),
         resources: resources.clone(),
         sound_defaults: cfg.sound.clone(),
+        limits: crate::api::service::ApiLimits {
+            max_upload_s: cfg.server.max_upload_s,
+            session_idle: Duration::from_secs(cfg.server.session_idle_s),
+            subscribers_per_connection: cfg.server.subscribers_per_connection,
+            max_jobs: cfg.server.max_jobs,
+            max_queued_jobs: cfg.server.max_queued_jobs,
+        },
+        shutdown: shutdown.clone(),
     });
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
@@ -264,6 +272,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             token,
             max_message_bytes: cfg.server.max_message_bytes,
             max_concurrent_streams: cfg.server.max_concurrent_streams,
+            max_connections: cfg.server.max_connections,
+            connection_idle: Duration::from_secs(cfg.server.connection_idle_s),
         },
         server_stop.clone(),
     )

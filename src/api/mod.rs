@@ -7,7 +7,9 @@
 //! - [`client`]: connecting from `hark` and tests.
 
 pub mod client;
+pub mod codec;
 pub mod convert;
+pub mod jobs;
 pub mod server;
 pub mod service;
 

@@ -2,15 +2,11 @@
 //! token for anything beyond loopback; message-size and stream limits; health and reflection so
 //! grpcurl/grpcui work without the .proto file.
 
-use std::{path::PathBuf, time::Duration};
+use std::{future::Future as _, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{
     net::{TcpListener, UnixListener},
     task::JoinHandle,
-};
-use tokio_stream::{
-    StreamExt as _,
-    wrappers::{TcpListenerStream, UnixListenerStream},
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -50,6 +46,212 @@ pub struct ServeOptions {
     pub token: Option<String>,
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
+    /// Open connections across all listeners.
+    pub max_connections: usize,
+    /// Close a connection that sends nothing for this long.
+    pub connection_idle: Duration,
+}
+
+/// Identity of one accepted connection, in every request's extensions (limits per
+/// connection, such as the Subscribe share, key on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub id: u64,
+}
+
+impl ConnInfo {
+    /// The connection a request came in on (TLS or not); `None` for requests not served by
+    /// [`serve`] (unit tests calling the service directly).
+    pub fn of<T>(request: &Request<T>) -> Option<ConnInfo> {
+        let ext = request.extensions();
+        ext.get::<ConnInfo>().copied().or_else(|| {
+            ext.get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
+                .map(|t| *t.get_ref())
+        })
+    }
+}
+
+/// An accepted connection: counts against `max_connections` while open, and fails with
+/// `TimedOut` once the peer has sent nothing for `idle` (1124 silent TCP connections used to
+/// exhaust the descriptor limit and lock everyone out).
+pub struct Conn<IO> {
+    io: IO,
+    info: ConnInfo,
+    idle: Duration,
+    last_read: tokio::time::Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<IO> Conn<IO> {
+    fn new(io: IO, id: u64, idle: Duration, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            io,
+            info: ConnInfo { id },
+            idle,
+            last_read: now,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            _slot: slot,
+        }
+    }
+}
+
+impl<IO> std::fmt::Debug for Conn<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO> tonic::transport::server::Connected for Conn<IO> {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Conn<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let me = &mut *self;
+        match std::pin::Pin::new(&mut me.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    me.last_read = tokio::time::Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                // Re-arm lazily: the timer fires at the old deadline, then moves to the last
+                // read plus `idle` unless that has passed.
+                while me.timer.as_mut().poll(cx).is_ready() {
+                    let due = me.last_read + me.idle;
+                    if due <= tokio::time::Instant::now() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "connection idle",
+                        )));
+                    }
+                    me.timer.as_mut().reset(due);
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Conn<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Accepts connections from `accept` into a stream of [`Conn`]s for tonic: connections beyond
+/// the limit are closed at once, and accept errors (out of descriptors) are logged at most
+/// once a second and retried after a pause instead of spinning.
+fn incoming<S, F, Fut>(
+    mut accept: F,
+    slots: Arc<tokio::sync::Semaphore>,
+    ids: Arc<std::sync::atomic::AtomicU64>,
+    idle: Duration,
+    limit: usize,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn<S>>>
+where
+    S: Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<S>> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut last_warn: Option<std::time::Instant> = None;
+        let mut quiet: u64 = 0;
+        let mut warn = |msg: String| {
+            if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if quiet > 0 {
+                    tracing::warn!(suppressed = quiet, "{msg}");
+                } else {
+                    tracing::warn!("{msg}");
+                }
+                last_warn = Some(std::time::Instant::now());
+                quiet = 0;
+            } else {
+                quiet += 1;
+            }
+        };
+        loop {
+            let r = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tx.closed() => break,
+                r = accept() => r,
+            };
+            match r {
+                Ok(stream) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let id = ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if tx
+                            .send(Ok(Conn::new(stream, id, idle, slot)))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        drop(stream);
+                        warn(format!(
+                            "Refused a connection: {limit} are open (server.max_connections)."
+                        ));
+                    }
+                },
+                Err(e) => {
+                    warn(format!(
+                        "Accepting a connection failed: {e} (out of file descriptors? raise                          LimitNOFILE or lower server.max_connections)."
+                    ));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Checks `authorization: Bearer TOKEN` when a token is configured.
@@ -109,6 +311,8 @@ pub async fn serve(
 
     let mut bound = Vec::new();
     let mut tasks = Vec::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let ids = Arc::new(std::sync::atomic::AtomicU64::new(1));
     for addr in &opts.listen {
         let is_tcp = matches!(addr, ListenAddr::Tcp(_));
         let mut builder = Server::builder()
@@ -142,12 +346,21 @@ pub async fn serve(
                 tracing::info!("listening on {shown}");
                 bound.push(shown.clone());
                 let path = path.clone();
+                let listener = Arc::new(listener);
+                let conns = incoming(
+                    move || {
+                        let l = listener.clone();
+                        async move { l.accept().await.map(|(s, _)| s) }
+                    },
+                    slots.clone(),
+                    ids.clone(),
+                    opts.connection_idle,
+                    opts.max_connections,
+                    token.clone(),
+                );
                 tasks.push(tokio::spawn(async move {
                     let r = router
-                        .serve_with_incoming_shutdown(
-                            UnixListenerStream::new(listener),
-                            token.cancelled_owned(),
-                        )
+                        .serve_with_incoming_shutdown(conns, token.cancelled_owned())
                         .await;
                     let _ = std::fs::remove_file(&path);
                     r.map_err(|e| ServeError::Serve {
@@ -170,15 +383,26 @@ pub async fn serve(
                 let shown = ListenAddr::Tcp(local);
                 tracing::info!("listening on {shown}");
                 bound.push(shown.clone());
-                let incoming = TcpListenerStream::new(listener).map(|s| {
-                    s.inspect(|s| {
-                        // Events are small and latency matters more than packet count.
-                        let _ = s.set_nodelay(true);
-                    })
-                });
+                let listener = Arc::new(listener);
+                let conns = incoming(
+                    move || {
+                        let l = listener.clone();
+                        async move {
+                            let (s, _) = l.accept().await?;
+                            // Events are small and latency matters more than packet count.
+                            let _ = s.set_nodelay(true);
+                            Ok(s)
+                        }
+                    },
+                    slots.clone(),
+                    ids.clone(),
+                    opts.connection_idle,
+                    opts.max_connections,
+                    token.clone(),
+                );
                 tasks.push(tokio::spawn(async move {
                     router
-                        .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+                        .serve_with_incoming_shutdown(conns, token.cancelled_owned())
                         .await
                         .map_err(|e| ServeError::Serve {
                             addr: shown.to_string(),
@@ -191,8 +415,32 @@ pub async fn serve(
     Ok((bound, tasks))
 }
 
+/// The default socket's directory (`$XDG_RUNTIME_DIR/hark`, `/tmp/hark-UID`, `/run/harkd`)
+/// must be ours and closed to others: in a pre-created `/tmp/hark-UID` another user could
+/// swap the socket for their own. Ours with group/other access is tightened to 0700.
+fn check_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory owned by uid {uid}; refusing to put the socket there \
+                 (another user could replace it): remove it or set HARK_SOCKET",
+                dir.display()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 && uid != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 fn bind_unix(path: &PathBuf, mode: u32) -> Result<UnixListener, ServeError> {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     let bind_err = |source| ServeError::Bind {
         addr: format!("unix:{}", path.display()),
         source,
@@ -200,9 +448,26 @@ fn bind_unix(path: &PathBuf, mode: u32) -> Result<UnixListener, ServeError> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir).map_err(bind_err)?;
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(bind_err)?;
+        }
+        if dir == crate::config::default_socket_path().parent().unwrap_or(dir) {
+            check_private_dir(dir).map_err(bind_err)?;
+        }
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt as _;
+        // Only a socket is ever replaced: `--listen unix:PATH` on a regular file deleted it.
+        if !meta.file_type().is_socket() {
+            return Err(bind_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket; refusing to replace it",
+            )));
+        }
         // A live socket means another daemon; a dead one is left over from a crash.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ServeError::InUse(format!("unix:{}", path.display())));

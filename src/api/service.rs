@@ -1,12 +1,15 @@
 //! `hark.v1.Hark` service implementation.
 
 use std::{
+    collections::HashMap,
+    ops::ControlFlow,
     pin::Pin,
+    sync::Mutex,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures_util::Stream;
@@ -14,13 +17,18 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::jobs::{Deadline, JobError, Jobs, StopFlag};
+use super::server::ConnInfo;
 use super::{
     convert::{KindFilter, event_to_pb, gap_event},
     pb::{self, hark_server::Hark},
 };
 use crate::{
-    audio::{Encoding, Format, channel::ChannelSource, stdin::decode_pcm},
+    audio::{
+        Encoding, Format, SourceError, channel::ChannelSource, file::Upload16k, stdin::decode_pcm,
+    },
     events::{EventBus, EventKind, Recv},
+    nn::whisper::Progress,
     pipeline::{Pipeline, PipelineStats},
 };
 
@@ -63,6 +71,32 @@ pub struct ApiContext {
     pub resources: Arc<crate::stages::StageResources>,
     /// `[sound]`: model, thresholds and durations for Classify.
     pub sound_defaults: crate::stages::sound::SoundConfig,
+    pub limits: ApiLimits,
+    /// Cancelled when the daemon shuts down: one-shot jobs in flight stop at their next window.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Per-request limits from `[server]` (see [`crate::config::ServerConfig`]).
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    pub max_upload_s: f64,
+    pub session_idle: Duration,
+    pub subscribers_per_connection: usize,
+    pub max_jobs: usize,
+    pub max_queued_jobs: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        let s = crate::config::ServerConfig::default();
+        Self {
+            max_upload_s: s.max_upload_s,
+            session_idle: Duration::from_secs(s.session_idle_s),
+            subscribers_per_connection: s.subscribers_per_connection,
+            max_jobs: s.max_jobs,
+            max_queued_jobs: s.max_queued_jobs,
+        }
+    }
 }
 
 impl std::fmt::Debug for ApiContext {
@@ -81,6 +115,27 @@ pub struct HarkService {
     subscribers: Arc<Semaphore>,
     sessions: Arc<Semaphore>,
     next_session: Arc<AtomicU64>,
+    jobs: Arc<Jobs>,
+    /// Subscribe streams per connection id.
+    per_connection: Arc<Mutex<HashMap<u64, usize>>>,
+}
+
+/// Releases a connection's subscriber share when the stream ends.
+struct ConnShare {
+    map: Arc<Mutex<HashMap<u64, usize>>>,
+    id: u64,
+}
+
+impl Drop for ConnShare {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl HarkService {
@@ -89,8 +144,34 @@ impl HarkService {
             subscribers: Arc::new(Semaphore::new(ctx.max_subscribers)),
             sessions: Arc::new(Semaphore::new(ctx.max_sessions)),
             next_session: Arc::new(AtomicU64::new(1)),
+            jobs: Arc::new(Jobs::new(ctx.limits.max_jobs, ctx.limits.max_queued_jobs)),
+            per_connection: Arc::new(Mutex::new(HashMap::new())),
             ctx: Arc::new(ctx),
         }
+    }
+
+    /// Takes one of the connection's Subscribe slots.
+    fn connection_share<T>(&self, request: &Request<T>) -> Result<Option<ConnShare>, Status> {
+        let Some(id) = ConnInfo::of(request).map(|c| c.id) else {
+            return Ok(None);
+        };
+        let limit = self.ctx.limits.subscribers_per_connection;
+        let mut m = self
+            .per_connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(id).or_insert(0);
+        if *n >= limit {
+            return Err(Status::resource_exhausted(format!(
+                "this connection already has {limit} Subscribe streams \
+                 (server.subscribers_per_connection)"
+            )));
+        }
+        *n += 1;
+        Ok(Some(ConnShare {
+            map: self.per_connection.clone(),
+            id,
+        }))
     }
 
     /// Active StreamAudio sessions.
@@ -111,6 +192,7 @@ impl Hark for HarkService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let filter = KindFilter::from_pb(&request.get_ref().kinds)?;
+        let share = self.connection_share(&request)?;
         let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "too many subscribers (server.max_subscribers = {})",
@@ -121,6 +203,7 @@ impl Hark for HarkService {
         let (tx, rx) = mpsc::channel(self.ctx.subscriber_buffer);
         tokio::spawn(async move {
             let _permit = permit;
+            let _share = share;
             // Waiting on this subscriber's own channel only ever delays this task: the bus keeps
             // `bus_capacity` events for it, and once it falls further behind the bus drops the
             // oldest for it alone and we report them as a Gap before the next event it gets.
@@ -204,97 +287,83 @@ impl Hark for HarkService {
         &self,
         request: Request<pb::TranscribeRequest>,
     ) -> Result<Response<pb::TranscribeResponse>, Status> {
-        let asr = self.ctx.asr.clone().ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "no speech model installed: run `harkd models fetch {}`",
-                self.ctx.asr_defaults.model
-            ))
-        })?;
-        let req = request.into_inner();
-        let mut opts = self.ctx.asr_defaults.decode_options();
-        // 0: the configured beam (greedy by default: on held-out speech it was as accurate as
-        // beam 5 and 1.5x faster; see benches/whisper.rs).
-        opts.beam_size = if req.beam_size == 0 {
-            opts.beam_size
-        } else {
-            req.beam_size.min(16) as usize
-        };
-        match req.task.as_str() {
-            "" | "transcribe" => opts.task = crate::nn::whisper::Task::Transcribe,
-            "translate" => opts.task = crate::nn::whisper::Task::Translate,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "task {other:?}: use transcribe or translate"
-                )));
-            }
-        }
-        if !req.language.is_empty() {
-            opts.language = Some(req.language.clone());
-        }
-        if !req.prompt.is_empty() {
-            opts.initial_prompt = Some(req.prompt.clone());
-        }
-        if !req.hotwords.is_empty() {
-            opts.hotwords = Some(req.hotwords.clone());
-        }
-        let raw = req.raw;
-        let bytes = req.audio;
-        let model = asr.model_name();
-        let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || -> Result<_, Status> {
-            let audio = decode_upload(bytes, raw)?;
-            let duration = audio.len() as f64 / 16_000.0;
-            let t = asr.transcribe(&audio, &opts).map_err(|e| match e {
-                crate::nn::NnError::InvalidInput(_)
-                | crate::nn::NnError::EnglishOnly { .. }
-                | crate::nn::NnError::UnknownLanguage { .. } => {
-                    Status::invalid_argument(e.to_string())
-                }
-                crate::nn::NnError::MissingFile { .. }
-                | crate::nn::NnError::InvalidFile { .. }
-                | crate::nn::NnError::Tokenizer { .. } => {
-                    Status::failed_precondition(e.to_string())
-                }
-                other => Status::internal(other.to_string()),
-            })?;
-            Ok((t, duration))
+        let deadline = Deadline::of(&request);
+        let job = self.transcribe_job(request.into_inner())?;
+        let stop = StopFlag::new(self.ctx.shutdown.clone(), deadline);
+        // Dropped when the client cancels (tonic drops this future): the job stops.
+        let _cancel = stop.cancel_on_drop();
+        let permit = self.jobs.admit(&stop).await.map_err(job_status)?;
+        let run_stop = stop.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job.run(&run_stop, &mut |_| ControlFlow::Continue(()))
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        let (t, duration_s) = result;
-        Ok(Response::new(pb::TranscribeResponse {
-            text: t.text.trim().to_string(),
-            language: t.language,
-            language_probs: t
-                .language_probs
-                .into_iter()
-                .map(|(language, p)| pb::LanguageProb { language, p })
-                .collect(),
-            segments: t
-                .segments
-                .into_iter()
-                .map(|s| pb::TranscriptSegment {
-                    start_s: f64::from(s.start),
-                    end_s: f64::from(s.end),
-                    text: s.text.trim().to_string(),
-                    avg_logprob: s.avg_logprob,
-                    no_speech_prob: s.no_speech_prob,
-                    words: s
-                        .words
-                        .into_iter()
-                        .map(|w| pb::Word {
-                            word: w.word.trim().to_string(),
-                            start_s: f64::from(w.start),
-                            end_s: f64::from(w.end),
-                            p: w.p,
-                        })
-                        .collect(),
+        .map_err(|e| Status::internal(format!("transcription task failed: {e}")))?;
+        r.map(Response::new).map_err(|e| stop.status(e))
+    }
+
+    type TranscribeStreamStream = ReceiverStream<Result<pb::TranscribeUpdate, Status>>;
+
+    async fn transcribe_stream(
+        &self,
+        request: Request<pb::TranscribeRequest>,
+    ) -> Result<Response<Self::TranscribeStreamStream>, Status> {
+        use pb::transcribe_update::Update;
+        let deadline = Deadline::of(&request);
+        let job = self.transcribe_job(request.into_inner())?;
+        let stop = StopFlag::new(self.ctx.shutdown.clone(), deadline);
+        let (tx, rx) = mpsc::channel::<Result<pb::TranscribeUpdate, Status>>(64);
+        let jobs = self.jobs.clone();
+        tokio::spawn(async move {
+            let admitted = tokio::select! {
+                _ = tx.closed() => return,
+                p = jobs.admit(&stop) => p,
+            };
+            let permit = match admitted {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(job_status(e))).await;
+                    return;
+                }
+            };
+            let run_stop = stop.clone();
+            let run_tx = tx.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let mut language = String::new();
+                job.run(&run_stop, &mut |p| {
+                    let update = match p {
+                        Progress::Window { start_s } => Update::Progress(pb::TranscribeProgress {
+                            processed_s: f64::from(start_s),
+                            language: language.clone(),
+                        }),
+                        Progress::Language { code, .. } => {
+                            language = code.to_string();
+                            return ControlFlow::Continue(());
+                        }
+                        Progress::Segment(s) => Update::Segment(segment_to_pb(s.clone())),
+                    };
+                    // A closed channel is a client that went away: stop.
+                    match run_tx.blocking_send(Ok(pb::TranscribeUpdate {
+                        update: Some(update),
+                    })) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(_) => ControlFlow::Break(()),
+                    }
                 })
-                .collect(),
-            duration_s,
-            processing_s: started.elapsed().as_secs_f64(),
-            model,
-        }))
+            })
+            .await;
+            let msg = match r {
+                Ok(Ok(done)) => Ok(pb::TranscribeUpdate {
+                    update: Some(Update::Done(done)),
+                }),
+                Ok(Err(e)) => Err(stop.status(e)),
+                Err(e) => Err(Status::internal(format!("transcription task failed: {e}"))),
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn search(
@@ -321,15 +390,24 @@ impl Hark for HarkService {
             ));
         }
         let resources = self.ctx.resources.clone();
+        let deadline = Deadline::of(&request);
         let req = request.into_inner();
+        let stop = StopFlag::new(self.ctx.shutdown.clone(), deadline);
+        let _cancel = stop.cancel_on_drop();
+        let permit = self.jobs.admit(&stop).await.map_err(job_status)?;
+        let max_s = self.ctx.limits.max_upload_s;
         tokio::task::spawn_blocking(move || -> Result<pb::ClassifyResponse, Status> {
-            let model =
-                sound::shared_model(&cfg, &resources).map_err(Status::failed_precondition)?;
-            let audio = decode_upload(req.audio, req.raw)?;
+            let _permit = permit;
+            let model = sound::shared_model(&cfg, &resources)
+                .map_err(|e| Status::failed_precondition(short(&e)))?;
+            let audio = open_upload(req.audio, req.raw, max_s)?
+                .read_all()
+                .map_err(source_status)?;
             if audio.is_empty() {
                 return Err(Status::invalid_argument("the upload holds no audio"));
             }
-            let r = sound::classify_clip(&model, &cfg, &audio).map_err(Status::internal)?;
+            let r = sound::classify_clip(&model, &cfg, &audio)
+                .map_err(|e| Status::internal(short(&e)))?;
             let secs = |s: u64| s as f64 / 16_000.0;
             Ok(pb::ClassifyResponse {
                 top: r
@@ -352,7 +430,7 @@ impl Hark for HarkService {
             })
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(format!("classification task failed: {e}")))?
         .map(Response::new)
     }
 
@@ -382,9 +460,16 @@ impl Hark for HarkService {
         request: Request<Streaming<pb::AudioChunk>>,
     ) -> Result<Response<Self::StreamAudioStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
+        let idle = self.ctx.limits.session_idle;
+        let idle_status = move || {
+            Status::deadline_exceeded(format!(
+                "no audio for {} s (server.session_idle_s): session closed",
+                idle.as_secs()
+            ))
+        };
+        let first = tokio::time::timeout(idle, inbound.message())
             .await
+            .map_err(|_| idle_status())?
             .map_err(map_inbound_error)?
             .ok_or_else(|| {
                 Status::invalid_argument("empty stream: the first message must be an AudioConfig")
@@ -441,7 +526,13 @@ impl Hark for HarkService {
         tokio::spawn(async move {
             let mut carry = 0usize;
             let result: Result<(), Status> = async {
-                while let Some(msg) = inbound.message().await.map_err(map_inbound_error)? {
+                // An idle session holds one of server.max_sessions slots: it gets
+                // session_idle_s to send something.
+                while let Some(msg) = tokio::time::timeout(idle, inbound.message())
+                    .await
+                    .map_err(|_| idle_status())?
+                    .map_err(map_inbound_error)?
+                {
                     match msg.payload {
                         Some(pb::audio_chunk::Payload::Data(bytes)) => {
                             if bytes.len() > max_bytes {
@@ -575,12 +666,16 @@ impl HarkService {
     }
 }
 
-/// Decodes an uploaded file (or raw PCM) to 16 kHz mono.
-fn decode_upload(bytes: Vec<u8>, raw: Option<pb::AudioConfig>) -> Result<Vec<f32>, Status> {
+/// Opens an uploaded file (or raw PCM) as a bounded 16 kHz mono reader.
+fn open_upload(
+    bytes: Vec<u8>,
+    raw: Option<pb::AudioConfig>,
+    max_s: f64,
+) -> Result<Upload16k, Status> {
     if bytes.is_empty() {
         return Err(Status::invalid_argument("no audio in the request"));
     }
-    let (format, samples) = match raw {
+    match raw {
         Some(cfg) => {
             let encoding = match pb::AudioEncoding::try_from(cfg.encoding) {
                 Ok(pb::AudioEncoding::PcmS16le) => Encoding::S16le,
@@ -594,32 +689,233 @@ fn decode_upload(bytes: Vec<u8>, raw: Option<pb::AudioConfig>) -> Result<Vec<f32
             let format = Format {
                 rate: cfg.sample_rate,
                 channels: u16::try_from(cfg.channels).unwrap_or(u16::MAX),
-            }
-            .validate()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            if bytes.len() % (encoding.bytes_per_sample() * usize::from(format.channels)) != 0 {
-                return Err(Status::invalid_argument(
-                    "raw audio is not a whole number of frames",
-                ));
-            }
-            let mut samples = Vec::with_capacity(bytes.len() / encoding.bytes_per_sample());
-            decode_pcm(&bytes, encoding, &mut samples);
-            (format, samples)
+            };
+            Upload16k::from_raw(bytes, format, encoding, max_s).map_err(source_status)
         }
-        None => {
-            let d = crate::audio::file::Decoder::from_bytes(bytes, "uploaded audio")
-                .and_then(|d| d.read_all())
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            (d.format, d.samples)
-        }
-    };
-    if let Some(bad) = samples.iter().position(|s| !s.is_finite()) {
-        return Err(Status::invalid_argument(format!(
-            "corrupt audio: sample {bad} is not finite"
-        )));
+        None => Upload16k::from_file_bytes(bytes, max_s).map_err(source_status),
     }
-    crate::audio::file::to_16k_mono(format, &samples)
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// An upload error as the caller's problem: RESOURCE_EXHAUSTED for the duration limit,
+/// INVALID_ARGUMENT for the rest.
+fn source_status(e: SourceError) -> Status {
+    match e {
+        SourceError::TooLong { .. } => Status::resource_exhausted(e.to_string()),
+        other => Status::invalid_argument(short(&other)),
+    }
+}
+
+fn job_status(e: JobError) -> Status {
+    match e {
+        JobError::Full { .. } => Status::resource_exhausted(e.to_string()),
+        JobError::Deadline => Status::deadline_exceeded(e.to_string()),
+        JobError::ShuttingDown => Status::unavailable(e.to_string()),
+    }
+}
+
+/// First line of an error, at most 512 bytes: statuses carry a message, not a backtrace (a
+/// candle backtrace in a status overflowed StreamAudio's 16 KB metadata limit).
+pub(crate) fn short(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.len() <= 512 {
+        return line.to_string();
+    }
+    let mut end = 512;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &line[..end])
+}
+
+fn segment_to_pb(s: crate::nn::whisper::Segment) -> pb::TranscriptSegment {
+    pb::TranscriptSegment {
+        start_s: f64::from(s.start),
+        end_s: f64::from(s.end),
+        text: s.text.trim().to_string(),
+        avg_logprob: s.avg_logprob,
+        no_speech_prob: s.no_speech_prob,
+        words: s
+            .words
+            .into_iter()
+            .map(|w| pb::Word {
+                word: w.word.trim().to_string(),
+                start_s: f64::from(w.start),
+                end_s: f64::from(w.end),
+                p: w.p,
+            })
+            .collect(),
+    }
+}
+
+/// Longest prompt or hotword list accepted, bytes (Whisper's prompt window is 223 tokens).
+const MAX_PROMPT_BYTES: usize = 4096;
+
+/// A validated one-shot transcription, ready to run on a blocking thread.
+struct TranscribeJob {
+    asr: Arc<crate::stages::asr::OneShot>,
+    opts: crate::nn::whisper::DecodeOptions,
+    audio: Vec<u8>,
+    raw: Option<pb::AudioConfig>,
+    max_upload_s: f64,
+}
+
+/// Reads an upload for Whisper, checking the stop flag between blocks.
+struct UploadFeed<'a> {
+    upload: Upload16k,
+    stop: &'a StopFlag,
+    error: Option<SourceError>,
+}
+
+impl crate::nn::whisper::AudioFeed for UploadFeed<'_> {
+    fn read(&mut self, out: &mut Vec<f32>) -> Result<bool, crate::nn::NnError> {
+        if self.stop.is_set() {
+            return Err(crate::nn::NnError::Cancelled);
+        }
+        self.upload.read(out).map_err(|e| {
+            let msg = e.to_string();
+            self.error = Some(e);
+            crate::nn::NnError::InvalidInput(msg)
+        })
+    }
+}
+
+impl TranscribeJob {
+    fn run(
+        self,
+        stop: &StopFlag,
+        observe: &mut dyn FnMut(Progress<'_>) -> ControlFlow<()>,
+    ) -> Result<pb::TranscribeResponse, RunError> {
+        let started = Instant::now();
+        let upload =
+            open_upload(self.audio, self.raw, self.max_upload_s).map_err(RunError::Status)?;
+        let mut feed = UploadFeed {
+            upload,
+            stop,
+            error: None,
+        };
+        let result = self.asr.transcribe(&mut feed, &self.opts, &mut |p| {
+            if stop.is_set() {
+                return ControlFlow::Break(());
+            }
+            observe(p)
+        });
+        let t = match result {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(match feed.error.take() {
+                    Some(src) => RunError::Status(source_status(src)),
+                    None => RunError::Nn(e),
+                });
+            }
+        };
+        let duration_s = feed.upload.seconds_read();
+        Ok(pb::TranscribeResponse {
+            text: t.text.trim().to_string(),
+            language: t.language,
+            language_probs: t
+                .language_probs
+                .into_iter()
+                .map(|(language, p)| pb::LanguageProb { language, p })
+                .collect(),
+            segments: t.segments.into_iter().map(segment_to_pb).collect(),
+            duration_s,
+            processing_s: started.elapsed().as_secs_f64(),
+            model: self.asr.model_name(),
+        })
+    }
+}
+
+/// Why a job ended without a result.
+#[derive(Debug)]
+enum RunError {
+    Status(Status),
+    Nn(crate::nn::NnError),
+}
+
+impl StopFlag {
+    /// The status for a job that failed: the stop reason when it was stopped.
+    fn status(&self, e: RunError) -> Status {
+        use crate::nn::NnError;
+        match e {
+            RunError::Status(s) => s,
+            RunError::Nn(NnError::Cancelled) => self.stop_status(),
+            RunError::Nn(
+                e @ (NnError::InvalidInput(_)
+                | NnError::EnglishOnly { .. }
+                | NnError::UnknownLanguage { .. }),
+            ) => Status::invalid_argument(short(&e)),
+            RunError::Nn(
+                e @ (NnError::MissingFile { .. }
+                | NnError::InvalidFile { .. }
+                | NnError::Tokenizer { .. }),
+            ) => Status::failed_precondition(short(&e)),
+            RunError::Nn(other) => Status::internal(short(&other)),
+        }
+    }
+}
+
+impl HarkService {
+    /// Validates a Transcribe request into a job (nothing is decoded yet).
+    fn transcribe_job(&self, req: pb::TranscribeRequest) -> Result<TranscribeJob, Status> {
+        let asr = self.ctx.asr.clone().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "no speech model installed: run `harkd models fetch {}`",
+                self.ctx.asr_defaults.model
+            ))
+        })?;
+        let mut opts = self.ctx.asr_defaults.decode_options();
+        // 0: the configured beam (greedy by default: on held-out speech it was as accurate as
+        // beam 5 and 1.5x faster; see benches/whisper.rs).
+        opts.beam_size = match req.beam_size {
+            0 => opts.beam_size,
+            b @ 1..=16 => b as usize,
+            b => {
+                return Err(Status::invalid_argument(format!(
+                    "beam_size {b} must be within 1..=16 (0: the configured default)"
+                )));
+            }
+        };
+        match req.task.as_str() {
+            "" | "transcribe" => opts.task = crate::nn::whisper::Task::Transcribe,
+            "translate" => opts.task = crate::nn::whisper::Task::Translate,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "task {:?}: use transcribe or translate",
+                    other.chars().take(32).collect::<String>()
+                )));
+            }
+        }
+        for (name, v) in [("prompt", &req.prompt), ("hotwords", &req.hotwords)] {
+            if v.len() > MAX_PROMPT_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "{name} of {} bytes is longer than {MAX_PROMPT_BYTES}",
+                    v.len()
+                )));
+            }
+        }
+        if req.language.len() > 16 {
+            return Err(Status::invalid_argument(
+                "language: a code such as en, or auto",
+            ));
+        }
+        if !req.language.is_empty() {
+            opts.language = Some(req.language.clone());
+        }
+        if !req.prompt.is_empty() {
+            opts.initial_prompt = Some(req.prompt.clone());
+        }
+        if !req.hotwords.is_empty() {
+            opts.hotwords = Some(req.hotwords.clone());
+        }
+        Ok(TranscribeJob {
+            asr,
+            opts,
+            audio: req.audio,
+            raw: req.raw,
+            max_upload_s: self.ctx.limits.max_upload_s,
+        })
+    }
 }
 
 /// tonic reports an oversized message as OUT_OF_RANGE; for clients it is a size limit.

@@ -43,7 +43,22 @@ pub struct Decoder {
     buf: Option<SampleBuffer<f32>>,
     /// Packets that failed to decode and were skipped.
     pub skipped_packets: u64,
+    /// The decoder panicked: its state is unknown, so it is never called again.
+    poisoned: bool,
 }
+
+/// Text of a caught panic payload.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Skipped packets logged one by one before the decoder goes quiet: a junk MP3 (one frame header
+/// repeated over zeros) wrote 250,000 warnings a second. The rest are counted and summarised
+/// when the decoder is dropped.
+const SKIP_WARNINGS: u64 = 5;
 
 impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +66,18 @@ impl std::fmt::Debug for Decoder {
             .field("what", &self.what)
             .field("format", &self.format)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        if self.skipped_packets > SKIP_WARNINGS {
+            tracing::warn!(
+                file = %self.what,
+                skipped = self.skipped_packets,
+                "Undecodable packets were skipped."
+            );
+        }
     }
 }
 
@@ -82,6 +109,26 @@ impl Decoder {
     }
 
     fn from_stream(mss: MediaSourceStream, hint: Hint, what: String) -> Result<Self, SourceError> {
+        // symphonia trusts headers and asserts on some of them (a 0 Hz WAV panicked building its
+        // time base); [`super::header`] refuses those first, and a panic that still escapes is
+        // a decode error for this file, never a crash of the caller.
+        let w = what.clone();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            Self::from_stream_inner(mss, hint, w)
+        }))
+        .unwrap_or_else(|p| {
+            Err(SourceError::Decode {
+                what,
+                reason: format!("the decoder failed on this file ({})", panic_text(&p)),
+            })
+        })
+    }
+
+    fn from_stream_inner(
+        mss: MediaSourceStream,
+        hint: Hint,
+        what: String,
+    ) -> Result<Self, SourceError> {
         let decode_err = |reason: String| SourceError::Decode {
             what: what.clone(),
             reason,
@@ -126,6 +173,7 @@ impl Decoder {
             what,
             buf: None,
             skipped_packets: 0,
+            poisoned: false,
         })
     }
 
@@ -135,13 +183,39 @@ impl Decoder {
 
     /// Next block of interleaved samples, or `None` at the end of the stream.
     pub fn next_block(&mut self) -> Result<Option<&[f32]>, SourceError> {
+        if self.poisoned {
+            return Err(self.failed("the decoder failed earlier on this file".into()));
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.advance())) {
+            Ok(Ok(true)) => Ok(Some(self.buf.as_ref().map(|b| b.samples()).unwrap_or(&[]))),
+            Ok(Ok(false)) => Ok(None),
+            Ok(Err(e)) => Err(e),
+            Err(p) => {
+                self.poisoned = true;
+                Err(self.failed(format!(
+                    "the decoder failed on this file ({})",
+                    panic_text(&p)
+                )))
+            }
+        }
+    }
+
+    fn failed(&self, reason: String) -> SourceError {
+        SourceError::Decode {
+            what: self.what.clone(),
+            reason,
+        }
+    }
+
+    /// Decodes the next packet into `self.buf`; false at the end of the stream.
+    fn advance(&mut self) -> Result<bool, SourceError> {
         loop {
             let packet = match self.reader.next_packet() {
                 Ok(p) => p,
                 Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Ok(None);
+                    return Ok(false);
                 }
-                Err(SymError::ResetRequired) => return Ok(None),
+                Err(SymError::ResetRequired) => return Ok(false),
                 Err(e) => {
                     return Err(SourceError::Decode {
                         what: self.what.clone(),
@@ -174,13 +248,17 @@ impl Decoder {
                         slot => slot.insert(SampleBuffer::new(needed, spec)),
                     };
                     buf.copy_interleaved_ref(decoded);
-                    let samples = self.buf.as_ref().map(|b| b.samples()).unwrap_or(&[]);
-                    return Ok(Some(samples));
+                    return Ok(true);
                 }
                 // A damaged packet: skip it, as players do, but count it.
                 Err(SymError::DecodeError(e)) => {
                     self.skipped_packets += 1;
-                    tracing::warn!(file = %self.what, error = %e, "Skipped an undecodable packet.");
+                    if self.skipped_packets <= SKIP_WARNINGS {
+                        tracing::warn!(file = %self.what, error = %e, "Skipped an undecodable packet.");
+                    }
+                    if self.skipped_packets == SKIP_WARNINGS {
+                        tracing::warn!(file = %self.what, "More undecodable packets follow; counting them quietly.");
+                    }
                 }
                 Err(e) => {
                     return Err(SourceError::Decode {
@@ -230,6 +308,175 @@ pub fn to_16k_mono(format: Format, interleaved: &[f32]) -> Result<Vec<f32>, Sour
     conv.process(interleaved, &mut out);
     conv.flush(&mut out);
     Ok(out)
+}
+
+/// An uploaded file (or raw PCM) read as 16 kHz mono a block at a time, never longer than a
+/// limit: memory stays at one decoded packet plus the resampler, whatever the upload declares.
+#[derive(Debug)]
+pub struct Upload16k {
+    input: UploadInput,
+    conv: super::resample::ToMono16k,
+    format: Format,
+    /// Input frames read so far, and the most allowed.
+    frames_in: u64,
+    max_frames_in: u64,
+    max_s: f64,
+    flushed: bool,
+}
+
+enum UploadInput {
+    File(Box<Decoder>),
+    Raw {
+        bytes: Vec<u8>,
+        at: usize,
+        encoding: super::Encoding,
+        scratch: Vec<f32>,
+    },
+}
+
+impl std::fmt::Debug for UploadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(d) => d.fmt(f),
+            Self::Raw { encoding, .. } => write!(f, "Raw({encoding:?})"),
+        }
+    }
+}
+
+/// Raw PCM bytes converted per call (about 0.1 s at 48 kHz stereo s16).
+const RAW_BLOCK_BYTES: usize = 16 * 1024;
+
+impl Upload16k {
+    /// An uploaded container file: its header is checked ([`super::header`]) and its declared
+    /// duration compared with `max_s` before the decoder is built.
+    pub fn from_file_bytes(bytes: Vec<u8>, max_s: f64) -> Result<Self, SourceError> {
+        if let Some(d) = super::header::inspect(&bytes)?
+            && let Some(secs) = d.seconds()
+            && secs > max_s
+        {
+            return Err(SourceError::TooLong {
+                what: format!("uploaded {} ({secs:.0} s declared)", d.container),
+                limit_s: max_s,
+            });
+        }
+        let decoder = Decoder::from_bytes(bytes, "uploaded audio")?;
+        let format = decoder.format();
+        Self::new(UploadInput::File(Box::new(decoder)), format, max_s)
+    }
+
+    /// Raw interleaved PCM in `format`.
+    pub fn from_raw(
+        bytes: Vec<u8>,
+        format: Format,
+        encoding: super::Encoding,
+        max_s: f64,
+    ) -> Result<Self, SourceError> {
+        let format = format.validate()?;
+        let frame_bytes = encoding.bytes_per_sample() * usize::from(format.channels);
+        if bytes.len() % frame_bytes != 0 {
+            return Err(SourceError::Format(
+                "raw audio is not a whole number of frames".into(),
+            ));
+        }
+        let secs = (bytes.len() / frame_bytes) as f64 / f64::from(format.rate);
+        if secs > max_s {
+            return Err(SourceError::TooLong {
+                what: format!("uploaded raw audio ({secs:.0} s)"),
+                limit_s: max_s,
+            });
+        }
+        let input = UploadInput::Raw {
+            bytes,
+            at: 0,
+            encoding,
+            scratch: Vec::new(),
+        };
+        Self::new(input, format, max_s)
+    }
+
+    fn new(input: UploadInput, format: Format, max_s: f64) -> Result<Self, SourceError> {
+        Ok(Self {
+            input,
+            conv: super::resample::ToMono16k::new(format)?,
+            format,
+            frames_in: 0,
+            max_frames_in: (max_s * f64::from(format.rate)).ceil() as u64,
+            max_s,
+            flushed: false,
+        })
+    }
+
+    /// The upload's own format (before conversion).
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Seconds of input read so far.
+    pub fn seconds_read(&self) -> f64 {
+        self.frames_in as f64 / f64::from(self.format.rate)
+    }
+
+    /// Appends the next block of 16 kHz mono samples to `out`; false once everything (the
+    /// resampler's tail included) has been delivered. Non-finite samples and audio beyond the
+    /// limit are errors.
+    pub fn read(&mut self, out: &mut Vec<f32>) -> Result<bool, SourceError> {
+        if self.flushed {
+            return Ok(false);
+        }
+        let channels = usize::from(self.format.channels);
+        let block: &[f32] = match &mut self.input {
+            UploadInput::File(d) => d.next_block()?.unwrap_or(&[]),
+            UploadInput::Raw {
+                bytes,
+                at,
+                encoding,
+                scratch,
+            } => {
+                let frame = encoding.bytes_per_sample() * channels;
+                let end = (*at + RAW_BLOCK_BYTES / frame * frame).min(bytes.len());
+                scratch.clear();
+                super::stdin::decode_pcm(&bytes[*at..end], *encoding, scratch);
+                *at = end;
+                scratch
+            }
+        };
+        if block.is_empty() {
+            self.conv.flush(out);
+            self.flushed = true;
+            return Ok(true);
+        }
+        if let Some(bad) = block.iter().position(|s| !s.is_finite()) {
+            return Err(SourceError::Decode {
+                what: "uploaded audio".into(),
+                reason: format!(
+                    "sample {} is not finite",
+                    self.frames_in * channels as u64 + bad as u64
+                ),
+            });
+        }
+        self.frames_in += (block.len() / channels.max(1)) as u64;
+        if self.frames_in > self.max_frames_in {
+            return Err(SourceError::TooLong {
+                what: "uploaded audio".into(),
+                limit_s: self.max_s,
+            });
+        }
+        self.conv.process(block, out);
+        Ok(true)
+    }
+
+    /// Reads everything (for callers that need the whole clip; still bounded by the limit).
+    pub fn read_all(mut self) -> Result<Vec<f32>, SourceError> {
+        let mut out = Vec::new();
+        while self.read(&mut out)? {}
+        if out.is_empty() {
+            return Err(SourceError::Decode {
+                what: "uploaded audio".into(),
+                reason: "no audio could be decoded".into(),
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// Plays a file into the pipeline.

@@ -14,6 +14,7 @@ pub mod channel;
 #[cfg(feature = "mic")]
 pub mod device;
 pub mod file;
+pub mod header;
 pub mod resample;
 pub mod stdin;
 pub mod supervise;
@@ -47,6 +48,8 @@ pub enum SourceError {
     Decode { what: String, reason: String },
     #[error("invalid audio format: {0}")]
     Format(String),
+    #[error("{what} is longer than the {limit_s} s limit (server.max_upload_s)")]
+    TooLong { what: String, limit_s: f64 },
     #[error("audio device: {0}")]
     Device(String),
     #[error("microphone support was not compiled in (build with the `mic` feature)")]

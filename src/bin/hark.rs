@@ -177,8 +177,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let audio =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let r = client
-                .transcribe(pb::TranscribeRequest {
+            // The streaming call: segments arrive as they are decoded, and long files show
+            // progress on stderr (the first 30 s window reports nothing).
+            let mut updates = client
+                .transcribe_stream(pb::TranscribeRequest {
                     audio,
                     raw: None,
                     language: language.unwrap_or_default(),
@@ -189,8 +191,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            print!("{}", render_transcript(&r, &format));
-            Ok(())
+            let started = std::time::Instant::now();
+            let mut shown = false;
+            while let Some(u) = updates.message().await? {
+                match u.update {
+                    Some(pb::transcribe_update::Update::Progress(p)) if p.processed_s > 0.0 => {
+                        eprintln!(
+                            "progress: {:.0} s of audio transcribed in {:.0} s{}",
+                            p.processed_s,
+                            started.elapsed().as_secs_f64(),
+                            if p.language.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (language {})", p.language)
+                            }
+                        );
+                        shown = true;
+                    }
+                    Some(pb::transcribe_update::Update::Done(r)) => {
+                        if shown {
+                            eprintln!(
+                                "progress: done, {:.0} s of audio in {:.1} s",
+                                r.duration_s, r.processing_s
+                            );
+                        }
+                        print!("{}", render_transcript(&r, &format));
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::bail!("the daemon ended the transcription without a result")
         }
         Command::Classify { file, json, top } => {
             let audio =

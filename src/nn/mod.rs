@@ -47,6 +47,8 @@ pub enum NnError {
     UnknownLanguage { code: String, model: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("stopped: the caller cancelled or its deadline passed")]
+    Cancelled,
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -1,15 +1,20 @@
 //! Whisper behind the streaming stage's [`Recognizer`] interface, and the `[transcribe]` config.
 
+use std::cell::RefCell;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use super::transcribe::{HypWord, Hypothesis, Recognizer, StreamingConfig};
-use super::vad::{VadConfig, speech_regions};
+use super::vad::{VadConfig, VadDetector, VadTransition};
 use crate::dsp::SAMPLE_RATE;
 use crate::nn::NnError;
-use crate::nn::whisper::{DecodeOptions, Segment, Task, Transcription, WhisperModel};
+use crate::nn::whisper::{
+    AudioFeed, DecodeOptions, Progress, Segment, Task, Transcription, WhisperModel,
+};
 
 /// When to run the transcription stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,8 +37,9 @@ pub struct TranscribeConfig {
     /// Where `harkd models fetch` installs models. Empty: `$HARK_MODELS`, else the platform
     /// default (`/var/lib/hark/models` for root, `~/.local/share/hark/models` for users).
     pub models_dir: String,
-    /// Spoken language: empty = the model's default (English for `.en` models), `auto` =
-    /// detect per utterance, or a code such as `fr`.
+    /// Spoken language: empty or `auto` = English for `.en` models and detected (per
+    /// utterance) for multilingual ones, never pinned to English there (Whisper then translates
+    /// other languages instead of transcribing them); or a code such as `fr`.
     pub language: String,
     /// `transcribe` (default; never silently translated) or `translate` (to English).
     pub task: String,
@@ -256,34 +262,152 @@ pub const GATE_KEEP_LOGPROB: f32 = -0.5;
 /// See [`GATE_KEEP_LOGPROB`].
 pub const GATE_KEEP_NO_SPEECH: f32 = 0.3;
 
-/// Offline transcription as the `Transcribe` RPC does it: Whisper over the whole input, then a
-/// VAD gate that drops segments that overlap no speech the VAD stage finds, unless Whisper is
-/// sure of them ([`GATE_KEEP_LOGPROB`]; `vad: None` turns the gate off). Whisper alone, even
-/// with its no-speech rules, writes "Thank you." over a cheering stadium where no one speaks;
-/// the VAD's energy gate sees no speech there.
+/// Padding around VAD speech when deciding that a 30 s window holds none: the VAD's regions
+/// start a little late and end a little early on soft onsets.
+const SKIP_MARGIN_S: f32 = 1.0;
+
+/// A one-shot input seen through the VAD: every sample read is also pushed through a
+/// [`VadDetector`], so Whisper can skip windows that hold no speech at all (an hour of noise
+/// was decoded window by window for 15 minutes only for the gate to drop it all) and segments
+/// are gated as they are decoded.
+struct GatedFeed<'a> {
+    inner: &'a mut dyn AudioFeed,
+    gate: Rc<RefCell<Gate>>,
+}
+
+/// What the VAD has heard so far (shared with the segment observer).
+struct Gate {
+    det: Option<VadDetector>,
+    /// Samples read and not yet framed for the VAD.
+    pending: Vec<f32>,
+    /// Samples pushed through the VAD so far.
+    seen: u64,
+    regions: Vec<(u64, u64)>,
+    open: Option<u64>,
+    closed: bool,
+}
+
+impl Gate {
+    fn push(&mut self, samples: &[f32], more: bool) {
+        let Some(det) = &mut self.det else {
+            return;
+        };
+        let n = det.frame_len();
+        self.pending.extend_from_slice(samples);
+        let mut transitions = Vec::new();
+        let mut frames = self.pending.chunks_exact(n);
+        for frame in frames.by_ref() {
+            transitions.push(det.push_frame(frame, self.seen));
+            self.seen += n as u64;
+        }
+        let rest = frames.remainder().len();
+        self.pending.drain(..self.pending.len() - rest);
+        if !more && !self.closed {
+            self.closed = true;
+            self.seen += rest as u64;
+            transitions.push(det.close(self.seen));
+        }
+        for t in transitions {
+            match t {
+                Some(VadTransition::Started { at }) => self.open = Some(at),
+                Some(VadTransition::Ended { start, at }) => {
+                    self.open = None;
+                    self.regions.push((start, at));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The gate is on and has enough audio to judge (below [`VAD_GATE_MIN_S`] its noise floor
+    /// is not established).
+    fn judging(&self) -> bool {
+        self.det.is_some() && self.seen as f32 >= VAD_GATE_MIN_S * SAMPLE_RATE as f32
+    }
+
+    fn overlaps(&self, start: f32, end: f32) -> bool {
+        let rate = SAMPLE_RATE as f32;
+        let open = self.open.map(|a| (a, self.seen));
+        self.regions.iter().copied().chain(open).any(|(a, b)| {
+            let (a, b) = (a as f32 / rate, b as f32 / rate);
+            b.min(end) - a.max(start) > 0.0
+        })
+    }
+
+    /// True when the gate keeps `s`: it overlaps VAD speech, or Whisper is sure of it
+    /// ([`GATE_KEEP_LOGPROB`]).
+    fn keeps(&self, s: &Segment) -> bool {
+        !self.judging()
+            || self.overlaps(s.start, s.end)
+            || (s.avg_logprob >= GATE_KEEP_LOGPROB && s.no_speech_prob <= GATE_KEEP_NO_SPEECH)
+    }
+}
+
+impl AudioFeed for GatedFeed<'_> {
+    fn read(&mut self, out: &mut Vec<f32>) -> Result<bool, NnError> {
+        let from = out.len();
+        let more = self.inner.read(out)?;
+        self.gate.borrow_mut().push(&out[from..], more);
+        Ok(more)
+    }
+
+    fn may_hold_speech(&self, start: u64, end: u64) -> bool {
+        let g = self.gate.borrow();
+        // Only whole windows the VAD has fully heard are skipped.
+        if !g.judging() || end > g.seen {
+            return true;
+        }
+        let rate = SAMPLE_RATE as f32;
+        g.overlaps(
+            start as f32 / rate - SKIP_MARGIN_S,
+            end as f32 / rate + SKIP_MARGIN_S,
+        )
+    }
+}
+
+/// Offline transcription as the `Transcribe` RPC does it: Whisper window by window over `feed`,
+/// skipping windows with no VAD speech, with a VAD gate that drops segments that overlap no
+/// speech unless Whisper is sure of them ([`GATE_KEEP_LOGPROB`]; `vad: None` turns both off).
+/// Whisper alone, even with its no-speech rules, writes "Thank you." over a cheering stadium
+/// where no one speaks; the VAD's energy gate sees no speech there. `observe` sees only the
+/// segments the gate keeps, and the result holds exactly those.
 pub fn transcribe_gated(
     model: &WhisperModel,
-    audio: &[f32],
+    feed: &mut dyn AudioFeed,
     opts: &DecodeOptions,
     vad: Option<&VadConfig>,
+    observe: &mut dyn FnMut(Progress<'_>) -> ControlFlow<()>,
 ) -> Result<Transcription, NnError> {
-    let gate = vad.filter(|_| audio.len() as f32 >= VAD_GATE_MIN_S * SAMPLE_RATE as f32);
-    let Some(vad) = gate else {
-        return model.transcribe(audio, opts);
+    let det = vad
+        .map(VadDetector::new)
+        .transpose()
+        .map_err(|e| NnError::InvalidInput(e.to_string()))?;
+    let gate = Rc::new(RefCell::new(Gate {
+        det,
+        pending: Vec::new(),
+        seen: 0,
+        regions: Vec::new(),
+        open: None,
+        closed: false,
+    }));
+    let mut gated = GatedFeed {
+        inner: feed,
+        gate: gate.clone(),
     };
-    let regions = speech_regions(audio, vad).map_err(|e| NnError::InvalidInput(e.to_string()))?;
-    let mut t = model.transcribe(audio, opts)?;
-    let rate = SAMPLE_RATE as f32;
-    let overlaps = |s: &Segment| {
-        regions.iter().any(|&(a, b)| {
-            let (a, b) = (a as f32 / rate, b as f32 / rate);
-            b.min(s.end) - a.max(s.start) > 0.0
-        })
-    };
-    let sure =
-        |s: &Segment| s.avg_logprob >= GATE_KEEP_LOGPROB && s.no_speech_prob <= GATE_KEEP_NO_SPEECH;
+    let mut kept = Vec::new();
+    let mut t = model.transcribe_stream(&mut gated, opts, &mut |p| {
+        if let Progress::Segment(s) = &p {
+            let keep = gate.borrow().keeps(s);
+            kept.push(keep);
+            if !keep {
+                return ControlFlow::Continue(());
+            }
+        }
+        observe(p)
+    })?;
     let before = t.segments.len();
-    t.segments.retain(|s| overlaps(s) || sure(s));
+    let mut decisions = kept.into_iter();
+    t.segments.retain(|_| decisions.next().unwrap_or(true));
     if t.segments.len() != before {
         tracing::debug!(
             dropped = before - t.segments.len(),
@@ -300,37 +424,32 @@ pub fn transcribe_gated(
     Ok(t)
 }
 
-/// Whisper for one-shot requests (the `Transcribe` RPC): one request at a time (a second one
-/// waits; both would compete for the same two cores, and the live stream must keep up).
+/// Whisper for one-shot requests (the `Transcribe` RPC). Admission (how many run at once, how
+/// many wait) is the API's job; this only holds the shared model and the gate settings.
 #[derive(Debug)]
 pub struct OneShot {
     model: SharedModel,
     vad: Option<VadConfig>,
-    busy: Mutex<()>,
 }
 
 impl OneShot {
     /// `vad`: settings of the VAD gate ([`transcribe_gated`]), `None` for no gate.
     pub fn new(model: SharedModel, vad: Option<VadConfig>) -> Self {
-        Self {
-            model,
-            vad,
-            busy: Mutex::new(()),
-        }
+        Self { model, vad }
     }
 
     pub fn model_name(&self) -> String {
         self.model.model_name()
     }
 
-    /// Transcribes 16 kHz mono audio ([`transcribe_gated`]).
+    /// Transcribes 16 kHz mono audio from `feed` ([`transcribe_gated`]).
     pub fn transcribe(
         &self,
-        audio: &[f32],
+        feed: &mut dyn AudioFeed,
         opts: &DecodeOptions,
+        observe: &mut dyn FnMut(Progress<'_>) -> ControlFlow<()>,
     ) -> Result<Transcription, NnError> {
-        let _turn = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let model = self.model.get()?;
-        transcribe_gated(&model, audio, opts, self.vad.as_ref())
+        transcribe_gated(&model, feed, opts, self.vad.as_ref(), observe)
     }
 }

@@ -49,7 +49,10 @@ pub mod model;
 pub mod text;
 pub mod tokenizer;
 
-use std::path::{Path, PathBuf};
+use std::{
+    ops::ControlFlow,
+    path::{Path, PathBuf},
+};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -244,17 +247,6 @@ pub struct WhisperModel {
     begin_suppress: Vec<u32>,
     alignment_heads: Vec<(usize, usize)>,
     pad_to_30s: bool,
-}
-
-/// Mel window cut from a longer mel: (n_mels, N_FRAMES) row-major, zero-padded.
-fn mel_window(mel: &[f32], n_mels: usize, total_frames: usize, seek: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n_mels * N_FRAMES];
-    let n = N_FRAMES.min(total_frames.saturating_sub(seek));
-    for m in 0..n_mels {
-        let src = &mel[m * total_frames + seek..m * total_frames + seek + n];
-        out[m * N_FRAMES..m * N_FRAMES + n].copy_from_slice(src);
-    }
-    out
 }
 
 /// A segment cut from one window's tokens, times relative to the window.
@@ -625,7 +617,7 @@ impl WhisperModel {
     /// (translate or a foreign language on an English-only model, unknown codes); empty when
     /// it is to be detected from audio.
     pub fn pinned_language(&self, opts: &DecodeOptions) -> Result<String, NnError> {
-        if opts.language.as_deref() == Some("auto") && self.is_multilingual() {
+        if matches!(opts.language.as_deref(), None | Some("" | "auto")) && self.is_multilingual() {
             return Ok(String::new());
         }
         self.resolve_language(opts, None).map(|(code, _)| code)
@@ -644,9 +636,12 @@ impl WhisperModel {
             });
         }
         match opts.language.as_deref() {
-            None | Some("") => Ok(("en".into(), Vec::new())),
+            // English is the default only for English-only models. Pinning it on a
+            // multilingual model makes Whisper *translate* other languages into English
+            // (Italian came back as "Good morning to you all"): there the default is to detect.
+            None | Some("") if !self.is_multilingual() => Ok(("en".into(), Vec::new())),
             Some("auto") if !self.is_multilingual() => Ok(("en".into(), vec![("en".into(), 1.0)])),
-            Some("auto") => {
+            None | Some("" | "auto") => {
                 let cross = cross.ok_or_else(|| {
                     NnError::InvalidInput("language detection needs audio".into())
                 })?;
@@ -999,17 +994,23 @@ impl WhisperModel {
         audio: &[f32],
         opts: &DecodeOptions,
     ) -> Result<Transcription, NnError> {
-        let n_mels = self.net.config.num_mel_bins;
-        let min_s = self.min_encode_s(opts);
-        let content_frames = audio.len() / HOP;
-        // As openai: the mel of the whole input followed by 30 s of silence, normalised once.
-        let mut padded = Vec::with_capacity(audio.len() + N_SAMPLES);
-        padded.extend_from_slice(audio);
-        padded.resize(audio.len() + N_SAMPLES, 0.0);
-        let mel = self.mel.compute(&padded);
-        drop(padded);
-        let total_frames = mel.len() / n_mels;
+        let mut feed = SliceFeed(Some(audio));
+        self.transcribe_stream(&mut feed, opts, &mut |_| ControlFlow::Continue(()))
+    }
 
+    /// As [`Self::transcribe`], pulling audio from `feed` as it goes and reporting each
+    /// segment to `observe` as soon as it is decoded. Memory holds one 30 s window of audio and
+    /// its mel, whatever the input's length (each window's log-mel is computed on its own,
+    /// as the live transcriber does, instead of once over the whole input: the two differ only
+    /// in the clamp at 80 dB below the loudest frame). `observe` returning `Break` stops the
+    /// work before the next window ([`NnError::Cancelled`]).
+    pub fn transcribe_stream(
+        &self,
+        feed: &mut dyn AudioFeed,
+        opts: &DecodeOptions,
+        observe: &mut dyn FnMut(Progress<'_>) -> ControlFlow<()>,
+    ) -> Result<Transcription, NnError> {
+        let min_s = self.min_encode_s(opts);
         let tok_hotwords = self.hotword_tokens(opts)?;
         let mut all_tokens: Vec<u32> = Vec::new();
         if let Some(p) = opts.initial_prompt.as_deref().map(str::trim)
@@ -1024,13 +1025,56 @@ impl WhisperModel {
         let mut last_speech = 0.0f32;
         let mut seek = 0usize;
         let mut rng = Rng::new(0x5eed);
-        while seek < content_frames {
-            let segment_frames = N_FRAMES.min(content_frames - seek);
+        // Audio from sample `buf_start` on; everything before the current window is dropped.
+        let mut buf: Vec<f32> = Vec::new();
+        let mut buf_start = 0usize;
+        let mut eof = false;
+        let mut chunk = vec![0f32; N_SAMPLES];
+        loop {
+            let window_start = seek * HOP;
+            if window_start > buf_start {
+                let drop = (window_start - buf_start).min(buf.len());
+                buf.drain(..drop);
+                buf_start += drop;
+            }
+            while !eof && buf_start + buf.len() < window_start + N_SAMPLES {
+                eof = !feed.read(&mut buf)?;
+            }
+            let content_frames = (buf_start + buf.len()) / HOP;
+            if seek >= content_frames {
+                if eof {
+                    break;
+                }
+                continue;
+            }
             let time_offset = seek as f32 / FRAMES_PER_SECOND;
-            let window = mel_window(&mel, n_mels, total_frames, seek);
+            if observe(Progress::Window {
+                start_s: time_offset,
+            })
+            .is_break()
+            {
+                return Err(NnError::Cancelled);
+            }
+            let segment_frames = N_FRAMES.min(content_frames - seek);
+            let window_end = (seek + segment_frames) * HOP;
+            if !feed.may_hold_speech(window_start as u64, window_end as u64) {
+                tracing::trace!(seek, "Skipped a window without speech.");
+                seek += segment_frames;
+                continue;
+            }
+            let avail = &buf[window_start - buf_start..];
+            let n = avail.len().min(N_SAMPLES);
+            chunk[..n].copy_from_slice(&avail[..n]);
+            chunk[n..].fill(0.0);
+            let window = self.mel.compute(&chunk);
             let cross = self.encode_window(&window, segment_frames, min_s)?;
             if language.is_none() {
-                language = Some(self.resolve_language(opts, Some(&cross))?);
+                let l = self.resolve_language(opts, Some(&cross))?;
+                let _ = observe(Progress::Language {
+                    code: &l.0,
+                    probs: &l.1,
+                });
+                language = Some(l);
             }
             let lang = language.as_ref().map(|l| l.0.clone()).unwrap_or_default();
             let sot_sequence = self.sot_sequence(&lang, opts.task);
@@ -1092,9 +1136,25 @@ impl WhisperModel {
             if !opts.condition_on_previous_text || r.temperature > 0.5 {
                 prompt_reset_since = all_tokens.len();
             }
+            for s in &current {
+                if observe(Progress::Segment(s)).is_break() {
+                    return Err(NnError::Cancelled);
+                }
+            }
             segments.extend(current);
         }
-        let (language, language_probs) = language.unwrap_or_else(|| ("en".into(), Vec::new()));
+        let (language, language_probs) = match language {
+            Some(l) => l,
+            // Nothing was decoded: the pinned language, or the default when it was to be
+            // detected.
+            None => (
+                self.pinned_language(opts)
+                    .ok()
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or_else(|| "en".into()),
+                Vec::new(),
+            ),
+        };
         let text = segments
             .iter()
             .map(|s| s.text.as_str())
@@ -1108,6 +1168,48 @@ impl WhisperModel {
             text,
         })
     }
+}
+
+/// Where [`WhisperModel::transcribe_stream`] gets its audio.
+pub trait AudioFeed {
+    /// Appends the next samples (16 kHz mono) to `out`; false once the input is exhausted.
+    fn read(&mut self, out: &mut Vec<f32>) -> Result<bool, NnError>;
+
+    /// False when samples `start..end` certainly hold no speech, so the window is skipped
+    /// without running the model (a voice-activity pre-filter, as faster-whisper's
+    /// `vad_filter`). Only asked about audio already read.
+    fn may_hold_speech(&self, _start: u64, _end: u64) -> bool {
+        true
+    }
+}
+
+/// A feed over audio already in memory.
+struct SliceFeed<'a>(Option<&'a [f32]>);
+
+impl AudioFeed for SliceFeed<'_> {
+    fn read(&mut self, out: &mut Vec<f32>) -> Result<bool, NnError> {
+        match self.0.take() {
+            Some(a) => {
+                out.extend_from_slice(a);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// What [`WhisperModel::transcribe_stream`] reports while it works.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// A window starting at `start_s` is next (the place to stop a cancelled job).
+    Window { start_s: f32 },
+    /// The language, once known (detected or pinned).
+    Language {
+        code: &'a str,
+        probs: &'a [(String, f32)],
+    },
+    /// A finished segment, times from the input start.
+    Segment(&'a Segment),
 }
 
 /// Most tokens a window of `frames` mel frames can need: fast speech is ~4 words (~5-6 text

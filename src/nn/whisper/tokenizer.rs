@@ -61,10 +61,14 @@ impl WhisperTokenizer {
 
     /// Builds from an already-parsed tokenizer (tests).
     pub fn from_tokenizer(
-        inner: tokenizers::Tokenizer,
+        mut inner: tokenizers::Tokenizer,
         vocab_size: usize,
         multilingual: bool,
     ) -> Result<Self, String> {
+        // Text we encode comes from users (prompts, hotwords): `<|endoftext|>` typed in a prompt
+        // is seven characters of text, never the control token (with matching on, 50 copies in
+        // a prompt turned the JFK transcript into "And, and!").
+        inner.set_encode_special_tokens(true);
         let id = |t: &str| inner.token_to_id(t);
         let need = |t: &str| id(t).ok_or_else(|| format!("special token {t} is missing"));
         let eot = need("<|endoftext|>")?;
@@ -123,13 +127,21 @@ impl WhisperTokenizer {
         (t - self.timestamp_begin) as f32 * TIME_PRECISION
     }
 
-    /// Text tokens of `text` (no special tokens added).
+    /// Text tokens of `text`: plain text, so special-token spellings in it are encoded as the
+    /// characters they are, and no id at or above `<|endoftext|>` is ever returned.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, NnError> {
         let enc = self
             .inner
             .encode(text, false)
             .map_err(|e| NnError::Tokenize(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        let ids = enc.get_ids();
+        if let Some(&bad) = ids.iter().find(|&&t| t >= self.eot) {
+            // Unreachable with special matching off; kept as the invariant decoding relies on.
+            return Err(NnError::Tokenize(format!(
+                "text encoded to control token {bad}"
+            )));
+        }
+        Ok(ids.to_vec())
     }
 
     /// Text of the text tokens in `tokens` (specials and timestamps are dropped).
