@@ -51,6 +51,8 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("thread spawn failed: {0}")]
     Spawn(#[from] std::io::Error),
+    #[error("the audio pipeline failed: {0}")]
+    PipelineFailed(String),
 }
 
 /// Builds the enabled stages for one pipeline from the stage registry (a fresh set per
@@ -263,7 +265,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         None => None,
     };
     let server_stop = CancellationToken::new();
-    let (_bound, mut servers) = api::serve(
+    let served = api::serve(
         service.clone(),
         ServeOptions {
             listen,
@@ -278,6 +280,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         server_stop.clone(),
     )
     .await?;
+    let mut servers = served.tasks;
 
     if cfg.metrics.enabled {
         let addr = cfg
@@ -293,10 +296,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         metrics::spawn(addr, m, server_stop.clone()).await?;
     }
 
-    spawn_systemd_notifier(main_stats.clone(), service.clone(), shutdown.clone());
+    spawn_systemd_notifier(
+        main_stats.clone(),
+        service.clone(),
+        served.health,
+        shutdown.clone(),
+    );
 
     // Wait for a signal, the end of input (when configured to exit), or a dead server.
     let exit_on_end = cfg.source.on_end == OnEnd::Exit;
+    let mut failed = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -309,6 +318,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
                     break;
                 }
                 if servers.iter().any(|t| t.is_finished()) {
+                    break;
+                }
+                // A dead pipeline behind a healthy face is the worst outcome: exit non-zero so
+                // the service manager restarts the daemon (Restart=on-failure).
+                if let Some(why) = main_stats.as_ref().and_then(|s| s.failure()) {
+                    failed = Some(why);
                     break;
                 }
             }
@@ -339,6 +354,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             Ok(Ok(Ok(()))) | Err(_) => {}
         }
     }
+    if let Some(why) = failed {
+        tracing::error!(reason = %why, "Stopped: the pipeline failed.");
+        return Err(DaemonError::PipelineFailed(why));
+    }
     tracing::info!("Stopped.");
     result
 }
@@ -365,6 +384,7 @@ fn spawn_event_printer(bus: &EventBus, shutdown: CancellationToken) {
 fn spawn_systemd_notifier(
     main: Option<Arc<PipelineStats>>,
     service: HarkService,
+    health: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
 ) {
     use sd_notify::NotifyState;
@@ -377,14 +397,28 @@ fn spawn_systemd_notifier(
         let mut ready = false;
         let mut last_status = Instant::now() - Duration::from_secs(60);
         let mut last_beat = 0u64;
+        let mut serving = false;
         loop {
-            let flowing = main
-                .as_ref()
-                .is_none_or(|p| p.all_stages_flowing() || p.finished.load(Ordering::Relaxed));
+            // Ready means audio really flowed: a source that failed or has not opened yet
+            // (a microphone not plugged in) is not, even though its pipeline "finished".
+            let flowing = main.as_ref().is_none_or(|p| {
+                p.failure().is_none()
+                    && (p.all_stages_flowing()
+                        || (p.finished.load(Ordering::Relaxed)
+                            && p.clock.load(Ordering::Relaxed) > 0))
+            });
             if !ready && flowing {
                 ready = true;
                 tracing::info!("Audio is flowing through every stage; ready.");
                 let _ = sd_notify::notify(&[NotifyState::Ready]);
+            }
+            let healthy = ready
+                && main.as_ref().is_none_or(|p| {
+                    p.failure().is_none() && p.source_healthy.load(Ordering::Relaxed)
+                });
+            if healthy != serving {
+                serving = healthy;
+                crate::api::server::set_health(&health, serving).await;
             }
             if ready && last_status.elapsed() >= Duration::from_secs(5) {
                 let line = status_line(main.as_deref(), &service);

@@ -294,9 +294,10 @@ pub async fn serve(
     service: HarkService,
     opts: ServeOptions,
     shutdown: CancellationToken,
-) -> Result<(Vec<ListenAddr>, Vec<JoinHandle<Result<(), ServeError>>>), ServeError> {
+) -> Result<Served, ServeError> {
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<HarkServer<HarkService>>().await;
+    // NOT_SERVING until the daemon says audio flows ([`Served::health`]).
+    set_health(&health, false).await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -412,7 +413,37 @@ pub async fn serve(
             }
         }
     }
-    Ok((bound, tasks))
+    Ok(Served {
+        bound,
+        tasks,
+        health,
+    })
+}
+
+/// What [`serve`] started.
+#[derive(Debug)]
+pub struct Served {
+    pub bound: Vec<ListenAddr>,
+    pub tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+    /// grpc.health.v1 status of `hark.v1.Hark` and of the server as a whole ("").
+    pub health: tonic_health::server::HealthReporter,
+}
+
+/// Sets the health of the Hark service and of the server ("").
+pub async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health
+        .set_service_status(
+            <HarkServer<HarkService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health.set_service_status("", status).await;
 }
 
 /// The default socket's directory (`$XDG_RUNTIME_DIR/hark`, `/tmp/hark-UID`, `/run/harkd`)

@@ -257,6 +257,8 @@ impl Hark for HarkService {
                 .collect(),
             subscribers: (ctx.max_subscribers - self.subscribers.available_permits()) as u32,
             sessions: self.active_sessions() as u32,
+            jobs_running: self.jobs.running() as u32,
+            jobs_queued: self.jobs.queued() as u32,
             ..Default::default()
         };
         if let Some(p) = &ctx.main {
@@ -265,6 +267,8 @@ impl Hark for HarkService {
             status.source_healthy = p.source_healthy.load(Ordering::Relaxed);
             status.samples_processed = p.clock.load(Ordering::Relaxed);
             status.xruns = p.xruns.load(Ordering::Relaxed);
+            status.nonfinite_samples = p.nonfinite_samples.load(Ordering::Relaxed);
+            status.pipeline_failure = p.failure().unwrap_or_default();
             status.stages = p
                 .stages
                 .iter()

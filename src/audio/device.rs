@@ -87,8 +87,16 @@ pub struct MicSource {
 
 impl MicSource {
     /// Resolves the device now so that a wrong name fails at startup.
+    /// A device not present yet is waited for (see [`supervise`]), not an error: a USB
+    /// microphone may be plugged in after the daemon starts.
     pub fn new(device: Option<String>) -> Result<Self, SourceError> {
-        let resolved = find_device(device.as_deref())?.to_string();
+        let resolved = match find_device(device.as_deref()) {
+            Ok(d) => d.to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Input device not found yet; harkd will wait for it.");
+                device.clone().unwrap_or_else(|| "default".into())
+            }
+        };
         Ok(Self {
             device,
             resolved,

@@ -34,16 +34,33 @@ impl Default for Backoff {
     }
 }
 
-/// Runs `device` until stop is requested. The first open must succeed (a wrong device name is a
-/// configuration error); later failures are reported as `DeviceLost` and retried until the device
-/// comes back (`DeviceRestored`).
+/// Runs `device` until stop is requested. Failures, including a first open that fails (no
+/// sound card yet, a USB microphone plugged in after boot), are reported as `DeviceLost` and
+/// retried with backoff until the device is there (`DeviceRestored`).
 pub fn supervise<D: Device>(
     mut device: D,
     ctx: &SourceContext,
     backoff: Backoff,
     poll: Duration,
 ) -> Result<(), SourceError> {
-    let mut stream = Some(device.open(ctx)?);
+    let mut stream = match device.open(ctx) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!(%reason, "Input device unavailable; waiting for it (retrying with backoff).");
+            ctx.reporter().report(EventKind::DeviceLost { reason });
+            let since = Instant::now();
+            match reopen(&mut device, ctx, backoff) {
+                Some(s) => {
+                    let outage = since.elapsed();
+                    tracing::info!(outage_s = outage.as_secs_f64(), "Input device available.");
+                    ctx.reporter().report(EventKind::DeviceRestored { outage });
+                    Some(s)
+                }
+                None => return Ok(()),
+            }
+        }
+    };
     while !ctx.should_stop() {
         std::thread::sleep(poll);
         let Some(reason) = stream.as_ref().and_then(|s| device.failure(s)) else {
@@ -55,28 +72,33 @@ pub fn supervise<D: Device>(
             reason: reason.clone(),
         });
         let lost_at = Instant::now();
-        let mut delay = backoff.initial;
-        while !ctx.should_stop() {
-            sleep_interruptible(delay, ctx);
-            if ctx.should_stop() {
-                break;
-            }
-            match device.open(ctx) {
-                Ok(s) => {
-                    stream = Some(s);
-                    let outage = lost_at.elapsed();
-                    tracing::info!(outage_s = outage.as_secs_f64(), "Input device restored.");
-                    ctx.reporter().report(EventKind::DeviceRestored { outage });
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "Reopen failed.");
-                    delay = (delay * 2).min(backoff.max);
-                }
-            }
+        if let Some(s) = reopen(&mut device, ctx, backoff) {
+            stream = Some(s);
+            let outage = lost_at.elapsed();
+            tracing::info!(outage_s = outage.as_secs_f64(), "Input device restored.");
+            ctx.reporter().report(EventKind::DeviceRestored { outage });
         }
     }
     Ok(())
+}
+
+/// Retries opening with doubling delays until it works (`None` once stop is requested).
+fn reopen<D: Device>(device: &mut D, ctx: &SourceContext, backoff: Backoff) -> Option<D::Stream> {
+    let mut delay = backoff.initial;
+    while !ctx.should_stop() {
+        sleep_interruptible(delay, ctx);
+        if ctx.should_stop() {
+            break;
+        }
+        match device.open(ctx) {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "Reopen failed.");
+                delay = (delay * 2).min(backoff.max);
+            }
+        }
+    }
+    None
 }
 
 fn sleep_interruptible(total: Duration, ctx: &SourceContext) {

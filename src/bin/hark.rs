@@ -367,6 +367,8 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
                 "source_healthy": s.source_healthy, "samples_processed": s.samples_processed,
                 "xruns": s.xruns, "stages": stages, "event_counts": s.event_counts,
                 "subscribers": s.subscribers, "sessions": s.sessions,
+                "nonfinite_samples": s.nonfinite_samples, "pipeline_failure": s.pipeline_failure,
+                "jobs_running": s.jobs_running, "jobs_queued": s.jobs_queued,
             })
         );
         return Ok(());
@@ -387,13 +389,17 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
         }
     );
     println!(
-        "audio     {:.1} s processed, {} xruns",
+        "audio     {:.1} s processed, {} xruns, {} non-finite samples replaced",
         s.samples_processed as f64 / 16000.0,
-        s.xruns
+        s.xruns,
+        s.nonfinite_samples
     );
+    if !s.pipeline_failure.is_empty() {
+        println!("FAILED    {}", s.pipeline_failure);
+    }
     println!(
-        "clients   {} subscribers, {} StreamAudio sessions",
-        s.subscribers, s.sessions
+        "clients   {} subscribers, {} StreamAudio sessions, {} one-shot jobs running, {} queued",
+        s.subscribers, s.sessions, s.jobs_running, s.jobs_queued
     );
     for st in &s.stages {
         println!(

@@ -138,10 +138,39 @@ pub struct PipelineStats {
     pub finished: AtomicBool,
     /// Why the source ended, set by the source thread before it lets go of the pump.
     pub end_reason: std::sync::Mutex<Option<String>>,
+    /// Set when a pipeline thread panicked: the pipeline is dead and the daemon must not look
+    /// healthy (it exits non-zero for the main pipeline; systemd restarts it).
+    pub failed: std::sync::Mutex<Option<String>>,
+    /// Captured samples that were NaN or infinite (replaced by silence before conversion).
+    pub nonfinite_samples: Arc<AtomicU64>,
     pub stages: Vec<Arc<StageStats>>,
 }
 
+/// Text of a caught panic payload.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 impl PipelineStats {
+    /// Records that a thread of this pipeline died (the first reason is kept).
+    pub fn fail(&self, why: &str) {
+        tracing::error!(stream = %self.stream, reason = why, "Pipeline failed.");
+        self.source_healthy.store(false, Ordering::Relaxed);
+        if let Ok(mut f) = self.failed.lock()
+            && f.is_none()
+        {
+            *f = Some(why.to_string());
+        }
+    }
+
+    /// Why the pipeline failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
     /// True once every stage has processed at least one window.
     pub fn all_stages_flowing(&self) -> bool {
         self.stages
@@ -209,6 +238,8 @@ impl Pipeline {
             lossless: lossless.clone(),
             finished: AtomicBool::new(false),
             end_reason: std::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
+            nonfinite_samples: Arc::new(AtomicU64::new(0)),
             stages: stage_stats,
         });
         let reporter = Reporter {
@@ -247,11 +278,18 @@ impl Pipeline {
                     // Keep a handle on the segment channel until the reason is recorded, so the
                     // pump cannot see the end of input before it can tell why.
                     let keep = ctx.clone();
-                    let reason = match source.run(ctx) {
-                        Ok(()) => "end of input".to_string(),
-                        Err(e) => {
+                    let run =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| source.run(ctx)));
+                    let reason = match run {
+                        Ok(Ok(())) => "end of input".to_string(),
+                        Ok(Err(e)) => {
                             tracing::error!(error = %e, "Source failed.");
                             format!("source failed: {e}")
+                        }
+                        Err(p) => {
+                            let why = format!("source thread panicked: {}", panic_text(&p));
+                            source_stats.fail(&why);
+                            why
                         }
                     };
                     if let Ok(mut r) = source_stats.end_reason.lock() {
@@ -268,6 +306,7 @@ impl Pipeline {
         );
         let end_reporter = reporter;
         let pump_stats = stats.clone();
+        let pump_stop = stop.clone();
         // The pump thread owns the end of the stream: once it has drained the input it closes the
         // stage rings, waits for the stages to flush, and only then publishes SourceEnded, so
         // that event is the last one of the stream.
@@ -275,18 +314,30 @@ impl Pipeline {
             std::thread::Builder::new()
                 .name("pump".into())
                 .spawn(move || {
-                    pump.run();
+                    if let Err(p) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pump.run()))
+                    {
+                        // The pump (and with it the stage rings) is gone: stop the source too.
+                        pump_stop.store(true, Ordering::Relaxed);
+                        pump_stats.fail(&format!("pump thread panicked: {}", panic_text(&p)));
+                    }
                     for t in stage_joins {
-                        if t.join().is_err() {
-                            tracing::error!("A stage thread panicked.");
+                        let name = t.thread().name().unwrap_or("stage").to_string();
+                        if let Err(p) = t.join() {
+                            pump_stats.fail(&format!("{name} thread panicked: {}", panic_text(&p)));
                         }
                     }
-                    let reason = pump_stats
-                        .end_reason
-                        .lock()
-                        .ok()
-                        .and_then(|r| r.clone())
-                        .unwrap_or_else(|| "stopped".into());
+                    let failed = pump_stats.failure();
+                    let reason = failed
+                        .map(|f| format!("pipeline failed: {f}"))
+                        .unwrap_or_else(|| {
+                            pump_stats
+                                .end_reason
+                                .lock()
+                                .ok()
+                                .and_then(|r| r.clone())
+                                .unwrap_or_else(|| "stopped".into())
+                        });
                     end_reporter.report(EventKind::SourceEnded { reason });
                     pump_stats.finished.store(true, Ordering::Release);
                 })?,
