@@ -52,6 +52,22 @@ pub struct ConnectOptions {
 
 /// Connects to `addr` (`unix:PATH` or `HOST:PORT`).
 pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Client, ClientError> {
+    let channel = channel(addr, opts).await?;
+    let token = match &opts.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| ClientError::Token("not valid ASCII".into()))?,
+        ),
+        None => None,
+    };
+    Ok(HarkClient::with_interceptor(channel, BearerAuth(token))
+        .max_decoding_message_size(64 * 1024 * 1024))
+}
+
+/// The HTTP/2 channel to `addr` (for clients of other services on the same socket: health,
+/// reflection).
+pub async fn channel(addr: &str, opts: &ConnectOptions) -> Result<Channel, ClientError> {
     let listen = ListenAddr::parse(addr)?;
     let conn_err = |e: tonic::transport::Error| ClientError::Connect {
         addr: addr.to_string(),
@@ -98,16 +114,7 @@ pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Client, Client
             ep.connect().await.map_err(conn_err)?
         }
     };
-    let token = match &opts.token {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| ClientError::Token("not valid ASCII".into()))?,
-        ),
-        None => None,
-    };
-    Ok(HarkClient::with_interceptor(channel, BearerAuth(token))
-        .max_decoding_message_size(64 * 1024 * 1024))
+    Ok(channel)
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -317,6 +317,7 @@ pub async fn serve(
     for addr in &opts.listen {
         let is_tcp = matches!(addr, ListenAddr::Tcp(_));
         let mut builder = Server::builder()
+            .layer(tower::util::MapResponseLayer::new(size_limit_code))
             .max_concurrent_streams(opts.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
@@ -418,6 +419,26 @@ pub async fn serve(
         tasks,
         health,
     })
+}
+
+/// tonic answers a request larger than the message limit with OUT_OF_RANGE; for a client it
+/// is a size limit, RESOURCE_EXHAUSTED as the README says (and as StreamAudio already maps it).
+fn size_limit_code<B>(
+    mut r: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let headers = r.headers();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.contains("too large") || m.contains("too%20large"));
+    if out_of_range && too_large {
+        r.headers_mut().insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
+    }
+    r
 }
 
 /// What [`serve`] started.

@@ -301,6 +301,14 @@ fn to_fts_query(q: &str) -> Result<String, StoreError> {
             "the query has no words to search for".into(),
         ));
     }
+    // SQLite's FTS parser nests each NOT: 300 of them overflowed its expression depth, which
+    // came back as an internal error.
+    if must.len() + not.len() > MAX_QUERY_TERMS {
+        return Err(StoreError::Query(format!(
+            "the query has {} terms; at most {MAX_QUERY_TERMS} are allowed",
+            must.len() + not.len()
+        )));
+    }
     let mut s = must.join(" AND ");
     for n in not {
         s.push_str(" NOT ");
@@ -308,6 +316,9 @@ fn to_fts_query(q: &str) -> Result<String, StoreError> {
     }
     Ok(s)
 }
+
+/// Most words (required and excluded) in one search.
+pub const MAX_QUERY_TERMS: usize = 64;
 
 #[cfg(test)]
 mod tests {

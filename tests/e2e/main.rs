@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `harkd` binary, real gRPC over a real socket, real audio.
 
 mod device_loss;
+mod hardening;
 mod harness;
 mod service;
 mod sound;
