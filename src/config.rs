@@ -43,6 +43,35 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     pub transcribe: crate::stages::asr::TranscribeConfig,
     pub sound: crate::stages::sound::SoundConfig,
+    pub models: ModelsConfig,
+}
+
+/// `[models]`: how models are obtained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// On start, fetch the configured Whisper model when it is one `harkd models fetch` knows
+    /// and is not installed (sha256-checked, as `models fetch` does); offline, harkd says so and
+    /// runs without transcription. The environment variable `HARK_AUTO_FETCH=0` turns it off
+    /// for one run (tests, air-gapped machines).
+    pub auto_fetch: bool,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self { auto_fetch: true }
+    }
+}
+
+impl ModelsConfig {
+    /// `auto_fetch`, unless `HARK_AUTO_FETCH` says otherwise.
+    pub fn auto_fetch_effective(&self) -> bool {
+        match std::env::var("HARK_AUTO_FETCH").ok().as_deref() {
+            Some("0" | "false" | "no" | "off") => false,
+            Some("1" | "true" | "yes" | "on") => true,
+            _ => self.auto_fetch,
+        }
+    }
 }
 
 /// `[source]`: where audio comes from.

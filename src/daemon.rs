@@ -67,6 +67,42 @@ pub fn build_stages(
     })?)
 }
 
+/// First run: the configured model is missing and `models.auto_fetch` is on, so fetch it now
+/// (before the pipeline starts, so the first audio is transcribed). A failure (offline, no
+/// pip) is logged with the manual command and the daemon runs without transcription.
+async fn auto_fetch(cfg: &Config) {
+    let dir = cfg.transcribe.model_dir();
+    if cfg.transcribe.enabled == Enable::Off
+        || dir.join("model.safetensors").is_file()
+        || !cfg.models.auto_fetch_effective()
+    {
+        return;
+    }
+    let name = cfg.transcribe.model.clone();
+    if crate::models::fetch::find_model(&name).is_err() {
+        return;
+    }
+    let Some(root) = dir.parent().map(std::path::Path::to_path_buf) else {
+        return;
+    };
+    tracing::info!(model = %name, dir = %dir.display(), "No speech model installed; fetching it (models.auto_fetch = true).");
+    let n = name.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        crate::models::fetch(&n, &root, crate::models::WeightDType::default())
+    })
+    .await;
+    match r {
+        Ok(Ok(path)) => tracing::info!(model = %name, dir = %path.display(), "Model fetched."),
+        Ok(Err(e)) => tracing::warn!(
+            model = %name,
+            error = %e,
+            "Could not fetch the speech model (offline?); running without transcription. \
+             Install it later with `harkd models fetch {name}`."
+        ),
+        Err(e) => tracing::warn!(error = %e, "Model fetch task failed."),
+    }
+}
+
 /// The Whisper model directory to use, or None when transcription is off (or `auto` and no
 /// model is installed). A model that is required but missing is an error naming the fix.
 pub fn transcribe_model_dir(cfg: &Config) -> Result<Option<std::path::PathBuf>, DaemonError> {
@@ -179,6 +215,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         spawn_event_printer(&bus, shutdown.clone());
     }
 
+    auto_fetch(&cfg).await;
     let asr_dir = transcribe_model_dir(&cfg)?;
     let asr = asr_dir.clone().map(SharedModel::new);
     // Shared by every pipeline: the main source's and each StreamAudio session's.

