@@ -3,6 +3,7 @@
 mod device_loss;
 mod hardening;
 mod harness;
+mod mic;
 mod service;
 mod sound;
 mod train_sound;
