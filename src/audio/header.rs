@@ -283,6 +283,33 @@ pub(crate) mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any bytes, and any corruption of a valid WAV or FLAC header: an answer, never a
+        /// panic, from the header check and from the whole upload path behind it (benches/
+        /// fuzz.rs runs a million of these).
+        #[test]
+        fn no_input_panics(
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+            at in 0usize..64,
+            byte in proptest::num::u8::ANY,
+            flac in proptest::bool::ANY,
+        ) {
+            let _ = inspect(&raw);
+            let mut v = if flac {
+                flac_bytes(44_100, 2, 16, 1000)
+            } else {
+                wav_bytes(3, 2, 48_000, 32, 8, 256)
+            };
+            let n = v.len();
+            v[at % n] = byte;
+            let _ = inspect(&v);
+            if let Ok(mut u) = crate::audio::file::Upload16k::from_file_bytes(v, 10.0) {
+                let mut out = Vec::new();
+                while let Ok(true) = u.read(&mut out) {}
+            }
+        }
+    }
+
     #[test]
     fn truncated_headers_never_panic() {
         let full = [

@@ -11,6 +11,20 @@ use crate::events::STREAM_RATE;
 /// Input frames per resampler call. About 20 ms at 48 kHz: small latency, efficient FFTs.
 const CHUNK_IN: usize = 1024;
 
+/// Largest magnitude passed to the resampler (full scale is 1.0).
+const MAX_SAMPLE: f32 = 8.0;
+
+/// A sample the FFT resampler can take: non-finite values become silence and finite ones are
+/// clipped (values near f32::MAX overflowed its FFT into NaN and it panicked; the fuzz bench
+/// found it through a float WAV).
+fn sane(v: f32) -> f32 {
+    if v.is_finite() {
+        v.clamp(-MAX_SAMPLE, MAX_SAMPLE)
+    } else {
+        0.0
+    }
+}
+
 /// Converts interleaved audio of any rate and channel count into 16 kHz mono.
 pub struct ToMono16k {
     channels: usize,
@@ -92,9 +106,9 @@ impl ToMono16k {
         self.frames_in += (frames.len() / ch) as u64;
         let mono = frames.chunks_exact(ch).map(|f| {
             if ch == 1 {
-                f[0]
+                sane(f[0])
             } else {
-                f.iter().sum::<f32>() / ch as f32
+                f.iter().map(|&v| sane(v)).sum::<f32>() / ch as f32
             }
         });
         match &mut self.resampler {

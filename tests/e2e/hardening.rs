@@ -1024,3 +1024,64 @@ async fn first_run_fetches_the_model_and_transcribes() {
     assert!(models.path().join("tiny.en/model.safetensors").is_file());
     assert!(daemon.log_text().contains("fetching it"));
 }
+
+/// Case 8: a multilingual model transcribes in the spoken language by default; it never
+/// silently translates. The speech is espeak-ng's Italian and Spanish voices (synthetic, but
+/// it was enough to show the bug: Italian came back as English "Good morning to you all").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multilingual_model_transcribes_instead_of_translating() {
+    if !hark::models::default_models_dir()
+        .join("base/model.safetensors")
+        .is_file()
+    {
+        eprintln!("SKIP: no base model (run `harkd models fetch base`)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "it",
+            "Buongiorno a tutti, oggi parliamo del tempo che farà domani a Milano",
+            ["tutti", "milano"],
+        ),
+        (
+            "es",
+            "Buenos días a todos, hoy hablamos del tiempo en Madrid",
+            ["todos", "madrid"],
+        ),
+    ];
+    let mut files = Vec::new();
+    for (lang, text, _) in &cases {
+        let wav = dir.path().join(format!("{lang}.wav"));
+        let ok = std::process::Command::new("espeak-ng")
+            .args(["-v", lang, "-w"])
+            .arg(&wav)
+            .arg(text)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIP: espeak-ng is not installed");
+            return;
+        }
+        files.push(std::fs::read(&wav).unwrap());
+    }
+    let cfg = "[transcribe]\nenabled = \"on\"\nmodel = \"base\"\n[store]\nenabled = false\n";
+    let daemon = Daemon::start(&["--source", "none"], Some(cfg));
+    let mut client = daemon.client().await;
+    for ((lang, _, words), audio) in cases.iter().zip(files) {
+        let r = client
+            .transcribe(pb::TranscribeRequest {
+                audio,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&r.language, lang, "{r:?}");
+        let text = normalise(&r.text);
+        for w in words {
+            assert!(text.contains(w), "{lang}: {:?} lacks {w:?}", r.text);
+        }
+        assert!(!text.contains("good morning"), "translated: {:?}", r.text);
+    }
+}
