@@ -116,8 +116,29 @@ pub fn transcribe_model_dir(cfg: &Config) -> Result<Option<std::path::PathBuf>, 
             dir.display(),
             cfg.transcribe.model
         ))),
-        _ => Ok(Some(dir)),
+        // Checked now (config, tokenizer, tensor shapes; no weights loaded), not on the first
+        // request: a damaged model used to surface as a candle backtrace mid-stream.
+        _ => match check_model(cfg) {
+            Ok(()) => Ok(Some(dir)),
+            Err(e) if cfg.transcribe.enabled == Enable::Auto => {
+                tracing::error!(error = %e, "Transcription off: the installed model is damaged.");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        },
     }
+}
+
+/// Checks the configured Whisper model's files when it is installed (`harkd validate` and
+/// startup): `Ok` when absent, off, or sound.
+pub fn check_model(cfg: &Config) -> Result<(), DaemonError> {
+    let dir = cfg.transcribe.model_dir();
+    if cfg.transcribe.enabled == Enable::Off || !dir.join("model.safetensors").is_file() {
+        return Ok(());
+    }
+    crate::models::ModelDir::open(&dir)
+        .map(|_| ())
+        .map_err(|e| DaemonError::Stage(format!("transcribe: {e}")))
 }
 
 /// Opens the configured source (files are probed now, so a bad file fails at startup).

@@ -99,10 +99,16 @@ fn main() -> ExitCode {
             print!("{}", Config::defaults_toml());
             ExitCode::SUCCESS
         }
-        Command::Validate { config } => match Config::load(&config).and_then(|c| {
-            c.validate()?;
-            Ok(c)
-        }) {
+        Command::Validate { config } => match Config::load(&config)
+            .and_then(|c| {
+                c.validate()?;
+                Ok(c)
+            })
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                daemon::check_model(&c)?;
+                Ok(c)
+            }) {
             Ok(c) => {
                 println!(
                     "{}: valid (source {}, {} listen address(es))",

@@ -1085,3 +1085,58 @@ async fn a_multilingual_model_transcribes_instead_of_translating() {
         assert!(!text.contains("good morning"), "translated: {:?}", r.text);
     }
 }
+
+/// A damaged model (its config.json does not match its weights) is reported by `validate` and
+/// at startup in one line, not as a candle backtrace on first use.
+#[test]
+fn a_damaged_model_is_reported_by_validate_and_at_startup() {
+    let real = hark::models::default_models_dir().join("tiny.en");
+    if !real.join("model.safetensors").is_file() {
+        eprintln!("SKIP: no tiny.en model");
+        return;
+    }
+    let models = tempfile::tempdir().unwrap();
+    let bad = models.path().join("tiny.en");
+    std::fs::create_dir(&bad).unwrap();
+    for f in std::fs::read_dir(&real).unwrap() {
+        let f = f.unwrap().path();
+        std::os::unix::fs::symlink(&f, bad.join(f.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(real.join("config.json")).unwrap();
+    std::fs::remove_file(bad.join("config.json")).unwrap();
+    std::fs::write(
+        bad.join("config.json"),
+        config.replace("\"d_model\": 384", "\"d_model\": 512"),
+    )
+    .unwrap();
+    let cfg = write_config("[transcribe]\nenabled = \"on\"\n[store]\nenabled = false\n");
+    for args in [
+        vec!["validate", "--config", &cfg],
+        vec![
+            "run",
+            "--source",
+            "none",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &cfg,
+        ],
+    ] {
+        let out = std::process::Command::new(harkd())
+            .args(&args)
+            .env("HARK_MODELS", models.path())
+            .env("HARK_AUTO_FETCH", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted a damaged model");
+        assert!(
+            err.contains("model.safetensors") || err.contains("config"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("backtrace") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}
