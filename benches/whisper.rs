@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use hark::nn::whisper::SliceFeed;
 use hark::nn::whisper::model::DecoderState;
 use hark::nn::whisper::{DecodeOptions, N_FRAMES, N_SAMPLES, WhisperModel, text};
 use hark::stages::asr::transcribe_gated;
@@ -106,7 +107,14 @@ impl Score {
 /// The `Transcribe` RPC's path: Whisper plus the VAD gate.
 fn transcribe(model: &WhisperModel, audio: &[f32], opts: &DecodeOptions) -> (String, f64) {
     let t0 = Instant::now();
-    let t = transcribe_gated(model, audio, opts, Some(&VadConfig::default())).expect("transcribe");
+    let t = transcribe_gated(
+        model,
+        &mut SliceFeed::new(audio),
+        opts,
+        Some(&VadConfig::default()),
+        &mut |_| std::ops::ControlFlow::Continue(()),
+    )
+    .expect("transcribe");
     (t.text, t0.elapsed().as_secs_f64())
 }
 
@@ -496,8 +504,14 @@ fn noise(model: &WhisperModel, data: &Path) {
             for (label, path) in set {
                 let audio = load_16k(path);
                 let t0 = Instant::now();
-                let t = transcribe_gated(model, &audio, opts, gate.then_some(&vad))
-                    .expect("transcribe");
+                let t = transcribe_gated(
+                    model,
+                    &mut SliceFeed::new(&audio),
+                    opts,
+                    gate.then_some(&vad),
+                    &mut |_| std::ops::ControlFlow::Continue(()),
+                )
+                .expect("transcribe");
                 compute += t0.elapsed().as_secs_f64();
                 audio_s += audio.len() as f64 / 16_000.0;
                 let words = text::normalize(&t.text).len();

@@ -1184,7 +1184,14 @@ pub trait AudioFeed {
 }
 
 /// A feed over audio already in memory.
-struct SliceFeed<'a>(Option<&'a [f32]>);
+#[derive(Debug)]
+pub struct SliceFeed<'a>(Option<&'a [f32]>);
+
+impl<'a> SliceFeed<'a> {
+    pub fn new(audio: &'a [f32]) -> Self {
+        Self(Some(audio))
+    }
+}
 
 impl AudioFeed for SliceFeed<'_> {
     fn read(&mut self, out: &mut Vec<f32>) -> Result<bool, NnError> {
