@@ -9,6 +9,7 @@
 pub mod client;
 pub mod codec;
 pub mod convert;
+pub mod h2_authority;
 pub mod jobs;
 pub mod server;
 pub mod service;

@@ -352,7 +352,13 @@ pub async fn serve(
                 let conns = incoming(
                     move || {
                         let l = listener.clone();
-                        async move { l.accept().await.map(|(s, _)| s) }
+                        // Stock grpcio, grpc-java and grpc-swift send the socket path as
+                        // :authority, which h2 refuses; AuthorityFix makes it localhost.
+                        async move {
+                            l.accept()
+                                .await
+                                .map(|(s, _)| super::h2_authority::AuthorityFix::new(s))
+                        }
                     },
                     slots.clone(),
                     ids.clone(),
