@@ -536,3 +536,36 @@ fn bind_unix(path: &PathBuf, mode: u32) -> Result<UnixListener, ServeError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
     Ok(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_directory_must_be_ours_and_private() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("hark-1000");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        check_private_dir(&d).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().mode() & 0o777;
+        if uid != 0 {
+            assert_eq!(mode, 0o700);
+        }
+        // A directory someone else owns (only root can make one here) is refused.
+        if uid == 0 {
+            let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: chown on a path we created.
+            assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+            let err = check_private_dir(&d).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+        }
+        // A symlink to a directory is not a directory we own.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        assert!(check_private_dir(&link).is_err());
+    }
+}

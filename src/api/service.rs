@@ -772,6 +772,10 @@ struct UploadFeed<'a> {
 }
 
 impl crate::nn::whisper::AudioFeed for UploadFeed<'_> {
+    fn should_stop(&self) -> bool {
+        self.stop.is_set()
+    }
+
     fn read(&mut self, out: &mut Vec<f32>) -> Result<bool, crate::nn::NnError> {
         if self.stop.is_set() {
             return Err(crate::nn::NnError::Cancelled);

@@ -119,7 +119,10 @@ impl Decoder {
         .unwrap_or_else(|p| {
             Err(SourceError::Decode {
                 what,
-                reason: format!("the decoder failed on this file ({})", panic_text(&p)),
+                reason: format!(
+                    "the decoder failed on this file ({})",
+                    panic_text(p.as_ref())
+                ),
             })
         })
     }
@@ -194,7 +197,7 @@ impl Decoder {
                 self.poisoned = true;
                 Err(self.failed(format!(
                     "the decoder failed on this file ({})",
-                    panic_text(&p)
+                    panic_text(p.as_ref())
                 )))
             }
         }

@@ -260,12 +260,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone())?;
         daemon::run(cfg, shutdown).await?;
         Ok(())
-    })
+    });
+    // Dropping a runtime waits for every blocking task; a one-shot job still inside a window
+    // must not hold the exit past the 5 s the unit allows (jobs were told to stop already).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.

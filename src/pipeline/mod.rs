@@ -287,7 +287,7 @@ impl Pipeline {
                             format!("source failed: {e}")
                         }
                         Err(p) => {
-                            let why = format!("source thread panicked: {}", panic_text(&p));
+                            let why = format!("source thread panicked: {}", panic_text(p.as_ref()));
                             source_stats.fail(&why);
                             why
                         }
@@ -319,12 +319,16 @@ impl Pipeline {
                     {
                         // The pump (and with it the stage rings) is gone: stop the source too.
                         pump_stop.store(true, Ordering::Relaxed);
-                        pump_stats.fail(&format!("pump thread panicked: {}", panic_text(&p)));
+                        pump_stats
+                            .fail(&format!("pump thread panicked: {}", panic_text(p.as_ref())));
                     }
                     for t in stage_joins {
                         let name = t.thread().name().unwrap_or("stage").to_string();
                         if let Err(p) = t.join() {
-                            pump_stats.fail(&format!("{name} thread panicked: {}", panic_text(&p)));
+                            pump_stats.fail(&format!(
+                                "{name} thread panicked: {}",
+                                panic_text(p.as_ref())
+                            ));
                         }
                     }
                     let failed = pump_stats.failure();

@@ -351,6 +351,10 @@ impl AudioFeed for GatedFeed<'_> {
         Ok(more)
     }
 
+    fn should_stop(&self) -> bool {
+        self.inner.should_stop()
+    }
+
     fn may_hold_speech(&self, start: u64, end: u64) -> bool {
         let g = self.gate.borrow();
         // Only whole windows the VAD has fully heard are skipped.

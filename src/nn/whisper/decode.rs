@@ -522,6 +522,7 @@ pub(crate) fn decode_with_fallback(
     setup: &DecodeSetup,
     fallback: &Fallback,
     rng: &mut Rng,
+    stop: &dyn Fn() -> bool,
 ) -> Result<DecodingResult, NnError> {
     let temperatures = if fallback.temperatures.is_empty() {
         vec![0.0]
@@ -530,6 +531,10 @@ pub(crate) fn decode_with_fallback(
     };
     let mut attempts: Vec<DecodingResult> = Vec::new();
     for &t in &temperatures {
+        // A window can take six decodes; a cancelled caller should not wait for all of them.
+        if stop() {
+            return Err(NnError::Cancelled);
+        }
         let r = decode_once(net, tok, cross, setup, t, rng)?;
         // A short loop ("I'm, I'm, I'm, ...") cut by the token budget compresses too little to
         // trip the ratio test; not finishing within the budget is the better sign.

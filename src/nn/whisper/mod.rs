@@ -943,6 +943,7 @@ impl WhisperModel {
             &setup,
             &Self::fallback(opts),
             &mut rng,
+            &|| false,
         )?;
         tracing::trace!(
             avg_logprob = r.avg_logprob,
@@ -1095,6 +1096,7 @@ impl WhisperModel {
                 &setup,
                 &fallback,
                 &mut rng,
+                &|| feed.should_stop(),
             )?;
             tracing::trace!(
                 seek,
@@ -1174,6 +1176,12 @@ impl WhisperModel {
 pub trait AudioFeed {
     /// Appends the next samples (16 kHz mono) to `out`; false once the input is exhausted.
     fn read(&mut self, out: &mut Vec<f32>) -> Result<bool, NnError>;
+
+    /// True when the caller wants the work stopped (checked between windows and between
+    /// decoding attempts within a window).
+    fn should_stop(&self) -> bool {
+        false
+    }
 
     /// False when samples `start..end` certainly hold no speech, so the window is skipped
     /// without running the model (a voice-activity pre-filter, as faster-whisper's
