@@ -24,6 +24,7 @@ use std::{
 pub use pump::{FanOut, Framer, Pump};
 pub use runner::{StageStats, run_stage};
 
+use crate::audio::file::panic_text;
 use crate::{
     audio::{Reporter, Source, SourceContext},
     events::{EventBus, EventKind},
@@ -144,14 +145,6 @@ pub struct PipelineStats {
     /// Captured samples that were NaN or infinite (replaced by silence before conversion).
     pub nonfinite_samples: Arc<AtomicU64>,
     pub stages: Vec<Arc<StageStats>>,
-}
-
-/// Text of a caught panic payload.
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }
 
 impl PipelineStats {

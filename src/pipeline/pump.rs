@@ -124,9 +124,6 @@ impl Default for Framer {
     }
 }
 
-/// Largest sample magnitude passed on (full scale is 1.0; float devices may overshoot a little).
-const MAX_SAMPLE: f32 = 8.0;
-
 /// Converts and fans out one pipeline's audio.
 #[derive(Debug)]
 pub struct Pump {
@@ -196,18 +193,10 @@ impl Pump {
                 }
                 continue;
             }
-            // Capture hands us whatever the device produced: s16 data read as f32 holds NaNs
-            // and values near f32::MAX, which made the resampler's FFT panic. Non-finite
-            // samples become silence (counted); finite ones are clipped to a sane range.
-            let mut bad = 0u64;
-            for v in &mut input[..n] {
-                if !v.is_finite() {
-                    *v = 0.0;
-                    bad += 1;
-                } else {
-                    *v = v.clamp(-MAX_SAMPLE, MAX_SAMPLE);
-                }
-            }
+            // Capture hands us whatever the device produced: s16 data read as f32 holds NaNs.
+            // The converter turns them into silence (and clips huge values); here they are
+            // only counted, for status.
+            let bad = input[..n].iter().filter(|v| !v.is_finite()).count() as u64;
             if bad > 0 {
                 self.stats
                     .nonfinite_samples

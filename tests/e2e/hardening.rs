@@ -10,35 +10,7 @@ use std::{
 use hark::api::pb;
 use tonic::Code;
 
-use crate::harness::{Daemon, harkd, repo};
-
-const JFK: &str = "and so my fellow americans ask not what your country can do for you ask what you can do for your country";
-
-fn tiny_en() -> bool {
-    let ok = hark::models::default_models_dir()
-        .join("tiny.en/model.safetensors")
-        .is_file();
-    if !ok {
-        eprintln!("SKIP: no tiny.en model (run `harkd models fetch tiny.en`)");
-    }
-    ok
-}
-
-fn normalise(s: &str) -> String {
-    s.to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+use crate::harness::{Daemon, JFK, harkd, normalise, repo, tiny_en};
 
 /// A daemon with transcription on, no source, and `extra` config lines under `[server]`.
 fn rpc_daemon(server: &str) -> (tempfile::TempDir, Daemon) {

@@ -206,3 +206,34 @@ pub fn load_16k(path: &Path) -> Vec<f32> {
     assert_eq!(d.format.channels, 1, "{}", path.display());
     d.samples
 }
+
+/// The JFK fixture's words, normalised.
+pub const JFK: &str = "and so my fellow americans ask not what your country can do for you ask what you can do for your country";
+
+/// Lower case, punctuation to spaces, single spaces (for comparing transcripts).
+pub fn normalise(s: &str) -> String {
+    s.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// True when the tiny.en model is installed; otherwise says why the test skips.
+pub fn tiny_en() -> bool {
+    let ok = hark::models::default_models_dir()
+        .join("tiny.en/model.safetensors")
+        .is_file();
+    if !ok {
+        eprintln!("SKIP: no tiny.en model (run `harkd models fetch tiny.en`)");
+    }
+    ok
+}

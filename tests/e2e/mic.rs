@@ -14,7 +14,7 @@ use std::{
 
 use hark::api::pb::{self, event::Kind};
 
-use crate::harness::{Daemon, repo};
+use crate::harness::{Daemon, repo, tiny_en};
 
 /// An ALSA config defining one capture device `description` that reads `infile`.
 fn alsa_config(dir: &Path, description: &str, infile: &Path) -> PathBuf {
@@ -93,16 +93,6 @@ fn paced_fifo(path: &Path, audio: Vec<u8>, stop: Arc<AtomicBool>) -> std::thread
             }
         }
     })
-}
-
-fn tiny_en() -> bool {
-    let ok = hark::models::default_models_dir()
-        .join("tiny.en/model.safetensors")
-        .is_file();
-    if !ok {
-        eprintln!("SKIP: no tiny.en model");
-    }
-    ok
 }
 
 /// Case 7: `harkd run --source "mic:DESCRIPTION"` on an ALSA device transcribes JFK.

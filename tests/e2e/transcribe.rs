@@ -3,11 +3,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::harness::{Daemon, repo};
+use crate::harness::{Daemon, JFK, normalise, repo};
 use hark::api::pb::{self, event::Kind};
 use tonic::Code;
-
-const JFK: &str = "and so my fellow americans ask not what your country can do for you ask what you can do for your country";
 
 fn model_dir() -> Option<PathBuf> {
     let dir = hark::models::default_models_dir().join("tiny.en");
@@ -20,22 +18,6 @@ fn model_dir() -> Option<PathBuf> {
         );
         None
     }
-}
-
-fn normalise(s: &str) -> String {
-    s.to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '\'' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Word error rate of `hyp` against `reference` (both normalised).
