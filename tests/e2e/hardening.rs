@@ -10,7 +10,7 @@ use std::{
 use hark::api::pb;
 use tonic::Code;
 
-use crate::harness::{Daemon, JFK, harkd, normalise, repo, tiny_en};
+use crate::harness::{Daemon, JFK, harkd, normalise, poll_status, repo, tiny_en};
 
 /// A daemon with transcription on, no source, and `extra` config lines under `[server]`.
 fn rpc_daemon(server: &str) -> (tempfile::TempDir, Daemon) {
@@ -449,19 +449,12 @@ async fn long_uploads_stream_and_stop_when_the_caller_goes() {
 
 /// Polls status until no one-shot job runs or waits; returns how long that took.
 async fn wait_jobs_idle(client: &mut hark::api::client::Client, limit: Duration) -> Duration {
-    let t = Instant::now();
-    loop {
-        let s = client
-            .get_status(pb::GetStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if s.jobs_running == 0 && s.jobs_queued == 0 {
-            return t.elapsed();
-        }
-        assert!(t.elapsed() < limit, "the job kept running: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (s, took) = poll_status(client, limit, |s| s.jobs_running == 0 && s.jobs_queued == 0).await;
+    assert!(
+        s.jobs_running == 0 && s.jobs_queued == 0,
+        "the job kept running: {s:?}"
+    );
+    took
 }
 
 /// 20 concurrent 10 s Transcribe calls plus 200 more: every one is answered, done or
@@ -563,22 +556,7 @@ async fn idle_stream_audio_sessions_time_out() {
     assert!(t.elapsed() < Duration::from_secs(8));
     drop(tx);
     // The slot is free again.
-    let mut status = client
-        .get_status(pb::GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    for _ in 0..50 {
-        if status.sessions == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        status = client
-            .get_status(pb::GetStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-    }
+    let (status, _) = poll_status(&mut client, Duration::from_secs(5), |s| s.sessions == 0).await;
     assert_eq!(status.sessions, 0);
 }
 

@@ -237,3 +237,24 @@ pub fn tiny_en() -> bool {
     }
     ok
 }
+
+/// Polls GetStatus every 100 ms until `done` holds or `limit` passes; returns the last status
+/// and how long it took (the caller asserts on them).
+pub async fn poll_status(
+    client: &mut Client,
+    limit: Duration,
+    done: impl Fn(&hark::api::pb::DaemonStatus) -> bool,
+) -> (hark::api::pb::DaemonStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        let s = client
+            .get_status(hark::api::pb::GetStatusRequest {})
+            .await
+            .expect("GetStatus")
+            .into_inner();
+        if done(&s) || t.elapsed() >= limit {
+            return (s, t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

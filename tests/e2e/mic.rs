@@ -14,7 +14,7 @@ use std::{
 
 use hark::api::pb::{self, event::Kind};
 
-use crate::harness::{Daemon, repo, tiny_en};
+use crate::harness::{Daemon, poll_status, repo, tiny_en};
 
 /// An ALSA config defining one capture device `description` that reads `infile`.
 fn alsa_config(dir: &Path, description: &str, infile: &Path) -> PathBuf {
@@ -177,18 +177,10 @@ async fn garbage_samples_from_the_device_do_not_kill_the_pipeline() {
         &[("ALSA_CONFIG_PATH", &conf_s)],
     );
     let mut client = daemon.client().await;
-    let mut status = pb::DaemonStatus::default();
-    for _ in 0..100 {
-        status = client
-            .get_status(pb::GetStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if status.nonfinite_samples > 0 && status.samples_processed > 16_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (status, _) = poll_status(&mut client, Duration::from_secs(10), |s| {
+        s.nonfinite_samples > 0 && s.samples_processed > 16_000
+    })
+    .await;
     assert!(status.nonfinite_samples > 0, "{status:?}");
     assert!(status.pipeline_failure.is_empty(), "{status:?}");
     let before = status.samples_processed;
