@@ -43,6 +43,8 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     pub transcribe: crate::stages::asr::TranscribeConfig,
     pub sound: crate::stages::sound::SoundConfig,
+    pub wake: crate::stages::wake::WakeConfig,
+    pub actions: crate::actions::ActionsConfig,
     pub models: ModelsConfig,
 }
 
@@ -429,6 +431,8 @@ impl Config {
         self.level.validate().map_err(ConfigError::Invalid)?;
         self.transcribe.validate().map_err(ConfigError::Invalid)?;
         self.sound.validate().map_err(ConfigError::Invalid)?;
+        self.wake.validate().map_err(ConfigError::Invalid)?;
+        self.actions.validate().map_err(ConfigError::Invalid)?;
         let s = &self.server;
         if s.max_message_bytes < 1024 || s.max_message_bytes > 256 * 1024 * 1024 {
             return invalid("server.max_message_bytes must be within 1 KiB..=256 MiB".into());
@@ -587,7 +591,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("vda") && err.contains("vad, transcribe, sound, level"),
+            err.contains("vda") && err.contains("vad, transcribe, wake, sound, level"),
             "{err}"
         );
         let err = parse("[pipeline.overflow.level]\nmode = \"catch-up\"\nmax_lag_ms = 5\n")

@@ -53,6 +53,39 @@ pub enum EventKind {
         class: String,
         p: f32,
     },
+    /// A wake phrase was heard (published at `end_sample`, when it fired).
+    Wake {
+        phrase: String,
+        /// Smoothed detector score (0..1).
+        score: f32,
+        #[serde(rename = "start", serialize_with = "samples_as_seconds")]
+        start_sample: u64,
+        #[serde(rename = "end", serialize_with = "samples_as_seconds")]
+        end_sample: u64,
+    },
+    /// A spoken sentence matched a configured action (see `actions`).
+    Action(ActionEvent),
+}
+
+/// A configured sentence matched an utterance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ActionEvent {
+    /// The action's id from the config.
+    pub id: String,
+    /// What was said (the transcript the match was made on).
+    pub sentence: String,
+    /// The configured sentence it matched.
+    pub matched: String,
+    /// 1 - word edit distance / sentence length (0..1).
+    pub score: f32,
+    /// Slot values, normalised (numbers as digits).
+    pub slots: BTreeMap<String, String>,
+    /// Whether a program was started for it.
+    pub ran: bool,
+    #[serde(rename = "start", serialize_with = "samples_as_seconds")]
+    pub start_sample: u64,
+    #[serde(rename = "end", serialize_with = "samples_as_seconds")]
+    pub end_sample: u64,
 }
 
 /// One occurrence of a sound class (siren, dog bark, ...). Samples are on the stream clock; the
@@ -103,15 +136,19 @@ pub enum Category {
     Source,
     Transcript,
     Sound,
+    Wake,
+    Action,
 }
 
 impl Category {
-    pub const ALL: [Category; 5] = [
+    pub const ALL: [Category; 7] = [
         Category::Vad,
         Category::Level,
         Category::Source,
         Category::Transcript,
         Category::Sound,
+        Category::Wake,
+        Category::Action,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +158,8 @@ impl Category {
             Category::Source => "source",
             Category::Transcript => "transcript",
             Category::Sound => "sound",
+            Category::Wake => "wake",
+            Category::Action => "action",
         }
     }
 
@@ -139,6 +178,8 @@ impl EventKind {
             | EventKind::SourceEnded { .. } => Category::Source,
             EventKind::Transcript(_) => Category::Transcript,
             EventKind::Sound(_) | EventKind::SoundStarted { .. } => Category::Sound,
+            EventKind::Wake { .. } => Category::Wake,
+            EventKind::Action(_) => Category::Action,
         }
     }
 
@@ -155,6 +196,8 @@ impl EventKind {
             EventKind::Transcript(_) => "transcript_interim",
             EventKind::Sound(_) => "sound",
             EventKind::SoundStarted { .. } => "sound_started",
+            EventKind::Wake { .. } => "wake",
+            EventKind::Action(_) => "action",
         }
     }
 }

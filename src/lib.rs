@@ -7,7 +7,7 @@
 //!  pump thread: down-mix, resample to 16 kHz, stamp the sample clock, fan out 10 ms frames
 //!     │  one ring per stage, typed overflow policy (drop-newest / catch-up), drops counted
 //!     ▼
-//!  stage threads (VAD, transcribe, level, ...; built from `stages::REGISTRY`): runner owns
+//!  stage threads (VAD, wake, transcribe, sound, ...; built from `stages::REGISTRY`): runner owns
 //!     windowing, hop, timestamps, drops and CPU accounting
 //!     │  publish (never blocks)
 //!     ▼
@@ -20,10 +20,12 @@
 //! Module dependencies (the `use crate::` lines outside tests), higher layers first:
 //!
 //! ```text
-//!  daemon    -> api, stages, store, metrics, pipeline, audio, config, events
+//!  daemon    -> api, actions, stages, store, metrics, pipeline, audio, config, events
+//!  actions   -> events (a bus consumer: wake + transcripts in, actions out)
 //!  api       -> stages (one-shot Transcribe via stages::asr), store (Search), pipeline, audio,
 //!               nn, events
-//!  config    -> stages, store, pipeline, audio (their config sections), api (listen addresses)
+//!  config    -> stages, store, actions, pipeline, audio (their config sections), api (listen
+//!               addresses)
 //!  stages    -> pipeline, nn, models, dsp, events, config
 //!  metrics   -> pipeline, events          telemetry -> config
 //!  pipeline  -> audio, events, ring       audio     -> events, ring
@@ -36,6 +38,7 @@
 //! build functions read the whole config. `api` is the only module that sees tonic/protobuf
 //! types; `events` knows no other module.
 
+pub mod actions;
 pub mod api;
 pub mod audio;
 pub mod config;

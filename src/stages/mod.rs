@@ -16,6 +16,7 @@ pub mod level;
 pub mod sound;
 pub mod transcribe;
 pub mod vad;
+pub mod wake;
 
 use std::{
     any::{Any, TypeId},
@@ -115,6 +116,15 @@ pub static REGISTRY: &[StageEntry] = &[
         default_overflow: OverflowPolicy::DropNewest,
         enabled: |cx| cx.resources.whisper.is_some(),
         build: asr::build_transcribe_stage,
+    },
+    StageEntry {
+        name: "wake",
+        section: "wake",
+        // Always-on and cheap; a phrase heard late is still worth reporting, but not seconds
+        // late: skip what it cannot keep up with.
+        default_overflow: OverflowPolicy::CatchUp { max_lag_ms: 1000 },
+        enabled: wake::enabled,
+        build: wake::build,
     },
     StageEntry {
         name: "sound",

@@ -10,6 +10,8 @@
 pub mod data;
 pub mod report;
 pub mod sound;
+pub mod synth;
+pub mod wake;
 
 use std::path::PathBuf;
 

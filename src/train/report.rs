@@ -107,7 +107,7 @@ pub struct EpochStats {
     pub test_accuracy: Option<f32>,
 }
 
-fn load_font() -> bool {
+pub(crate) fn load_font() -> bool {
     const CANDIDATES: &[&str] = &[
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
         "/usr/share/fonts/TTF/DejaVuSans.ttf",
@@ -134,7 +134,7 @@ fn load_font() -> bool {
     })
 }
 
-fn plot_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+pub(crate) fn plot_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),

@@ -141,7 +141,7 @@ fn load_all(clips: Vec<Clip>, what: &str) -> Result<Vec<Loaded>, TrainError> {
 /// Re-initialises every trainable weight from a seeded generator (candle initialises from an
 /// unseeded one): weights of linear and conv layers uniform in `+-1/sqrt(fan_in)` (candle's own
 /// default bound), their biases zero; batch-norm scales and shifts keep their constant init.
-fn seeded_init(varmap: &VarMap, seed: u64) -> Result<(), TrainError> {
+pub(crate) fn seeded_init(varmap: &VarMap, seed: u64) -> Result<(), TrainError> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x1417);
     let data = varmap
         .data()

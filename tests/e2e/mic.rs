@@ -14,7 +14,7 @@ use std::{
 
 use hark::api::pb::{self, event::Kind};
 
-use crate::harness::{Daemon, poll_status, repo, tiny_en};
+use crate::harness::{Daemon, JFK, poll_status, repo, tiny_en};
 
 /// An ALSA config defining one capture device `description` that reads `infile`.
 fn alsa_config(dir: &Path, description: &str, infile: &Path) -> PathBuf {
@@ -145,10 +145,13 @@ async fn the_microphone_path_transcribes_from_an_alsa_device() {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = writer.join();
-    let lower = text.to_lowercase();
+    // The device path resamples 48 kHz stereo, so tiny.en may hear a word differently ("asked
+    // not" was seen on CI); what matters is that the microphone path transcribes, so allow up
+    // to 3 of JFK's 22 words wrong.
+    let (errors, words) = hark::nn::whisper::text::word_errors(JFK, &text);
     assert!(
-        lower.contains("ask not") && lower.contains("your country"),
-        "{text:?}\n{}",
+        errors * 100 <= words * 15,
+        "{errors} of {words} words wrong: {text:?}\n{}",
         daemon.log_text()
     );
 }

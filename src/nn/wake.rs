@@ -1,0 +1,441 @@
+//! The wake-word classifier: a tiny 1-D CNN over the last ~1.5 s of log-mel frames that says
+//! whether one phrase ("hey jarvis") has just been spoken.
+//!
+//! **Front end** ([`WakeFrontEnd`]): 16 kHz audio, 25 ms Hann frames every 10 ms (400-point
+//! FFT), 40 Slaney mel bands over 60-7600 Hz, `ln(mel + 1e-6)`. Every frame depends only on its
+//! own 400 samples (no centring, no per-call normalisation, unlike Whisper's front end), so a
+//! stream computed 80 ms at a time gives exactly the frames of the whole file: the trainer, the
+//! evaluator and the live stage see the same numbers.
+//!
+//! **Network** ([`WakeNet`]): mel bands are the input channels of a stack of 1-D convolutions
+//! over time (TC-ResNet's idea: cheap, and time is what matters for a phrase): an input batch
+//! norm (per-band mean and scale, so the raw log energies need no fixed offset), then per block
+//! conv(k, stride 2) -> batch norm -> ReLU, then mean and max over time, dropout, and one logit.
+//! With the default channels `[48, 48, 64, 64]` on 150 frames it has ~60 k parameters and costs
+//! ~1.7 M multiply-adds per score; scored every 80 ms that is ~21 M multiply-adds a second.
+
+use std::{collections::HashMap, fmt, path::Path};
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{BatchNorm, Conv1d, Conv1dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::{NnError, sound::SeededDropout};
+use crate::dsp::{
+    mel::MelBank,
+    stft::{Stft, StftScratch, hann_window},
+};
+
+/// Samples per second the model expects.
+pub const SAMPLE_RATE: u32 = 16_000;
+/// Frame length (25 ms) and FFT size.
+pub const FRAME: usize = 400;
+/// Frame advance (10 ms).
+pub const HOP: usize = 160;
+
+/// What a wake model directory's `config.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeModelConfig {
+    /// The phrase, lower case ("hey jarvis"); events carry it.
+    pub phrase: String,
+    pub n_mels: usize,
+    /// Frames of context per score (150 = 1.5 s).
+    pub context_frames: usize,
+    /// Frames between scores (8 = 80 ms).
+    pub step_frames: usize,
+    /// Output channels of the conv blocks (each halves the time axis).
+    pub channels: Vec<usize>,
+    pub kernel: usize,
+    /// The operating point chosen by the trainer (smoothed score at which the phrase fires).
+    pub threshold: f32,
+    /// Scores averaged before thresholding (posterior smoothing).
+    pub smoothing: usize,
+    /// Seconds after a detection during which the phrase cannot fire again.
+    pub refractory_s: f32,
+    /// Median duration of the phrase in the training voices, seconds: events report
+    /// `start = end - phrase_s`.
+    pub phrase_s: f32,
+}
+
+impl WakeModelConfig {
+    pub fn new(phrase: &str) -> Self {
+        Self {
+            phrase: normalise_phrase(phrase),
+            n_mels: 40,
+            context_frames: 150,
+            step_frames: 8,
+            channels: vec![48, 48, 64, 64],
+            kernel: 5,
+            threshold: 0.5,
+            smoothing: 2,
+            refractory_s: 2.0,
+            phrase_s: 0.8,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.phrase.trim().is_empty() {
+            return Err("the phrase is empty".into());
+        }
+        if !(8..=128).contains(&self.n_mels) {
+            return Err(format!("n_mels {} is outside 8..=128", self.n_mels));
+        }
+        if !(20..=400).contains(&self.context_frames) {
+            return Err(format!(
+                "context_frames {} is outside 20..=400",
+                self.context_frames
+            ));
+        }
+        if !(1..=50).contains(&self.step_frames) {
+            return Err(format!(
+                "step_frames {} is outside 1..=50",
+                self.step_frames
+            ));
+        }
+        if self.channels.is_empty() || self.channels.len() > 8 {
+            return Err("channels must list 1 to 8 blocks".into());
+        }
+        if self.channels.iter().any(|&c| c == 0 || c > 512) {
+            return Err("every channel count must be within 1..=512".into());
+        }
+        if !(1..=15).contains(&self.kernel) || self.kernel % 2 == 0 {
+            return Err("kernel must be odd, 1..=15".into());
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err("threshold must be within 0..=1".into());
+        }
+        if !(1..=10).contains(&self.smoothing) {
+            return Err("smoothing must be within 1..=10".into());
+        }
+        if !(0.0..=30.0).contains(&self.refractory_s) || !(0.0..=10.0).contains(&self.phrase_s) {
+            return Err("refractory_s or phrase_s out of range".into());
+        }
+        Ok(())
+    }
+
+    /// Samples the context covers.
+    pub fn context_samples(&self) -> usize {
+        (self.context_frames - 1) * HOP + FRAME
+    }
+
+    /// Samples between scores.
+    pub fn step_samples(&self) -> usize {
+        self.step_frames * HOP
+    }
+}
+
+/// Lower case, letters, digits and apostrophes, single spaces: how phrases are compared.
+pub fn normalise_phrase(s: &str) -> String {
+    s.to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The log-mel front end (see the module docs). `Send + Sync`; scratch is per caller.
+#[derive(Clone)]
+pub struct WakeFrontEnd {
+    n_mels: usize,
+    stft: Stft,
+    bank: MelBank,
+}
+
+impl fmt::Debug for WakeFrontEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WakeFrontEnd")
+            .field("n_mels", &self.n_mels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Scratch buffers for [`WakeFrontEnd::frame`].
+pub struct FrontEndScratch {
+    stft: StftScratch,
+    power: Vec<f32>,
+}
+
+impl fmt::Debug for FrontEndScratch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrontEndScratch").finish_non_exhaustive()
+    }
+}
+
+impl WakeFrontEnd {
+    pub fn new(n_mels: usize) -> Self {
+        Self {
+            n_mels,
+            stft: Stft::new(FRAME, HOP, hann_window(FRAME)),
+            bank: MelBank::new(SAMPLE_RATE, FRAME, n_mels, 60.0, 7600.0),
+        }
+    }
+
+    pub fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+
+    pub fn make_scratch(&self) -> FrontEndScratch {
+        FrontEndScratch {
+            stft: self.stft.make_scratch(),
+            power: vec![0.0; self.stft.n_bins()],
+        }
+    }
+
+    /// One frame (`FRAME` samples) -> `n_mels` log energies in `out`.
+    pub fn frame(&self, samples: &[f32], scratch: &mut FrontEndScratch, out: &mut [f32]) {
+        self.stft
+            .power_frame(samples, &mut scratch.power, &mut scratch.stft);
+        self.bank.apply(&scratch.power, out);
+        for v in out.iter_mut() {
+            *v = (*v + 1e-6).ln();
+        }
+    }
+
+    /// Frames of a whole clip, row-major `[frames][n_mels]`; frame `t` covers samples
+    /// `t * HOP .. t * HOP + FRAME`.
+    pub fn frames(&self, samples: &[f32]) -> Vec<f32> {
+        let n = n_frames(samples.len());
+        let mut out = vec![0f32; n * self.n_mels];
+        let mut scratch = self.make_scratch();
+        for (t, row) in out.chunks_exact_mut(self.n_mels).enumerate() {
+            self.frame(&samples[t * HOP..t * HOP + FRAME], &mut scratch, row);
+        }
+        out
+    }
+}
+
+/// Frames in `n` samples.
+pub fn n_frames(n: usize) -> usize {
+    if n < FRAME { 0 } else { (n - FRAME) / HOP + 1 }
+}
+
+/// The network (see the module docs).
+#[derive(Debug)]
+pub struct WakeNet {
+    input_bn: BatchNorm,
+    blocks: Vec<(Conv1d, BatchNorm)>,
+    out: Linear,
+    dropout: SeededDropout,
+}
+
+impl WakeNet {
+    /// `seed` drives the training-time dropout masks.
+    pub fn new(vb: VarBuilder<'_>, cfg: &WakeModelConfig, seed: u64) -> candle_core::Result<Self> {
+        let conv_cfg = Conv1dConfig {
+            padding: cfg.kernel / 2,
+            stride: 2,
+            ..Default::default()
+        };
+        let mut blocks = Vec::new();
+        let mut c_in = cfg.n_mels;
+        for (i, &c) in cfg.channels.iter().enumerate() {
+            let conv = candle_nn::conv1d_no_bias(
+                c_in,
+                c,
+                cfg.kernel,
+                conv_cfg,
+                vb.pp(format!("conv{i}")),
+            )?;
+            let bn = candle_nn::batch_norm(c, 1e-5, vb.pp(format!("bn{i}")))?;
+            blocks.push((conv, bn));
+            c_in = c;
+        }
+        Ok(Self {
+            input_bn: candle_nn::batch_norm(cfg.n_mels, 1e-5, vb.pp("bn_in"))?,
+            blocks,
+            out: candle_nn::linear(2 * c_in, 1, vb.pp("out"))?,
+            dropout: SeededDropout::new(0.2, seed),
+        })
+    }
+}
+
+impl ModuleT for WakeNet {
+    /// `x`: `[n, frames, n_mels]` -> logits `[n]`.
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let mut x = self.input_bn.forward_t(&x.transpose(1, 2)?, train)?;
+        for (conv, bn) in &self.blocks {
+            x = bn.forward_t(&conv.forward(&x)?, train)?.relu()?;
+        }
+        let mut x = Tensor::cat(&[x.mean(2)?, x.max(2)?], 1)?;
+        if train {
+            x = self.dropout.apply(&x)?;
+        }
+        self.out.forward(&x)?.squeeze(1)
+    }
+}
+
+/// Number of trainable values in `vars`.
+pub fn parameter_count(tensors: &HashMap<String, Tensor>) -> usize {
+    tensors
+        .iter()
+        .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        .map(|(_, t)| t.elem_count())
+        .sum()
+}
+
+/// A loaded wake model: inference only, `Send + Sync`.
+#[derive(Debug)]
+pub struct WakeModel {
+    pub config: WakeModelConfig,
+    frontend: WakeFrontEnd,
+    net: WakeNet,
+}
+
+impl WakeModel {
+    /// Loads a model directory (`config.json` + `model.safetensors`).
+    pub fn load(dir: &Path) -> Result<Self, NnError> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|_| NnError::MissingFile {
+            path: cfg_path.clone(),
+        })?;
+        let config: WakeModelConfig =
+            serde_json::from_str(&text).map_err(|e| invalid(&cfg_path, e))?;
+        config.validate().map_err(|e| invalid(&cfg_path, e))?;
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(NnError::MissingFile { path: weights });
+        }
+        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+            .map_err(|e| invalid(&weights, e))?;
+        Self::from_tensors(config, tensors).map_err(|e| invalid(&weights, e))
+    }
+
+    /// Builds a model from named tensors (what `load` reads, or a trainer's variables).
+    pub fn from_tensors(
+        config: WakeModelConfig,
+        tensors: HashMap<String, Tensor>,
+    ) -> Result<Self, String> {
+        config.validate()?;
+        let f32s = tensors
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+            .collect::<candle_core::Result<HashMap<_, _>>>()
+            .map_err(|e| e.to_string())?;
+        let vb = VarBuilder::from_tensors(f32s, DType::F32, &Device::Cpu);
+        let net = WakeNet::new(vb, &config, 0).map_err(|e| e.to_string())?;
+        Ok(Self {
+            frontend: WakeFrontEnd::new(config.n_mels),
+            config,
+            net,
+        })
+    }
+
+    pub fn frontend(&self) -> &WakeFrontEnd {
+        &self.frontend
+    }
+
+    /// Scores of `n` windows given as `[n][context_frames][n_mels]`, each in 0..1.
+    pub fn score_windows(&self, windows: &[f32], n: usize) -> Result<Vec<f32>, NnError> {
+        let per = self.config.context_frames * self.config.n_mels;
+        if n == 0 || windows.len() != n * per {
+            return Err(NnError::InvalidInput(format!(
+                "{} values for {n} windows of {per}",
+                windows.len()
+            )));
+        }
+        let x = Tensor::from_slice(
+            windows,
+            (n, self.config.context_frames, self.config.n_mels),
+            &Device::Cpu,
+        )?;
+        let p = candle_nn::ops::sigmoid(&self.net.forward_t(&x, false)?)?;
+        Ok(p.to_vec1::<f32>()?)
+    }
+
+    /// Scores of every window of a clip's frames (`[frames][n_mels]`, from
+    /// [`WakeFrontEnd::frames`]), on the live stage's schedule: `context - 1` frames of silence
+    /// go in front (see [`pad_front`]), and windows end after clip frames 1, 1 + step, ...; so
+    /// score `i` is taken when frame `i * step` is complete. Scored in batches of `batch`.
+    pub fn score_frames(&self, frames: &[f32], batch: usize) -> Result<Vec<f32>, NnError> {
+        let (c, m) = (self.config.context_frames, self.config.n_mels);
+        let padded = pad_front(frames, m, c);
+        let total = padded.len() / m;
+        let ends = score_ends(total, c, self.config.step_frames);
+        let mut out = Vec::with_capacity(ends.len());
+        for chunk in ends.chunks(batch.max(1)) {
+            let mut buf = Vec::with_capacity(chunk.len() * c * m);
+            for &e in chunk {
+                buf.extend_from_slice(&padded[(e - c) * m..e * m]);
+            }
+            out.extend(self.score_windows(&buf, chunk.len())?);
+        }
+        Ok(out)
+    }
+}
+
+/// Exclusive end frames of the windows scored over `total` frames: every `step` frames from
+/// the first full context.
+pub fn score_ends(total: usize, context: usize, step: usize) -> Vec<usize> {
+    if total < context {
+        return Vec::new();
+    }
+    (context..=total).step_by(step.max(1)).collect()
+}
+
+/// `frames` (`[t][m]`) after `context - 1` rows of silence (the log energy digital silence
+/// gives): the live stage starts from that state, so a phrase at the very start of a stream is
+/// scored like any other.
+pub fn pad_front(frames: &[f32], m: usize, context: usize) -> Vec<f32> {
+    let silence = (1e-6f32).ln();
+    let mut v = vec![silence; (context - 1) * m];
+    v.extend_from_slice(frames);
+    v
+}
+
+fn invalid(path: &Path, reason: impl fmt::Display) -> NnError {
+    NnError::InvalidFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn streamed_frames_equal_whole_clip_frames() {
+        let fe = WakeFrontEnd::new(40);
+        let x: Vec<f32> = (0..16_000)
+            .map(|i| (i as f32 * 0.031).sin() * 0.3 + ((i * 7919) % 97) as f32 / 970.0)
+            .collect();
+        let whole = fe.frames(&x);
+        assert_eq!(whole.len(), n_frames(x.len()) * 40);
+        let mut scratch = fe.make_scratch();
+        let mut row = vec![0f32; 40];
+        for t in [0, 17, n_frames(x.len()) - 1] {
+            fe.frame(&x[t * HOP..t * HOP + FRAME], &mut scratch, &mut row);
+            assert_eq!(&whole[t * 40..(t + 1) * 40], &row[..]);
+        }
+        assert!(whole.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn random_model_is_small_scores_in_unit_range_and_round_trips() {
+        let cfg = WakeModelConfig::new("Hey, Jarvis!");
+        assert_eq!(cfg.phrase, "hey jarvis");
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let _net = WakeNet::new(vb, &cfg, 1).unwrap();
+        let tensors: HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let params = parameter_count(&tensors);
+        assert!(params < 250_000, "{params}");
+        let m = WakeModel::from_tensors(cfg.clone(), tensors).unwrap();
+        let frames = m.frontend().frames(&vec![0.01f32; 32_000]);
+        let scores = m.score_frames(&frames, 16).unwrap();
+        let total = n_frames(32_000) + cfg.context_frames - 1;
+        assert_eq!(scores.len(), score_ends(total, 150, 8).len());
+        assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+        let mut bad = cfg;
+        bad.kernel = 4;
+        assert!(bad.validate().is_err());
+    }
+}
