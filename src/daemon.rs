@@ -236,7 +236,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         spawn_event_printer(&bus, shutdown.clone());
     }
 
-    crate::actions::spawn(&cfg.actions, bus.clone(), shutdown.clone())
+    crate::actions::install(&cfg.actions, &bus)
         .map_err(|e| DaemonError::Config(ConfigError::Invalid(e)))?;
     auto_fetch(&cfg).await;
     let asr_dir = transcribe_model_dir(&cfg)?;

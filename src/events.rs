@@ -255,6 +255,14 @@ pub trait EventSink: Send + Sync + std::fmt::Debug + 'static {
     fn persist(&self, event: &Event);
 }
 
+/// Something that reacts to an event right after subscribers were sent it, in the publishing
+/// thread, and may publish follow-up events (e.g. sentence actions after a final transcript):
+/// a follow-up then reaches every subscriber after the event that caused it and before anything
+/// the same thread publishes next (a StreamAudio session's `SourceEnded`). Must be quick.
+pub trait EventReactor: Send + Sync + std::fmt::Debug + 'static {
+    fn react(&self, event: &Event, bus: &EventBus);
+}
+
 #[derive(Debug)]
 struct BusInner {
     tx: broadcast::Sender<Arc<Event>>,
@@ -262,6 +270,7 @@ struct BusInner {
     // run before it is taken). Never on the RT path.
     seq: Mutex<u64>,
     sinks: std::sync::RwLock<Vec<Arc<dyn EventSink>>>,
+    reactors: std::sync::RwLock<Vec<Arc<dyn EventReactor>>>,
     published: AtomicU64,
     counts: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -274,6 +283,7 @@ impl EventBus {
                 tx,
                 seq: Mutex::new(0),
                 sinks: std::sync::RwLock::new(Vec::new()),
+                reactors: std::sync::RwLock::new(Vec::new()),
                 published: AtomicU64::new(0),
                 counts: Mutex::new(BTreeMap::new()),
             }),
@@ -333,7 +343,26 @@ impl EventBus {
             .entry(name)
             .or_default() += 1;
         tracing::debug!(seq = event.seq, stream = %event.stream, sample, kind = name, "Event published.");
+        // A copy, so a reactor that publishes (re-entering here) holds no lock.
+        let reactors = self
+            .inner
+            .reactors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for r in reactors {
+            r.react(&event, self);
+        }
         event
+    }
+
+    /// Registers a reactor (see [`EventReactor`]).
+    pub fn add_reactor(&self, reactor: Arc<dyn EventReactor>) {
+        self.inner
+            .reactors
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(reactor);
     }
 
     /// Registers a sink that sees every event before subscribers do.

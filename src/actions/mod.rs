@@ -6,22 +6,21 @@
 //! the entry has a `run` command, starts that program ([`runner`]): an argv run directly (never
 //! a shell), slot values substituted as whole arguments, with a timeout, its output logged.
 //!
-//! The listener ([`spawn`]) is a bus consumer like the API: it reads wake and transcript events
-//! and publishes action events on the same stream.
+//! The listener ([`install`]) is a bus reactor: it reads wake and final transcript events as
+//! they are published and publishes action events on the same stream, right after the
+//! transcript they answer.
 
 pub mod matcher;
 pub mod runner;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
-    time::SystemTime,
+    sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
-use crate::events::{ActionEvent, EventBus, EventKind, Recv, STREAM_RATE};
+use crate::events::{ActionEvent, Event, EventBus, EventKind, EventReactor, STREAM_RATE};
 use matcher::{Template, words};
 
 /// `[actions]`.
@@ -63,10 +62,10 @@ pub struct ActionEntry {
     #[serde(default)]
     pub always: bool,
     /// Program and arguments; an argument that is exactly `{slot}` is replaced by the slot's
-    /// value (one argument, whatever it contains), `{sentence}` by what was said. Empty: the
-    /// event alone.
+    /// value (one argument, whatever it contains), `{sentence}` by what was said. Absent: the
+    /// event alone (an empty list is an error).
     #[serde(default)]
-    pub run: Vec<String>,
+    pub run: Option<Vec<String>>,
     /// Seconds before the program is killed.
     #[serde(default = "default_timeout")]
     pub timeout_s: f32,
@@ -117,12 +116,18 @@ impl ActionsConfig {
             if !(0.1..=3600.0).contains(&e.timeout_s) {
                 return Err(format!("{at}: timeout_s must be within 0.1..=3600"));
             }
-            if let Some(p) = e.run.first()
+            let run = e.run.as_deref().unwrap_or_default();
+            if e.run.is_some() && run.is_empty() {
+                return Err(format!(
+                    "{at}: run is an empty argv (leave it out for an event-only action)"
+                ));
+            }
+            if let Some(p) = run.first()
                 && p.trim().is_empty()
             {
                 return Err(format!("{at}: run has an empty program name"));
             }
-            for arg in &e.run {
+            for arg in run {
                 let Some(name) = placeholder(arg) else {
                     if arg.contains('{') || arg.contains('}') {
                         return Err(format!(
@@ -228,6 +233,7 @@ impl Matcher {
                 let argv = e
                     .run
                     .iter()
+                    .flatten()
                     .map(|a| match placeholder(a) {
                         Some("sentence") => text.trim().to_string(),
                         Some(name) => slots.get(name).cloned().unwrap_or_default(),
@@ -265,88 +271,88 @@ pub fn strip_phrase(text: &str, phrase: &str) -> String {
     said.join(" ")
 }
 
-/// Per-stream listening state.
-#[derive(Debug, Default)]
-struct Listening {
-    /// Until this stream sample, after a wake word, with the phrase heard.
-    until: Option<(u64, String)>,
+/// The listener: a bus reactor (wake and final transcript events in, action events out, in
+/// the publishing thread so an action follows its transcript before the stream ends).
+#[derive(Debug)]
+struct Listener {
+    matcher: Matcher,
+    /// Stream samples after a wake word during which utterances are matched.
+    listen: u64,
+    runner: runner::Runner,
+    /// Per stream: listening until this sample, after this phrase.
+    woken: Mutex<HashMap<Arc<str>, (u64, String)>>,
 }
 
-/// Starts the listener on `bus`: wake and final transcript events in, action events out.
-/// Returns immediately; it stops at `shutdown`. Nothing starts when no entries are configured.
-pub fn spawn(
-    cfg: &ActionsConfig,
-    bus: EventBus,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
+impl EventReactor for Listener {
+    fn react(&self, e: &Event, bus: &EventBus) {
+        let t = match &e.kind {
+            EventKind::Wake { phrase, .. } => {
+                self.lock()
+                    .insert(e.stream.clone(), (e.sample + self.listen, phrase.clone()));
+                return;
+            }
+            EventKind::SourceEnded { .. } => {
+                self.lock().remove(&e.stream);
+                return;
+            }
+            EventKind::Transcript(t) if t.is_final => t,
+            _ => return,
+        };
+        let woken = self
+            .lock()
+            .get(&e.stream)
+            .filter(|(until, _)| t.start_sample <= *until)
+            .map(|(_, p)| p.clone());
+        let text = match &woken {
+            Some(phrase) => strip_phrase(&t.text, phrase),
+            None => t.text.clone(),
+        };
+        let Some(m) = self.matcher.best(&text, woken.is_some()) else {
+            return;
+        };
+        if woken.is_some() {
+            // One utterance answers one wake word.
+            self.lock().remove(&e.stream);
+        }
+        let ran = !m.argv.is_empty() && self.runner.start(&m);
+        tracing::info!(id = %m.id, score = m.score, slots = ?m.slots, ran, "Action matched.");
+        bus.publish(
+            &e.stream,
+            e.stream_start,
+            t.end_sample,
+            EventKind::Action(ActionEvent {
+                id: m.id,
+                sentence: m.sentence,
+                matched: m.matched,
+                score: m.score,
+                slots: m.slots,
+                ran,
+                start_sample: t.start_sample,
+                end_sample: t.end_sample,
+            }),
+        );
+    }
+}
+
+impl Listener {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, String)>> {
+        self.woken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Installs the listener on `bus` (nothing when no entries are configured).
+pub fn install(cfg: &ActionsConfig, bus: &EventBus) -> Result<(), String> {
     let matcher = Matcher::new(cfg)?;
     if matcher.is_empty() {
         return Ok(());
     }
-    let listen = (cfg.listen_s * STREAM_RATE as f32) as u64;
-    let runner = Arc::new(runner::Runner::new(cfg.max_running));
-    let mut sub = bus.subscribe();
     tracing::info!(entries = cfg.commands.len(), "Sentence actions enabled.");
-    tokio::spawn(async move {
-        let mut streams: HashMap<Arc<str>, (Listening, SystemTime)> = HashMap::new();
-        loop {
-            let item = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                item = sub.recv() => item,
-            };
-            let e = match item {
-                Recv::Event(e) => e,
-                Recv::Gap(n) => {
-                    tracing::warn!(missed = n, "Action listener fell behind; events skipped.");
-                    continue;
-                }
-                Recv::Closed => break,
-            };
-            let state = streams
-                .entry(e.stream.clone())
-                .or_insert_with(|| (Listening::default(), e.stream_start));
-            match &e.kind {
-                EventKind::Wake { phrase, .. } => {
-                    state.0.until = Some((e.sample + listen, phrase.clone()));
-                }
-                EventKind::SourceEnded { .. } => {
-                    streams.remove(&e.stream);
-                }
-                EventKind::Transcript(t) if t.is_final => {
-                    let woken = state.0.until.as_ref().filter(|(u, _)| t.start_sample <= *u);
-                    let text = match woken {
-                        Some((_, phrase)) => strip_phrase(&t.text, phrase),
-                        None => t.text.clone(),
-                    };
-                    let Some(m) = matcher.best(&text, woken.is_some()) else {
-                        continue;
-                    };
-                    // One utterance answers one wake word.
-                    if woken.is_some() {
-                        state.0.until = None;
-                    }
-                    let ran = !m.argv.is_empty() && runner.start(&m);
-                    tracing::info!(id = %m.id, score = m.score, slots = ?m.slots, ran, "Action matched.");
-                    bus.publish(
-                        &e.stream,
-                        state.1,
-                        t.end_sample,
-                        EventKind::Action(ActionEvent {
-                            id: m.id,
-                            sentence: m.sentence,
-                            matched: m.matched,
-                            score: m.score,
-                            slots: m.slots,
-                            ran,
-                            start_sample: t.start_sample,
-                            end_sample: t.end_sample,
-                        }),
-                    );
-                }
-                _ => {}
-            }
-        }
-    });
+    bus.add_reactor(Arc::new(Listener {
+        matcher,
+        listen: (cfg.listen_s * STREAM_RATE as f32) as u64,
+        runner: runner::Runner::new(cfg.max_running),
+        woken: Mutex::default(),
+    }));
     Ok(())
 }
 
@@ -413,17 +419,104 @@ run = ["/bin/sh", "-c", "sleep {minutes}"]
 "#)
         .unwrap_err();
         assert!(spliced.contains("whole argument"), "{spliced}");
-        let empty = cfg(r#"
-[[commands]]
-id = "t"
-sentences = ["hello"]
-run = [""]
-"#)
-        .unwrap_err();
+        let empty =
+            cfg("[[commands]]\nid = \"t\"\nsentences = [\"hello\"]\nrun = [\"\"]\n").unwrap_err();
         assert!(empty.contains("empty program"), "{empty}");
+        let empty =
+            cfg("[[commands]]\nid = \"t\"\nsentences = [\"hello\"]\nrun = []\n").unwrap_err();
+        assert!(empty.contains("empty argv"), "{empty}");
+        assert!(cfg("[[commands]]\nid = \"t\"\nsentences = [\"hello\"]\n").is_ok());
         let dup = cfg("[[commands]]\nid = \"a\"\nsentences = [\"x\"]\n[[commands]]\nid = \"a\"\nsentences = [\"y\"]\n")
             .unwrap_err();
         assert!(dup.contains("twice"), "{dup}");
+    }
+
+    fn final_text(text: &str, start: u64, end: u64) -> EventKind {
+        EventKind::Transcript(crate::events::Transcript {
+            text: text.into(),
+            is_final: true,
+            stability: 1.0,
+            start_sample: start,
+            end_sample: end,
+            language: "en".into(),
+            words: Vec::new(),
+        })
+    }
+
+    /// The listener on a real bus: a transcript before any wake word runs nothing; after one,
+    /// the configured program runs with the slot as one argument, whatever the transcript
+    /// holds.
+    #[tokio::test]
+    async fn listener_runs_the_configured_argv_after_a_wake_word_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("argv.txt");
+        let script = dir.path().join("record.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > '{}'\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg: ActionsConfig = toml::from_str(&format!(
+            "[[commands]]\nid = \"timer\"\nsentences = [\"set a timer for {{minutes:number}} minutes\"]\nrun = [\"{}\", \"{{minutes}}\", \"{{sentence}}\"]\n",
+            script.display()
+        ))
+        .unwrap();
+        let bus = EventBus::new(64);
+        let mut sub = bus.subscribe();
+        install(&cfg, &bus).unwrap();
+        let stream: Arc<str> = Arc::from("main");
+        let t0 = std::time::SystemTime::now();
+        bus.publish(
+            &stream,
+            t0,
+            100,
+            final_text("set a timer for ten minutes", 0, 100),
+        );
+        bus.publish(
+            &stream,
+            t0,
+            16_000,
+            EventKind::Wake {
+                phrase: "hey jarvis".into(),
+                score: 0.9,
+                start_sample: 4000,
+                end_sample: 16_000,
+            },
+        );
+        let evil = "Hey Jarvis; set a timer for ten $(reboot) minutes | && > ~";
+        bus.publish(&stream, t0, 40_000, final_text(evil, 20_000, 40_000));
+        let mut actions = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && actions.is_empty() {
+            if let Ok(crate::events::Recv::Event(e)) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), sub.recv()).await
+                && let EventKind::Action(a) = &e.kind
+            {
+                actions.push(a.clone());
+            }
+        }
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        let a = &actions[0];
+        assert_eq!(
+            (a.id.as_str(), a.slots["minutes"].as_str()),
+            ("timer", "10")
+        );
+        assert!(a.ran && a.start_sample == 20_000);
+        while std::time::Instant::now() < deadline && !out.is_file() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let got = std::fs::read_to_string(&out).unwrap();
+        // Two arguments: the slot, and the words said (metacharacters are not words).
+        assert_eq!(
+            got.lines().collect::<Vec<_>>(),
+            ["10", "set a timer for ten reboot minutes"]
+        );
     }
 
     #[test]

@@ -690,7 +690,8 @@ pub fn train(opts: &WakeTrainOptions) -> Result<WakeOutcome, TrainError> {
             ..Default::default()
         },
     )?;
-    let n_pos = pools.pos.len().max(128) * 2;
+    // Every training rendition three times per epoch (fresh placement, noise and level each).
+    let n_pos = pools.pos.len().max(128) * 3;
     let plan: Vec<(Kind, usize)> = vec![
         (Kind::Positive, n_pos),
         (Kind::Partial, n_pos / 3),
@@ -740,7 +741,8 @@ pub fn train(opts: &WakeTrainOptions) -> Result<WakeOutcome, TrainError> {
 
     // Write, then reload exactly what was written to measure it.
     std::fs::create_dir_all(&opts.out).map_err(write_err(&opts.out))?;
-    let tensors = var_tensors(&varmap);
+    let mut tensors = var_tensors(&varmap);
+    tensors.extend(net.running_stats());
     let parameters = parameter_count(&tensors);
     let weights = opts.out.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &weights)?;

@@ -10,6 +10,7 @@ mod service;
 mod sound;
 mod train_sound;
 mod transcribe;
+mod wake;
 
 use std::{collections::BTreeSet, time::Duration};
 
