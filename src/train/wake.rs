@@ -393,7 +393,11 @@ pub fn threshold_grid() -> Vec<f32> {
 }
 
 /// Score sequences of clips (one per clip, on the stage's schedule).
-fn score_all(model: &WakeModel, clips: &[&[f32]], what: &str) -> Result<Vec<Vec<f32>>, TrainError> {
+pub fn score_all(
+    model: &WakeModel,
+    clips: &[&[f32]],
+    what: &str,
+) -> Result<Vec<Vec<f32>>, TrainError> {
     let pb = progress(clips.len() as u64, what);
     let mut out = Vec::with_capacity(clips.len());
     for c in clips {
@@ -405,22 +409,101 @@ fn score_all(model: &WakeModel, clips: &[&[f32]], what: &str) -> Result<Vec<Vec<
     Ok(out)
 }
 
-/// Detections per clip at `threshold` -> stream sample positions (the first score is taken
-/// when frame 0 is complete: sample `FRAME`).
-fn fires(model: &WakeModel, scores: &[f32], threshold: f32) -> Vec<u64> {
-    let c = &model.config;
-    detections(
-        scores,
-        crate::nn::wake::FRAME as u64,
-        c.step_samples() as u64,
-        threshold,
-        c.smoothing,
-        (c.refractory_s * RATE) as u64,
-    )
+/// How a score sequence maps to stream positions and detections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// Sample at which the first score is taken.
+    pub first_at: u64,
+    /// Samples between scores.
+    pub step: u64,
+    pub smoothing: usize,
+    /// Samples.
+    pub refractory: u64,
 }
 
-/// FRR / FA per hour over positives (with the sample where each phrase ends, if known) and
-/// negatives, at every grid threshold; the operating point is `threshold`.
+impl Schedule {
+    /// The live stage's schedule for `c` (the first score when frame 0 is complete).
+    pub fn of(c: &WakeModelConfig) -> Self {
+        Self {
+            first_at: crate::nn::wake::FRAME as u64,
+            step: c.step_samples() as u64,
+            smoothing: c.smoothing,
+            refractory: (c.refractory_s * RATE) as u64,
+        }
+    }
+
+    fn fires(&self, scores: &[f32], threshold: f32) -> Vec<u64> {
+        detections(
+            scores,
+            self.first_at,
+            self.step,
+            threshold,
+            self.smoothing,
+            self.refractory,
+        )
+    }
+}
+
+/// A detection counts for a positive when it comes after the phrase can have started (1.5 s
+/// before its end at most) and within a second of its end.
+fn hit(at: u64, end: usize) -> bool {
+    at as usize + 24_000 >= end && at as usize <= end + 16_000
+}
+
+/// FRR / FA per hour from score sequences: positives (with the sample where each phrase ends,
+/// if known; otherwise any detection counts), negatives totalling `negative_s` seconds; at every
+/// grid threshold, and at `threshold`.
+pub fn summarise(
+    sched: Schedule,
+    positives: &[(Vec<f32>, Option<usize>)],
+    negatives: &[Vec<f32>],
+    negative_s: f32,
+    threshold: f32,
+) -> WakeEvaluation {
+    let hours = negative_s / 3600.0;
+    let point = |t: f32| {
+        let missed = positives
+            .iter()
+            .filter(|(s, end)| {
+                let f = sched.fires(s, t);
+                match end {
+                    Some(e) => !f.iter().any(|&at| hit(at, *e)),
+                    None => f.is_empty(),
+                }
+            })
+            .count();
+        let fa: usize = negatives.iter().map(|s| sched.fires(s, t).len()).sum();
+        Point {
+            threshold: t,
+            frr: missed as f32 / positives.len().max(1) as f32,
+            fa_per_hour: fa as f32 / hours.max(1e-9),
+            false_accepts: fa,
+        }
+    };
+    let curve: Vec<Point> = threshold_grid().into_iter().map(point).collect();
+    let mut lat: Vec<f32> = positives
+        .iter()
+        .filter_map(|(s, end)| {
+            let e = (*end)?;
+            sched
+                .fires(s, threshold)
+                .into_iter()
+                .find(|&at| hit(at, e))
+                .map(|at| (at as f32 - e as f32) / RATE * 1000.0)
+        })
+        .collect();
+    lat.sort_by(f32::total_cmp);
+    WakeEvaluation {
+        positives: positives.len(),
+        negative_hours: hours,
+        threshold,
+        at_threshold: point(threshold),
+        median_latency_ms: lat.get(lat.len() / 2).copied(),
+        curve,
+    }
+}
+
+/// [`summarise`] of `model`'s scores over the clips.
 pub fn measure(
     model: &WakeModel,
     positives: &[(&[f32], Option<usize>)],
@@ -430,53 +513,18 @@ pub fn measure(
     let ps: Vec<&[f32]> = positives.iter().map(|(c, _)| *c).collect();
     let pos_scores = score_all(model, &ps, "score +")?;
     let neg_scores = score_all(model, negatives, "score -")?;
-    let hours = negatives.iter().map(|c| c.len()).sum::<usize>() as f32 / RATE / 3600.0;
-    let point = |t: f32| {
-        let missed = positives
-            .iter()
-            .zip(&pos_scores)
-            .filter(|((_, end), s)| {
-                let f = fires(model, s, t);
-                match end {
-                    // A hit must come after the phrase starts (~1.5 s before its end at most)
-                    // and within a second of its end.
-                    Some(e) => !f
-                        .iter()
-                        .any(|&at| (at as usize + 24_000) >= *e && (at as usize) <= e + 16_000),
-                    None => f.is_empty(),
-                }
-            })
-            .count();
-        let fa: usize = neg_scores.iter().map(|s| fires(model, s, t).len()).sum();
-        Point {
-            threshold: t,
-            frr: missed as f32 / positives.len().max(1) as f32,
-            fa_per_hour: fa as f32 / hours.max(1e-9),
-            false_accepts: fa,
-        }
-    };
-    let mut curve: Vec<Point> = threshold_grid().into_iter().map(point).collect();
-    curve.sort_by(|a, b| a.threshold.total_cmp(&b.threshold));
-    let mut lat: Vec<f32> = positives
-        .iter()
-        .zip(&pos_scores)
-        .filter_map(|((_, end), s)| {
-            let e = (*end)?;
-            fires(model, s, threshold)
-                .into_iter()
-                .find(|&at| at as usize + 24_000 >= e && at as usize <= e + 16_000)
-                .map(|at| (at as f32 - e as f32) / RATE * 1000.0)
-        })
+    let seconds = negatives.iter().map(|c| c.len()).sum::<usize>() as f32 / RATE;
+    let pos: Vec<(Vec<f32>, Option<usize>)> = pos_scores
+        .into_iter()
+        .zip(positives.iter().map(|(_, e)| *e))
         .collect();
-    lat.sort_by(f32::total_cmp);
-    Ok(WakeEvaluation {
-        positives: positives.len(),
-        negative_hours: hours,
+    Ok(summarise(
+        Schedule::of(&model.config),
+        &pos,
+        &neg_scores,
+        seconds,
         threshold,
-        at_threshold: point(threshold),
-        median_latency_ms: lat.get(lat.len() / 2).copied(),
-        curve,
-    })
+    ))
 }
 
 fn var_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
@@ -842,7 +890,7 @@ pub fn train(opts: &WakeTrainOptions) -> Result<WakeOutcome, TrainError> {
     )?;
     let conf_hits = conf_scores
         .iter()
-        .filter(|s| !fires(&model, s, threshold).is_empty())
+        .filter(|s| !Schedule::of(&model.config).fires(s, threshold).is_empty())
         .count();
 
     if let Some(dir) = &opts.eval_dir {
@@ -932,9 +980,58 @@ fn write_eval_set(
     Ok(())
 }
 
-/// `hark-train eval wake`: FRR over the files of `positives` (each holds the phrase once; a
-/// `NAME.end` file beside it may give the sample where it ends) and false accepts per hour over
-/// every file under `negatives`, at the model's threshold (or `threshold`) and across the grid.
+/// Evaluation audio: files that each hold the phrase once (with the sample where it ends, from
+/// a `NAME.end` file beside it, if any) and files without it.
+#[derive(Debug, Default)]
+pub struct EvalSet {
+    pub positives: Vec<(PathBuf, Vec<f32>, Option<usize>)>,
+    pub negatives: Vec<(PathBuf, Vec<f32>)>,
+}
+
+impl EvalSet {
+    /// Every audio file under `positives` and under each of `negatives`, 16 kHz mono. Positives
+    /// without a known end get a second of silence after them, so a phrase at the very end can
+    /// still be detected.
+    pub fn load(positives: &Path, negatives: &[PathBuf]) -> Result<Self, TrainError> {
+        let mut pos_files = Vec::new();
+        audio_files(positives, &mut pos_files);
+        pos_files.sort();
+        let mut neg_files = Vec::new();
+        for d in negatives {
+            audio_files(d, &mut neg_files);
+        }
+        neg_files.sort();
+        if pos_files.is_empty() || neg_files.is_empty() {
+            return Err(TrainError::Setting(
+                "need audio files under both --positives and --negatives".into(),
+            ));
+        }
+        let mut set = Self::default();
+        for f in pos_files {
+            let end = std::fs::read_to_string(f.with_extension("end"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            let mut x = load_16k(&f)?;
+            if end.is_none() {
+                x.extend(std::iter::repeat_n(0.0, 16_000));
+            }
+            set.positives.push((f, x, end));
+        }
+        for f in neg_files {
+            let x = load_16k(&f)?;
+            set.negatives.push((f, x));
+        }
+        Ok(set)
+    }
+
+    /// Seconds of negative audio.
+    pub fn negative_s(&self) -> f32 {
+        self.negatives.iter().map(|(_, x)| x.len()).sum::<usize>() as f32 / RATE
+    }
+}
+
+/// `hark-train eval wake`: FRR over the positives and false accepts per hour over the
+/// negatives ([`EvalSet::load`]), at the model's threshold (or `threshold`) and across the grid.
 pub fn evaluate(
     model_dir: &Path,
     positives: &Path,
@@ -942,45 +1039,18 @@ pub fn evaluate(
     threshold: Option<f32>,
 ) -> Result<WakeEvaluation, TrainError> {
     let model = WakeModel::load(model_dir)?;
-    let mut pos_files = Vec::new();
-    audio_files(positives, &mut pos_files);
-    pos_files.sort();
-    let mut neg_files = Vec::new();
-    for d in negatives {
-        audio_files(d, &mut neg_files);
-    }
-    neg_files.sort();
-    if pos_files.is_empty() || neg_files.is_empty() {
-        return Err(TrainError::Setting(
-            "need audio files under both --positives and --negatives".into(),
-        ));
-    }
-    let pos: Vec<(Vec<f32>, Option<usize>)> = pos_files
-        .iter()
-        .map(|f| {
-            let end = std::fs::read_to_string(f.with_extension("end"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            // Files without a known end get a second of silence after them, so a phrase at the
-            // very end can still be detected.
-            let mut x = load_16k(f)?;
-            if end.is_none() {
-                x.extend(std::iter::repeat_n(0.0, 16_000));
-            }
-            Ok((x, end))
-        })
-        .collect::<Result<_, TrainError>>()?;
-    let neg: Vec<Vec<f32>> = neg_files
-        .iter()
-        .map(|f| load_16k(f))
-        .collect::<Result<_, _>>()?;
+    let set = EvalSet::load(positives, negatives)?;
     let t = threshold.unwrap_or(model.config.threshold);
     measure(
         &model,
-        &pos.iter()
-            .map(|(c, e)| (c.as_slice(), *e))
+        &set.positives
+            .iter()
+            .map(|(_, c, e)| (c.as_slice(), *e))
             .collect::<Vec<_>>(),
-        &neg.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        &set.negatives
+            .iter()
+            .map(|(_, c)| c.as_slice())
+            .collect::<Vec<_>>(),
         t,
     )
 }
@@ -1187,6 +1257,17 @@ mod tests {
             assert_eq!(l, f32::from(k == Kind::Positive));
             assert!(w.iter().all(|v| v.is_finite() && v.abs() <= 1.0));
         }
+    }
+
+    #[test]
+    fn the_seeded_network_learns() {
+        let cfg = WakeModelConfig::new("x");
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let net = WakeNet::new(vb, &cfg, 1).unwrap();
+        super::super::sound::seeded_init(&varmap, 1).unwrap();
+        let loss = crate::nn::wake::tests::toy_fit(&net, &varmap, &cfg, 80);
+        assert!(loss < 0.2, "loss {loss}");
     }
 
     #[test]
