@@ -121,8 +121,8 @@ fn peer(set: &EvalSet, models: &Path) -> Result<(Vec<Vec<f32>>, f64, u64), Strin
     Ok((scores, cpu, bytes))
 }
 
-/// CPU share (of one core) of a harkd run on real-time input.
-fn daemon_cpu(dir: &Path, file: &Path, config: &str, secs: u64) -> f64 {
+/// CPU share (of one core) and peak RSS (MB) of a harkd run on real-time input.
+fn daemon_cpu(dir: &Path, file: &Path, config: &str, secs: u64) -> (f64, f64) {
     let path = dir.join("harkd.toml");
     std::fs::write(&path, config).expect("write config");
     let sock = dir.join("harkd.sock");
@@ -134,12 +134,13 @@ fn daemon_cpu(dir: &Path, file: &Path, config: &str, secs: u64) -> f64 {
     std::thread::sleep(Duration::from_secs(secs));
     let c1 = common::cpu_seconds(pid).expect("harkd died during the measurement");
     let wall = t0.elapsed().as_secs_f64();
+    let hwm_mb = common::status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
     // SAFETY: plain kill(2) on our own child.
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
     }
     let _ = child.wait();
-    (c1 - c0) / wall
+    ((c1 - c0) / wall, hwm_mb)
 }
 
 fn main() {
@@ -270,7 +271,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("hark-wake-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let base = "[transcribe]\nenabled = \"off\"\n[store]\nenabled = false\n[vad]\nenabled = false\n[sound]\nenabled = \"off\"\n";
-    let on = daemon_cpu(
+    let (on, on_mb) = daemon_cpu(
         &dir,
         &file,
         &format!(
@@ -279,7 +280,7 @@ fn main() {
         ),
         secs,
     );
-    let off = daemon_cpu(
+    let (off, off_mb) = daemon_cpu(
         &dir,
         &file,
         &format!("{base}[wake]\nenabled = \"off\"\n"),
@@ -287,7 +288,7 @@ fn main() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "\n| harkd on real-time input ({secs} s) | share of one core |\n|---|---|\n| wake stage only | {:.2}% |\n| no stage | {:.2}% |\n| **wake stage share** (difference; target <= 1%) | **{:.2}%** |",
+        "\n| harkd on real-time input ({secs} s) | share of one core |\n|---|---|\n| wake stage only | {:.2}% (peak RSS {on_mb:.0} MB) |\n| no stage | {:.2}% (peak RSS {off_mb:.0} MB) |\n| **wake stage share** (difference; target <= 1%) | **{:.2}%** |",
         on * 100.0,
         off * 100.0,
         (on - off) * 100.0

@@ -330,7 +330,7 @@ fn example(kind: Kind, p: &Pools, len: usize, rng: &mut StdRng) -> (Vec<f32>, f3
             } else {
                 len as isize - (rng.random_range(0.0..0.45) * RATE) as isize
             };
-            Some((c, end - 0))
+            Some((c, end))
         }
         Kind::Sentence => {
             let c = speech(rng, &p.sentences);

@@ -9,6 +9,7 @@ mod python_client;
 mod service;
 mod sound;
 mod train_sound;
+mod train_wake;
 mod transcribe;
 mod wake;
 
