@@ -257,6 +257,25 @@ fn main() {
         Err(e) => println!("| openWakeWord | skipped: {e} | | | | | |"),
     }
 
+    // One live step: the stage scores one window of context every 80 ms.
+    let c = &model.config;
+    let window = vec![-5.0f32; c.context_frames * c.n_mels];
+    let mut ts: Vec<f64> = (0..300)
+        .map(|_| {
+            let t = Instant::now();
+            model.score_windows(&window, 1).expect("score");
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    ts.sort_by(f64::total_cmp);
+    let per_s = 1000.0 / (c.step_frames as f64 * 10.0);
+    println!(
+        "\n| live step (one window, 1 thread) | {:.0} us median, {:.0} us p90 | x {per_s:.1} steps/s = {:.2}% of a core for the network |",
+        ts[ts.len() / 2],
+        ts[ts.len() * 9 / 10],
+        ts[ts.len() / 2] * per_s / 1e4
+    );
+
     let secs: u64 = std::env::var("HARK_LOAD_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

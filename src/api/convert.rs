@@ -425,6 +425,32 @@ mod tests {
                     "words",
                 ],
             ),
+            (
+                EventKind::Wake {
+                    phrase: "hey jarvis".into(),
+                    score: 0.9,
+                    start_sample: 8_000,
+                    end_sample: 24_000,
+                },
+                "wake",
+                &["phrase", "score", "start", "end"],
+            ),
+            (
+                EventKind::Action(crate::events::ActionEvent {
+                    id: "timer".into(),
+                    sentence: "set a timer for ten minutes".into(),
+                    matched: "set a timer for {minutes} minutes".into(),
+                    score: 1.0,
+                    slots: [("minutes".to_string(), "10".to_string())].into(),
+                    ran: true,
+                    start_sample: 0,
+                    end_sample: 24_000,
+                }),
+                "action",
+                &[
+                    "id", "sentence", "matched", "score", "slots", "ran", "start", "end",
+                ],
+            ),
         ];
         for (kind, name, extra) in cases {
             let e = event_to_pb(&event(24_000, kind));
@@ -562,7 +588,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript, sound"#
+            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript, sound, wake, action"#
         );
         let status = KindFilter::from_pb(&[1, 99]).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -201,8 +201,10 @@ mod tests {
     fn enable_rules_and_overflow_defaults_come_from_the_registry() {
         let mut cfg = Config::default();
         cfg.level.enabled = true;
-        // `auto` would find the bundled sound model; this test is about the rules, not models.
+        // `auto` would find the bundled sound and wake models; this test is about the rules, not
+        // models.
         cfg.sound.enabled = crate::stages::asr::Enable::Off;
+        cfg.wake.enabled = crate::stages::asr::Enable::Off;
         let resources = StageResources::default();
         let cx = StageContext {
             config: &cfg,

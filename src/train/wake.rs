@@ -130,6 +130,9 @@ pub struct WakeEvaluation {
     /// a known end only).
     pub median_latency_ms: Option<f32>,
     pub curve: Vec<Point>,
+    /// Negative files with false accepts at the threshold, and how many (`eval wake` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub false_accept_files: Vec<(String, usize)>,
 }
 
 /// What a run produced.
@@ -278,6 +281,9 @@ struct Pools {
     sentences: Vec<Vec<f32>>,
     background: Vec<Vec<f32>>,
     noise: Vec<Vec<f32>>,
+    /// Real speech (also in `background`): drawn on its own for a share of the negatives, as
+    /// talk is what a wake word is most often confused with.
+    speech: Vec<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -292,7 +298,10 @@ enum Kind {
 /// One training window of `len` samples and its label.
 fn example(kind: Kind, p: &Pools, len: usize, rng: &mut StdRng) -> (Vec<f32>, f32) {
     // Background: real audio, or near silence (a quiet room), at a random level.
-    let mut w = if rng.random::<f32>() < 0.15 || p.background.is_empty() {
+    let real_speech = kind == Kind::Background && !p.speech.is_empty() && rng.random::<f32>() < 0.4;
+    let mut w = if real_speech {
+        segment(&p.speech, len, rng)
+    } else if rng.random::<f32>() < 0.15 || p.background.is_empty() {
         let level = 10f32.powf(rng.random_range(-80.0f32..-50.0) / 20.0);
         (0..len).map(|_| rng.random_range(-level..level)).collect()
     } else {
@@ -500,6 +509,7 @@ pub fn summarise(
         at_threshold: point(threshold),
         median_latency_ms: lat.get(lat.len() / 2).copied(),
         curve,
+        false_accept_files: Vec::new(),
     }
 }
 
@@ -664,9 +674,14 @@ pub fn train(opts: &WakeTrainOptions) -> Result<WakeOutcome, TrainError> {
     // Real audio.
     let mut noise = Real::default();
     noise.load(&opts.noise, opts.max_file_s, "noise")?;
+    let mut speech = Real::default();
+    speech.load(&opts.speech, opts.max_file_s, "speech")?;
     let mut other = Real::default();
-    other.load(&opts.speech, opts.max_file_s, "speech")?;
     other.load(&opts.music, opts.max_file_s, "music")?;
+    let speech_train = speech.train.clone();
+    other.train.extend(speech.train);
+    other.dev.extend(speech.dev);
+    other.eval.extend(speech.eval);
     if let Some(root) = &opts.us8k {
         let ds = Us8k::load(root)?;
         let folds: Vec<u32> = {
@@ -719,6 +734,7 @@ pub fn train(opts: &WakeTrainOptions) -> Result<WakeOutcome, TrainError> {
         sentences: sent_train.iter().map(|u| u.audio.clone()).collect(),
         background,
         noise: noise.train.clone(),
+        speech: speech_train,
     };
 
     // Model.
@@ -1041,18 +1057,38 @@ pub fn evaluate(
     let model = WakeModel::load(model_dir)?;
     let set = EvalSet::load(positives, negatives)?;
     let t = threshold.unwrap_or(model.config.threshold);
-    measure(
+    let pos_scores = score_all(
         &model,
         &set.positives
             .iter()
-            .map(|(_, c, e)| (c.as_slice(), *e))
+            .map(|(_, c, _)| c.as_slice())
             .collect::<Vec<_>>(),
+        "score +",
+    )?;
+    let neg_scores = score_all(
+        &model,
         &set.negatives
             .iter()
             .map(|(_, c)| c.as_slice())
             .collect::<Vec<_>>(),
-        t,
-    )
+        "score -",
+    )?;
+    let sched = Schedule::of(&model.config);
+    let pos: Vec<(Vec<f32>, Option<usize>)> = pos_scores
+        .into_iter()
+        .zip(set.positives.iter().map(|(_, _, e)| *e))
+        .collect();
+    let mut ev = summarise(sched, &pos, &neg_scores, set.negative_s(), t);
+    ev.false_accept_files = set
+        .negatives
+        .iter()
+        .zip(&neg_scores)
+        .filter_map(|((p, _), s)| {
+            let n = sched.fires(s, t).len();
+            (n > 0).then(|| (p.display().to_string(), n))
+        })
+        .collect();
+    Ok(ev)
 }
 
 /// The evaluation as a text table.
@@ -1069,6 +1105,12 @@ pub fn to_text(ev: &WakeEvaluation) -> String {
             .map(|l| format!(", median latency {l:.0} ms after the phrase ends"))
             .unwrap_or_default()
     );
+    for (f, n) in &ev.false_accept_files {
+        s.push_str(&format!("false accepts: {n} in {f}\n"));
+    }
+    if !ev.false_accept_files.is_empty() {
+        s.push('\n');
+    }
     for p in &ev.curve {
         s.push_str(&format!(
             "{:>9.3} {:>5.1}% {:>6.2}\n",
@@ -1243,6 +1285,7 @@ mod tests {
             sentences: vec![tone.clone()],
             background: vec![vec![0.01; 40_000]],
             noise: Vec::new(),
+            speech: vec![vec![0.02; 30_000]],
         };
         let mut rng = StdRng::seed_from_u64(3);
         for k in [

@@ -118,7 +118,7 @@ fn actions_test_dry_runs_the_matcher_and_validate_reports_bad_actions() {
         .args([
             "actions",
             "test",
-            "Turn off the living room lights; rm -rf ~",
+            "Turn off the `living room`; lights",
             "--json",
             "--config",
         ])
