@@ -528,11 +528,8 @@ pub(crate) mod tests {
         .unwrap();
         let mut loss = 1.0;
         for _ in 0..steps {
-            let l = candle_nn::loss::binary_cross_entropy_with_logit(
-                &net.forward_t(&x, true).unwrap(),
-                &y,
-            )
-            .unwrap();
+            let l =
+                crate::train::wake::bce_with_logits(&net.forward_t(&x, true).unwrap(), &y).unwrap();
             opt.backward_step(&l).unwrap();
             loss = l.to_scalar::<f32>().unwrap();
         }

@@ -537,6 +537,14 @@ pub fn measure(
     ))
 }
 
+/// Binary cross-entropy on logits, in the stable form `max(x, 0) - x * y + ln(1 + e^-|x|)`.
+/// candle's `binary_cross_entropy_with_logit` takes the log of the sigmoid, which is `ln 0` once
+/// a logit is confident enough: the loss turned NaN after ~40 epochs.
+pub fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let soft = (x.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    ((x.relu()? - (x * y)?)? + soft)?.mean_all()
+}
+
 fn var_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
     varmap
         .data()
@@ -790,7 +798,7 @@ pub fn train(opts: &WakeTrainOptions) -> Result<WakeOutcome, TrainError> {
             let x = Tensor::from_vec(feats, (chunk.len(), cf, m), &dev)?;
             let y = Tensor::from_vec(labels, chunk.len(), &dev)?;
             let logits = net.forward_t(&x, true)?;
-            let loss = candle_nn::loss::binary_cross_entropy_with_logit(&logits, &y)?;
+            let loss = bce_with_logits(&logits, &y)?;
             opt.backward_step(&loss)?;
             sum += loss.to_scalar::<f32>()? * chunk.len() as f32;
             count += chunk.len();
@@ -799,6 +807,12 @@ pub fn train(opts: &WakeTrainOptions) -> Result<WakeOutcome, TrainError> {
         }
         pb.finish_and_clear();
         let l = sum / count.max(1) as f32;
+        if !l.is_finite() {
+            return Err(TrainError::Setting(format!(
+                "the loss diverged at epoch {} (try a lower --lr)",
+                epoch + 1
+            )));
+        }
         tracing::info!(epoch = epoch + 1, loss = l, "Epoch done.");
         losses.push(l);
     }
@@ -1311,6 +1325,15 @@ mod tests {
         super::super::sound::seeded_init(&varmap, 1).unwrap();
         let loss = crate::nn::wake::tests::toy_fit(&net, &varmap, &cfg, 80);
         assert!(loss < 0.2, "loss {loss}");
+    }
+
+    #[test]
+    fn the_loss_is_finite_for_confident_logits() {
+        let x = Tensor::new(&[200f32, -200.0, 0.0], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[0f32, 1.0, 1.0], &Device::Cpu).unwrap();
+        let l = bce_with_logits(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+        // (200 + 200 + ln 2) / 3.
+        assert!((l - (400.0 + 2f32.ln()) / 3.0).abs() < 1e-3, "{l}");
     }
 
     #[test]
