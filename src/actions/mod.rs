@@ -271,49 +271,92 @@ pub fn strip_phrase(text: &str, phrase: &str) -> String {
     said.join(" ")
 }
 
+/// Finals further apart than this (samples) belong to different utterances.
+const UTTERANCE_GAP: u64 = STREAM_RATE as u64;
+/// Finals of one utterance kept for matching.
+const MAX_FINALS: usize = 8;
+
 /// The listener: a bus reactor (wake and final transcript events in, action events out, in
 /// the publishing thread so an action follows its transcript before the stream ends).
+///
+/// The streaming transcriber may cut one utterance into several finals ("Hey Jarvis," / "set
+/// a" / "timer for 10 minutes."): the finals of an utterance (no gap over a second between
+/// them) are matched together, after each new one, until one matches.
 #[derive(Debug)]
 struct Listener {
     matcher: Matcher,
     /// Stream samples after a wake word during which utterances are matched.
     listen: u64,
     runner: runner::Runner,
-    /// Per stream: listening until this sample, after this phrase.
-    woken: Mutex<HashMap<Arc<str>, (u64, String)>>,
+    streams: Mutex<HashMap<Arc<str>, StreamState>>,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Listening for every entry until this sample, after this phrase.
+    woken: Option<(u64, String)>,
+    /// The current utterance's finals: start, end, text.
+    finals: Vec<(u64, u64, String)>,
 }
 
 impl EventReactor for Listener {
     fn react(&self, e: &Event, bus: &EventBus) {
         let t = match &e.kind {
             EventKind::Wake { phrase, .. } => {
-                self.lock()
-                    .insert(e.stream.clone(), (e.sample + self.listen, phrase.clone()));
+                let mut streams = self.lock();
+                let st = streams.entry(e.stream.clone()).or_default();
+                st.woken = Some((e.sample + self.listen, phrase.clone()));
+                st.finals.clear();
                 return;
             }
             EventKind::SourceEnded { .. } => {
                 self.lock().remove(&e.stream);
                 return;
             }
-            EventKind::Transcript(t) if t.is_final => t,
+            EventKind::Transcript(t) if t.is_final && !t.text.trim().is_empty() => t,
             _ => return,
         };
-        let woken = self
-            .lock()
-            .get(&e.stream)
-            .filter(|(until, _)| t.start_sample <= *until)
-            .map(|(_, p)| p.clone());
-        let text = match &woken {
-            Some(phrase) => strip_phrase(&t.text, phrase),
-            None => t.text.clone(),
+        let (m, start) = {
+            let mut streams = self.lock();
+            let st = streams.entry(e.stream.clone()).or_default();
+            if st
+                .finals
+                .last()
+                .is_some_and(|(_, end, _)| t.start_sample > end + UTTERANCE_GAP)
+            {
+                st.finals.clear();
+            }
+            if st.finals.len() == MAX_FINALS {
+                st.finals.remove(0);
+            }
+            st.finals
+                .push((t.start_sample, t.end_sample, t.text.trim().to_string()));
+            let said = st
+                .finals
+                .iter()
+                .map(|(_, _, s)| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let woken = st
+                .woken
+                .as_ref()
+                .filter(|(until, _)| t.start_sample <= *until)
+                .map(|(_, p)| p.clone());
+            let text = match &woken {
+                Some(phrase) => strip_phrase(&said, phrase),
+                None => said,
+            };
+            let Some(m) = self.matcher.best(&text, woken.is_some()) else {
+                return;
+            };
+            let start = st.finals.first().map_or(t.start_sample, |f| f.0);
+            st.finals.clear();
+            if woken.is_some() {
+                // One utterance answers one wake word.
+                st.woken = None;
+            }
+            (m, start)
         };
-        let Some(m) = self.matcher.best(&text, woken.is_some()) else {
-            return;
-        };
-        if woken.is_some() {
-            // One utterance answers one wake word.
-            self.lock().remove(&e.stream);
-        }
         let ran = !m.argv.is_empty() && self.runner.start(&m);
         tracing::info!(id = %m.id, score = m.score, slots = ?m.slots, ran, "Action matched.");
         bus.publish(
@@ -327,7 +370,7 @@ impl EventReactor for Listener {
                 score: m.score,
                 slots: m.slots,
                 ran,
-                start_sample: t.start_sample,
+                start_sample: start,
                 end_sample: t.end_sample,
             }),
         );
@@ -335,8 +378,8 @@ impl EventReactor for Listener {
 }
 
 impl Listener {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, String)>> {
-        self.woken.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, StreamState>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -351,7 +394,7 @@ pub fn install(cfg: &ActionsConfig, bus: &EventBus) -> Result<(), String> {
         matcher,
         listen: (cfg.listen_s * STREAM_RATE as f32) as u64,
         runner: runner::Runner::new(cfg.max_running),
-        woken: Mutex::default(),
+        streams: Mutex::default(),
     }));
     Ok(())
 }
@@ -488,8 +531,15 @@ run = ["/bin/sh", "-c", "sleep {minutes}"]
                 end_sample: 16_000,
             },
         );
-        let evil = "Hey Jarvis; set a timer for ten $(reboot) minutes | && > ~";
-        bus.publish(&stream, t0, 40_000, final_text(evil, 20_000, 40_000));
+        // One utterance cut into two finals, as the streaming transcriber may do.
+        bus.publish(
+            &stream,
+            t0,
+            30_000,
+            final_text("Hey Jarvis; set a", 20_000, 30_000),
+        );
+        let evil = "timer for ten $(reboot) minutes | && > ~";
+        bus.publish(&stream, t0, 40_000, final_text(evil, 31_000, 40_000));
         let mut actions = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::time::Instant::now() < deadline && actions.is_empty() {

@@ -1220,7 +1220,7 @@ fn model_card(
          - Real audio: noise {noise:?}, speech {speech:?}, music {music:?}, UrbanSound8K {us8k:?}; split by file (2/6 eval, 1/6 dev); UrbanSound8K's last fold is eval.\n\
          - Training: {epochs} epochs, batch {batch}, AdamW lr {lr}; each epoch draws fresh windows: positives (speed 0.9-1.1x, room impulse responses, 0-20 dB SNR over real background, levels -35..-1 dBFS), the phrase cut short, confusables ({conf}...), synthetic sentences and real background as negatives.\n\n\
          ## Held-out evaluation\n\n\
-         Held-out voices, each phrase between 1.2 s and 1.0 s of held-out noise at 10 dB SNR; negatives: the eval split of the real audio plus held-out voices reading sentences.\n\n\
+         Held-out voices, each phrase with 1.2 s of held-out noise before and 1.0 s after, at 10 dB SNR; negatives: the eval split of the real audio plus held-out voices reading sentences.\n\n\
          | | value |\n|---|---|\n\
          | positives | {npos} |\n| negative audio | {hours:.2} h |\n\
          | FRR at the threshold | {frr:.1}% |\n| false accepts per hour | {fa:.2} ({fan}) |\n\

@@ -139,7 +139,7 @@ fn actions_test_dry_runs_the_matcher_and_validate_reports_bad_actions() {
     )
     .unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_harkd"))
-        .arg("validate")
+        .args(["validate", "--config"])
         .arg(&conf)
         .output()
         .unwrap();
