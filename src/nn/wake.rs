@@ -250,6 +250,19 @@ impl TapConv1d {
     }
 }
 
+impl TapConv1d {
+    /// Training: the tap gather (right gradients). Inference: candle's own `conv1d` on a
+    /// contiguous input (same numbers, checked in `grad_probe`, and ~2x faster per step).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if train {
+            self.forward(x)
+        } else {
+            x.contiguous()?
+                .conv1d(&self.weight, self.padding, self.stride, 1, 1)
+        }
+    }
+}
+
 impl Module for TapConv1d {
     /// `[n, in, t]` -> `[n, out, (t + 2 * pad - k) / stride + 1]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -334,7 +347,7 @@ impl ModuleT for WakeNet {
             .contiguous()?;
         for (conv, bn) in &self.blocks {
             x = bn
-                .forward_t(&conv.forward(&x)?, train)?
+                .forward_t(&conv.forward_t(&x, train)?, train)?
                 .relu()?
                 .contiguous()?;
         }
