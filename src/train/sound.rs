@@ -545,6 +545,8 @@ pub fn train(opts: &SoundTrainOptions) -> Result<TrainOutcome, TrainError> {
                 ));
             }
             pb.finish_and_clear();
+            // The statistics the layers kept, not the VarMap's untouched initial values.
+            extra.extend(cnn.running_stats("cnn"));
         }
     }
 

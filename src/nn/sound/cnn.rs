@@ -42,6 +42,30 @@ impl Cnn {
     }
 }
 
+impl Cnn {
+    /// The batch norms' running statistics by tensor name (under `prefix`, e.g. `cnn`).
+    /// candle's `BatchNorm` updates copies of these, not the `VarMap`'s variables, so a trainer
+    /// must save these.
+    pub fn running_stats(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, bn))| {
+                [
+                    (
+                        format!("{prefix}.bn{i}.running_mean"),
+                        bn.running_mean().clone(),
+                    ),
+                    (
+                        format!("{prefix}.bn{i}.running_var"),
+                        bn.running_var().clone(),
+                    ),
+                ]
+            })
+            .collect()
+    }
+}
+
 impl ModuleT for Cnn {
     /// `x`: `[n, 1, frames, mels]` -> logits `[n, classes]`.
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
