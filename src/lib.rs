@@ -54,3 +54,4 @@ pub mod stages;
 pub mod store;
 pub mod telemetry;
 pub mod train;
+pub mod tts;

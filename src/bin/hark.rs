@@ -102,6 +102,12 @@ enum Command {
         #[command(subcommand)]
         what: ActionsCommand,
     },
+    /// Print text as it would be read aloud (the text-to-speech normaliser: numbers, dates,
+    /// currency, units, abbreviations, mathematics), offline.
+    Normalize {
+        /// The text; `-` reads standard input.
+        text: String,
+    },
     /// Push an audio file through StreamAudio and print the events it produces.
     Stream {
         file: PathBuf,
@@ -208,6 +214,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         return actions_test(text, config, *woken, json.to_owned());
     }
+    if let Command::Normalize { text } = &cli.command {
+        let text = if text == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+        } else {
+            text.clone()
+        };
+        for line in text.lines() {
+            println!("{}", hark::tts::normalize(line));
+        }
+        return Ok(());
+    }
     let addr = cli
         .addr
         .clone()
@@ -300,7 +317,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             anyhow::bail!("the daemon ended the transcription without a result")
         }
-        Command::Actions { .. } => unreachable!("handled before connecting"),
+        Command::Actions { .. } | Command::Normalize { .. } => {
+            unreachable!("handled before connecting")
+        }
         Command::Classify { file, json, top } => {
             let audio =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -11,6 +11,7 @@ mod sound;
 mod train_sound;
 mod train_wake;
 mod transcribe;
+mod tts;
 mod wake;
 
 use std::{collections::BTreeSet, time::Duration};
