@@ -30,7 +30,8 @@
 //!  metrics   -> pipeline, events          telemetry -> config
 //!  pipeline  -> audio, events, ring       audio     -> events, ring
 //!  store     -> events                    nn        -> dsp
-//!  leaves:      events, dsp, ring, models
+//!  train     -> nn, dsp, models, stages (the wake detector), audio   (hark-train only)
+//!  leaves:      events, dsp, ring, models, tts (text normalisation)
 //! ```
 //!
 //! The one cycle is `config <-> stages`: the config aggregates each stage's section (defined
