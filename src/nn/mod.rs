@@ -6,6 +6,7 @@
 //!   language detection, word timestamps.
 //! - [`sound`]: the sound-event classifier (YAMNet trunk + head, or a small CNN).
 //! - [`wake`]: the wake-word CNN and its log-mel front end.
+//! - [`g2p`]: neural grapheme-to-phoneme for out-of-vocabulary words (g2p_en's GRU seq2seq).
 //!
 //! # Threads
 //!
@@ -18,6 +19,7 @@
 //! the first model is loaded (e.g. in the systemd unit); [`num_threads`] reports the value in
 //! force.
 
+pub mod g2p;
 pub mod sound;
 pub mod wake;
 pub mod whisper;
