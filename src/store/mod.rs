@@ -56,19 +56,29 @@ impl StoreConfig {
         if !self.path.is_empty() {
             return PathBuf::from(&self.path);
         }
-        if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
-            return Path::new(&dir).join("transcripts.db");
-        }
-        // SAFETY: getuid has no preconditions.
-        if unsafe { libc::getuid() } == 0 {
-            return PathBuf::from("/var/lib/hark/transcripts.db");
-        }
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("hark").join("transcripts.db")
+        state_dir().join("transcripts.db")
     }
+}
+
+/// The daemon's state directory: `$STATE_DIRECTORY` under systemd, `/var/lib/hark` for root,
+/// else `$XDG_STATE_HOME/hark` (`~/.local/state/hark`).
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several, colon-separated; the first is ours.
+        let first = dir.to_string_lossy().split(':').next().unwrap_or("").to_string();
+        if !first.is_empty() {
+            return PathBuf::from(first);
+        }
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        return PathBuf::from("/var/lib/hark");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("hark")
 }
 
 /// A search result.
