@@ -6,6 +6,7 @@
 //!   language detection, word timestamps.
 //! - [`sound`]: the sound-event classifier (YAMNet trunk + head, or a small CNN).
 //! - [`wake`]: the wake-word CNN and its log-mel front end.
+//! - [`vits`]: Piper VITS text-to-speech voices (phoneme ids to a waveform).
 //!
 //! # Threads
 //!
@@ -19,6 +20,7 @@
 //! force.
 
 pub mod sound;
+pub mod vits;
 pub mod wake;
 pub mod whisper;
 
@@ -52,6 +54,8 @@ pub enum NnError {
     InvalidInput(String),
     #[error("stopped: the caller cancelled or its deadline passed")]
     Cancelled,
+    #[error("{path} is not a usable Piper voice: {reason}")]
+    Voice { path: PathBuf, reason: String },
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
