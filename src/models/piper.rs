@@ -365,6 +365,35 @@ mod tests {
         assert!(corr > 0.999, "correlation {corr}");
         assert!(max_abs < 0.02, "max abs diff {max_abs}");
 
+        // Half-precision weights: half the file, and still the same waveform for listening.
+        let weights16 = dir.path().join("voice16.safetensors");
+        write_voice_safetensors_as(&onnx, &weights16, WeightDType::F16).unwrap();
+        let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+        // The JSON header (names, shapes) is the same size in both.
+        assert!(size(&weights16) * 2 < size(&weights) + 128 * 1024);
+        let voice16 = crate::nn::vits::VitsVoice::load(&weights16, &config).unwrap();
+        let got16 = voice16
+            .synthesize(&ids, crate::nn::vits::VitsScales::DETERMINISTIC, 0)
+            .unwrap();
+        if got16.len() == want.len() {
+            let max16 = got16
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            let corr16 =
+                dot(&got16, &want) / (dot(&got16, &got16).sqrt() * dot(&want, &want).sqrt());
+            eprintln!(
+                "vits golden, f16 weights: max abs diff {max16:.2e}, correlation {corr16:.7}"
+            );
+            assert!(corr16 > 0.99, "f16 correlation {corr16}");
+        } else {
+            eprintln!(
+                "vits golden, f16 weights: {} samples (durations moved)",
+                got16.len()
+            );
+        }
+
         // Same seed, same output; no noise, no dependence on the seed.
         let again = voice
             .synthesize(&ids, crate::nn::vits::VitsScales::DETERMINISTIC, 99)

