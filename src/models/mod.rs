@@ -25,6 +25,7 @@
 pub mod ct2;
 pub mod fetch;
 pub mod onnx;
+pub mod piper;
 pub mod yamnet;
 
 use std::collections::BTreeMap;

@@ -7,6 +7,7 @@
 //! - [`sound`]: the sound-event classifier (YAMNet trunk + head, or a small CNN).
 //! - [`wake`]: the wake-word CNN and its log-mel front end.
 //! - [`g2p`]: neural grapheme-to-phoneme for out-of-vocabulary words (g2p_en's GRU seq2seq).
+//! - [`vits`]: Piper VITS text-to-speech voices (phoneme ids to a waveform).
 //!
 //! # Threads
 //!
@@ -21,6 +22,7 @@
 
 pub mod g2p;
 pub mod sound;
+pub mod vits;
 pub mod wake;
 pub mod whisper;
 
@@ -54,6 +56,8 @@ pub enum NnError {
     InvalidInput(String),
     #[error("stopped: the caller cancelled or its deadline passed")]
     Cancelled,
+    #[error("{path} is not a usable Piper voice: {reason}")]
+    Voice { path: PathBuf, reason: String },
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
