@@ -1227,8 +1227,8 @@ impl ConvFlow {
                 uw[b] = h.d[b * t + j] / norm;
                 uh[b] = h.d[(nb + b) * t + j] / norm;
             }
-            for b in 0..nb - 1 {
-                ud[b] = h.d[(2 * nb + b) * t + j];
+            for (b, u) in ud.iter_mut().enumerate() {
+                *u = h.d[(2 * nb + b) * t + j];
             }
             let x1 = &mut z.d[t + j];
             *x1 = rq_spline_inverse(*x1, &uw, &uh, &ud, TAIL_BOUND);
@@ -1610,11 +1610,8 @@ mod tests {
     ) -> Seq {
         let t_out = (x.t - 1) * s + k - 2 * p;
         let mut out = Seq::zeros(cout, t_out);
-        for co in 0..cout {
-            for (o, v) in out.row_mut(co).iter_mut().enumerate() {
-                *v = b[co];
-                let _ = o;
-            }
+        for (co, &bias) in b.iter().enumerate() {
+            out.row_mut(co).fill(bias);
         }
         for ci in 0..x.c {
             for t in 0..x.t {
@@ -1797,11 +1794,11 @@ mod tests {
             let p = softmax(&logits);
             for d in 0..c {
                 let mut o = 0.0;
-                for j in 0..t {
+                for (j, &pj) in p.iter().enumerate() {
                     let rel = j as isize - i as isize;
-                    o += p[j] * v.d[d * t + j];
+                    o += pj * v.d[d * t + j];
                     if rel.unsigned_abs() <= window {
-                        o += p[j] * attn.rel_v[(rel + window as isize) as usize * c + d];
+                        o += pj * attn.rel_v[(rel + window as isize) as usize * c + d];
                     }
                 }
                 assert!((got.d[d * t + i] - o).abs() < 1e-5);
