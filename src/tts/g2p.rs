@@ -12,7 +12,6 @@ use super::{
     lexicon::{Cmudict, UserLexicon},
     numbers::cardinal,
     phonemes::arpabet_to_ipa,
-    ssml::spell,
 };
 use crate::nn::g2p::NeuralG2p;
 
@@ -175,7 +174,7 @@ impl Phonemizer {
             .collect()
     }
 
-    fn word(&self, user: &UserLexicon, ctx: &Context) -> (String, Source) {
+    fn word(&self, user: &UserLexicon, ctx: &Context<'_>) -> (String, Source) {
         let w = ctx.words[ctx.at].as_str();
         let original = ctx.original;
         if let Some(ipa) = user.ipa(w) {
@@ -189,8 +188,10 @@ impl Phonemizer {
         // Digits the normaliser left (inside a word such as "mp3"): read as a number.
         if w.chars().all(|c| c.is_ascii_digit()) {
             let n: u64 = w.parse().unwrap_or(0);
-            let spoken = if w.len() > 15 { spell(w) } else { cardinal(n) };
-            return (self.words_ipa(user, &spoken), Source::Spelled);
+            if w.len() > 15 {
+                return (spell_ipa(w), Source::Spelled);
+            }
+            return (self.words_ipa(user, &cardinal(n)), Source::Spelled);
         }
         let acronym = original.chars().count() >= 2
             && original.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
@@ -216,7 +217,7 @@ impl Phonemizer {
             return (format!("{ipa}{suffix}"), source);
         }
         if acronym || w.chars().any(|c| c.is_ascii_digit()) {
-            return (self.words_ipa(user, &spell(original)), Source::Spelled);
+            return (spell_ipa(original), Source::Spelled);
         }
         if let Some(net) = &self.neural
             && let Ok(phones) = net.predict(w)
@@ -224,35 +225,52 @@ impl Phonemizer {
         {
             return (arpabet_to_ipa(&phones, true), Source::Neural);
         }
-        (self.words_ipa(user, &spell(original)), Source::Spelled)
+        (spell_ipa(original), Source::Spelled)
     }
 
-    /// Several plain words -> one IPA string (used for spelled-out letters and numbers).
+    /// Several plain words -> one IPA string (numbers read out).
     fn words_ipa(&self, user: &UserLexicon, spoken: &str) -> String {
-        let words: Vec<String> = spoken
+        spoken
             .split(|c: char| c.is_whitespace() || c == '-' || c == ',')
             .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
-        let mut parts = Vec::with_capacity(words.len());
-        for i in 0..words.len() {
-            let ctx = Context {
-                words: &words,
-                at: i,
-                original: &words[i],
-            };
-            let w = words[i].as_str();
-            let ipa = match user.ipa(w) {
-                Some(ipa) => ipa.to_string(),
-                None => match self.cmudict.get(w) {
-                    Some(p) => arpabet_to_ipa(&p[0], true),
-                    None => self.word(user, &ctx).0,
-                },
-            };
-            parts.push(ipa);
-        }
-        parts.join(" ")
+            .map(|w| {
+                let w = w.to_lowercase();
+                match user.ipa(&w) {
+                    Some(ipa) => ipa.to_string(),
+                    None => match self.cmudict.get(&w) {
+                        Some(p) => arpabet_to_ipa(&p[0], true),
+                        None => spell_ipa(&w),
+                    },
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
+}
+
+/// Letter names in espeak's IPA, so that spelling needs no dictionary (and cannot recurse).
+const LETTER_IPA: [&str; 26] = [
+    "ˈeɪ", "bˈiː", "sˈiː", "dˈiː", "ˈiː", "ˈɛf", "dʒˈiː", "ˈeɪtʃ", "ˈaɪ", "dʒˈeɪ", "kˈeɪ", "ˈɛl",
+    "ˈɛm", "ˈɛn", "ˈoʊ", "pˈiː", "kjˈuː", "ˈɑːɹ", "ˈɛs", "tˈiː", "jˈuː", "vˈiː", "dˈʌbəljuː",
+    "ˈɛks", "wˈaɪ", "zˈiː",
+];
+const DIGIT_IPA: [&str; 10] = [
+    "zˈiəɹoʊ", "wˈʌn", "tˈuː", "θɹˈiː", "fˈoːɹ", "fˈaɪv", "sˈɪks", "sˈɛvən", "ˈeɪt", "nˈaɪn",
+];
+
+/// Spells a word letter by letter (ASCII letters and digits; anything else is skipped).
+pub fn spell_ipa(word: &str) -> String {
+    word.chars()
+        .filter_map(|c| {
+            let l = c.to_ascii_lowercase();
+            if l.is_ascii_lowercase() {
+                Some(LETTER_IPA[(l as u8 - b'a') as usize])
+            } else {
+                c.to_digit(10).map(|d| DIGIT_IPA[d as usize])
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Tokens -> the string the voice reads: words separated by spaces, punctuation attached to the
@@ -307,10 +325,10 @@ pub(crate) mod tests {
     #[test]
     fn homographs_follow_context() {
         let p = phonemizer();
-        assert_eq!(to_ipa_string(&p.phonemize("I will read it")), "ˈaɪ wɪl ɹˈiːd ɪt");
+        assert_eq!(to_ipa_string(&p.phonemize("I will read it")), "aɪ wɪl ɹˈiːd ɪt");
         assert_eq!(
             to_ipa_string(&p.phonemize("I read it yesterday")),
-            "ˈaɪ ɹˈɛd ɪt jˈɛstɚdˌeɪ"
+            "aɪ ɹˈɛd ɪt jˈɛstɚdˌeɪ"
         );
     }
 

@@ -65,7 +65,7 @@ const OBJECT_STARTERS: &[&str] = &[
 const THIRD_PERSON: &[&str] = &["he", "she", "it", "who", "that", "which", "everyone", "nobody"];
 
 /// Whether the word at `ctx` is used as a verb.
-fn verb_here(ctx: &Context) -> bool {
+fn verb_here(ctx: &Context<'_>) -> bool {
     let p = ctx.prev(1);
     if DETERMINERS.contains(&p) {
         return false;
@@ -77,7 +77,7 @@ fn verb_here(ctx: &Context) -> bool {
 }
 
 /// The same, for a third-person singular form ("records", "presents").
-fn verb_here_s(ctx: &Context) -> bool {
+fn verb_here_s(ctx: &Context<'_>) -> bool {
     let p = ctx.prev(1);
     if DETERMINERS.contains(&p) {
         return false;
@@ -211,7 +211,7 @@ const PRESENT_BEFORE: &[&str] = &[
     "i'll", "you'll", "we'll", "they'll", "and",
 ];
 
-fn special(word: &str, ctx: &Context, first: Pick, second: Pick) -> Pick {
+fn special(word: &str, ctx: &Context<'_>, first: Pick, second: Pick) -> Pick {
     let p = ctx.prev(1);
     let n = ctx.next(1);
     let second_if = |c: bool| if c { second } else { first };
@@ -342,7 +342,7 @@ fn special(word: &str, ctx: &Context, first: Pick, second: Pick) -> Pick {
 }
 
 /// The pronunciation (ARPAbet) of the homograph at `ctx`, or `None` when the word is not one.
-pub fn choose(ctx: &Context) -> Option<String> {
+pub fn choose(ctx: &Context<'_>) -> Option<String> {
     let word = ctx.words.get(ctx.at)?.as_str();
     Some(match lookup(word)? {
         Kind::Special(a, b) => special(word, ctx, a, b).to_string(),

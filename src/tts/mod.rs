@@ -263,7 +263,7 @@ impl Tts {
     }
 
     /// Text or SSML -> sentences and pauses. `rate` multiplies every rate the document sets.
-    pub fn plan(&self, input: Input, rate: f32) -> Result<Vec<Unit>, TtsError> {
+    pub fn plan(&self, input: Input<'_>, rate: f32) -> Result<Vec<Unit>, TtsError> {
         if !(rate.is_finite() && (0.25..=4.0).contains(&rate)) {
             return Err(TtsError::Invalid(format!(
                 "rate {rate} is outside 0.25..=4 (1 is normal speed)"
@@ -320,7 +320,7 @@ impl Tts {
 
     /// Phonemes for `text`, word by word, with where each came from (for `hark say
     /// --phonemes`).
-    pub fn phonemize(&self, input: Input) -> Result<Vec<Token>, TtsError> {
+    pub fn phonemize(&self, input: Input<'_>) -> Result<Vec<Token>, TtsError> {
         let mut out = Vec::new();
         for unit in self.plan(input, 1.0)? {
             if let Unit::Speech { tokens, .. } = unit {
