@@ -45,6 +45,7 @@ pub struct Config {
     pub sound: crate::stages::sound::SoundConfig,
     pub wake: crate::stages::wake::WakeConfig,
     pub actions: crate::actions::ActionsConfig,
+    pub tts: crate::tts::TtsConfig,
     pub models: ModelsConfig,
 }
 
@@ -433,6 +434,7 @@ impl Config {
         self.sound.validate().map_err(ConfigError::Invalid)?;
         self.wake.validate().map_err(ConfigError::Invalid)?;
         self.actions.validate().map_err(ConfigError::Invalid)?;
+        self.tts.validate().map_err(ConfigError::Invalid)?;
         let s = &self.server;
         if s.max_message_bytes < 1024 || s.max_message_bytes > 256 * 1024 * 1024 {
             return invalid("server.max_message_bytes must be within 1 KiB..=256 MiB".into());

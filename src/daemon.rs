@@ -307,6 +307,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         asr_defaults: cfg.transcribe.clone(),
         resources: resources.clone(),
         sound_defaults: cfg.sound.clone(),
+        tts: Arc::new(crate::api::tts::TtsState::new(
+            cfg.tts.clone(),
+            crate::models::search_dirs(None),
+        )),
         limits: crate::api::service::ApiLimits {
             max_upload_s: cfg.server.max_upload_s,
             session_idle: Duration::from_secs(cfg.server.session_idle_s),

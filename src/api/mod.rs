@@ -4,6 +4,7 @@
 //! - [`convert`]: domain <-> protobuf conversions;
 //! - [`server`]: listeners (Unix socket, TCP with TLS and bearer token), limits, health and
 //!   reflection;
+//! - [`tts`]: the text-to-speech RPCs (Synthesize, ListVoices, Phonemize, lexicon);
 //! - [`client`]: connecting from `hark` and tests.
 
 pub mod client;
@@ -13,6 +14,7 @@ pub mod h2_authority;
 pub mod jobs;
 pub mod server;
 pub mod service;
+pub mod tts;
 
 use std::{net::SocketAddr, path::PathBuf};
 

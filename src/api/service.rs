@@ -71,6 +71,8 @@ pub struct ApiContext {
     pub resources: Arc<crate::stages::StageResources>,
     /// `[sound]`: model, thresholds and durations for Classify.
     pub sound_defaults: crate::stages::sound::SoundConfig,
+    /// Text-to-speech (loaded on first use).
+    pub tts: Arc<super::tts::TtsState>,
     pub limits: ApiLimits,
     /// Cancelled when the daemon shuts down: one-shot jobs in flight stop at their next window.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -436,6 +438,72 @@ impl Hark for HarkService {
         .await
         .map_err(|e| Status::internal(format!("classification task failed: {e}")))?
         .map(Response::new)
+    }
+
+    type SynthesizeStream = ReceiverStream<Result<pb::SynthesizeResponse, Status>>;
+
+    async fn synthesize(
+        &self,
+        request: Request<pb::SynthesizeRequest>,
+    ) -> Result<Response<Self::SynthesizeStream>, Status> {
+        let deadline = Deadline::of(&request);
+        self.ctx
+            .tts
+            .synthesize(request.into_inner(), deadline, self.ctx.shutdown.clone())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_voices(
+        &self,
+        _request: Request<pb::ListVoicesRequest>,
+    ) -> Result<Response<pb::ListVoicesResponse>, Status> {
+        self.ctx.tts.list_voices().await.map(Response::new)
+    }
+
+    async fn phonemize(
+        &self,
+        request: Request<pb::PhonemizeRequest>,
+    ) -> Result<Response<pb::PhonemizeResponse>, Status> {
+        self.ctx
+            .tts
+            .phonemize(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_lexicon(
+        &self,
+        request: Request<pb::GetLexiconRequest>,
+    ) -> Result<Response<pb::GetLexiconResponse>, Status> {
+        self.ctx
+            .tts
+            .get_lexicon(&request.into_inner().word)
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_lexicon_entry(
+        &self,
+        request: Request<pb::SetLexiconEntryRequest>,
+    ) -> Result<Response<pb::LexiconEntry>, Status> {
+        let entry = request
+            .into_inner()
+            .entry
+            .ok_or_else(|| Status::invalid_argument("give an entry (word and ipa or arpabet)"))?;
+        self.ctx.tts.set_lexicon(entry).await.map(Response::new)
+    }
+
+    async fn delete_lexicon_entry(
+        &self,
+        request: Request<pb::DeleteLexiconEntryRequest>,
+    ) -> Result<Response<pb::DeleteLexiconEntryResponse>, Status> {
+        let deleted = self
+            .ctx
+            .tts
+            .delete_lexicon(&request.into_inner().word)
+            .await?;
+        Ok(Response::new(pb::DeleteLexiconEntryResponse { deleted }))
     }
 
     async fn list_devices(

@@ -15,6 +15,8 @@ pub mod channel;
 pub mod device;
 pub mod file;
 pub mod header;
+#[cfg(feature = "mic")]
+pub mod playback;
 pub mod resample;
 pub mod stdin;
 pub mod supervise;

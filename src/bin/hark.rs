@@ -19,6 +19,21 @@ use hark::{
     config::default_socket_path,
 };
 
+#[derive(Subcommand, Debug)]
+enum LexiconCommand {
+    /// Set how WORD is said: IPA (`zˈɔːɹblæks`) or, with --arpabet, ARPAbet (`Z AO1 R B L AE0 K S`).
+    Set {
+        word: String,
+        phonemes: String,
+        #[arg(long)]
+        arpabet: bool,
+    },
+    /// Print one entry, or every entry.
+    Get { word: Option<String> },
+    /// Remove an entry.
+    Delete { word: String },
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "hark", version, about = "Client for the hark daemon")]
 struct Cli {
@@ -107,6 +122,35 @@ enum Command {
     Normalize {
         /// The text; `-` reads standard input.
         text: String,
+    },
+    /// Speak text through the daemon's voice: writes a WAV with -o (`-o -`: standard output),
+    /// else plays it on the default output device.
+    Say {
+        /// The text (or SSML with --ssml); `-` reads standard input.
+        text: String,
+        /// Output WAV file, or `-` for standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Voice name (see `hark voices`); default: the daemon's tts.voice.
+        #[arg(long, default_value = "")]
+        voice: String,
+        /// The text is an SSML document.
+        #[arg(long)]
+        ssml: bool,
+        /// Speaking rate (1 normal, 0.25..4).
+        #[arg(long, default_value_t = 1.0)]
+        rate: f32,
+        /// Print the phonemes of each word (and where they came from) instead of speaking.
+        #[arg(long)]
+        phonemes: bool,
+    },
+    /// The voices the daemon can speak with.
+    Voices,
+    /// The user pronunciation lexicon: `hark lexicon set WORD PHONEMES`, `get [WORD]`,
+    /// `delete WORD`. Changes apply at once, without a restart.
+    Lexicon {
+        #[command(subcommand)]
+        what: LexiconCommand,
     },
     /// Push an audio file through StreamAudio and print the events it produces.
     Stream {
@@ -316,6 +360,102 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             anyhow::bail!("the daemon ended the transcription without a result")
+        }
+        Command::Say {
+            text,
+            output,
+            voice,
+            ssml,
+            rate,
+            phonemes,
+        } => {
+            let text = if text == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                text
+            };
+            if phonemes {
+                use pb::phonemize_request::Input;
+                let r = client
+                    .phonemize(pb::PhonemizeRequest {
+                        input: Some(if ssml {
+                            Input::Ssml(text)
+                        } else {
+                            Input::Text(text)
+                        }),
+                    })
+                    .await?
+                    .into_inner();
+                for w in &r.words {
+                    println!("{:<20} {:<24} {}", w.word, w.ipa, w.source);
+                }
+                for s in &r.sentences {
+                    println!("{s}");
+                }
+                return Ok(());
+            }
+            say(&mut client, text, output, voice, ssml, rate).await
+        }
+        Command::Voices => {
+            let r = client
+                .list_voices(pb::ListVoicesRequest {})
+                .await?
+                .into_inner();
+            for v in &r.voices {
+                let star = if v.name == r.default_voice { "*" } else { " " };
+                println!(
+                    "{star} {:<10} {:>6} Hz  {:<8} {}",
+                    v.name, v.sample_rate, v.language, v.kind
+                );
+            }
+            Ok(())
+        }
+        Command::Lexicon { what } => {
+            match what {
+                LexiconCommand::Set {
+                    word,
+                    phonemes,
+                    arpabet,
+                } => {
+                    let (ipa, arpa) = if arpabet {
+                        (String::new(), phonemes)
+                    } else {
+                        (phonemes, String::new())
+                    };
+                    let e = client
+                        .set_lexicon_entry(pb::SetLexiconEntryRequest {
+                            entry: Some(pb::LexiconEntry {
+                                word,
+                                ipa,
+                                arpabet: arpa,
+                            }),
+                        })
+                        .await?
+                        .into_inner();
+                    println!("{} {}", e.word, e.ipa);
+                }
+                LexiconCommand::Get { word } => {
+                    let r = client
+                        .get_lexicon(pb::GetLexiconRequest {
+                            word: word.unwrap_or_default(),
+                        })
+                        .await?
+                        .into_inner();
+                    for e in &r.entries {
+                        println!("{:<20} {}", e.word, e.ipa);
+                    }
+                }
+                LexiconCommand::Delete { word } => {
+                    let r = client
+                        .delete_lexicon_entry(pb::DeleteLexiconEntryRequest { word: word.clone() })
+                        .await?
+                        .into_inner();
+                    if !r.deleted {
+                        anyhow::bail!("{word:?} is not in the lexicon");
+                    }
+                }
+            }
+            Ok(())
         }
         Command::Actions { .. } | Command::Normalize { .. } => {
             unreachable!("handled before connecting")
@@ -668,4 +808,103 @@ mod tests {
         let j: serde_json::Value = serde_json::from_str(&render_transcript(&r, "json")).unwrap();
         assert_eq!(j["segments"][0]["start"], 61.5);
     }
+}
+
+/// `hark say`: streams the synthesis into a WAV file, standard output, or the speakers.
+async fn say(
+    client: &mut Client,
+    text: String,
+    output: Option<PathBuf>,
+    voice: String,
+    ssml: bool,
+    rate: f32,
+) -> anyhow::Result<()> {
+    use pb::{synthesize_request::Input, synthesize_response::Payload};
+    let mut stream = client
+        .synthesize(pb::SynthesizeRequest {
+            input: Some(if ssml {
+                Input::Ssml(text)
+            } else {
+                Input::Text(text)
+            }),
+            voice,
+            rate,
+            encoding: pb::AudioEncoding::PcmF32le as i32,
+            sample_rate: 0,
+            seed: 0,
+        })
+        .await?
+        .into_inner();
+    let mut sample_rate = 0u32;
+    let mut samples: Vec<f32> = Vec::new();
+    #[cfg(feature = "mic")]
+    let mut player: Option<hark::audio::playback::Player> = None;
+    while let Some(msg) = stream.message().await? {
+        match msg.payload {
+            Some(Payload::Config(c)) => {
+                sample_rate = c.sample_rate;
+                if output.is_none() {
+                    #[cfg(feature = "mic")]
+                    {
+                        player = Some(hark::audio::playback::Player::open(sample_rate)?);
+                    }
+                    #[cfg(not(feature = "mic"))]
+                    anyhow::bail!("this build has no audio output (feature mic); use -o FILE");
+                }
+            }
+            Some(Payload::Sentence(s)) => {
+                if !s.text.is_empty() {
+                    eprintln!("{}", s.text);
+                }
+            }
+            Some(Payload::Data(bytes)) => {
+                let chunk: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                #[cfg(feature = "mic")]
+                if let Some(p) = player.as_mut() {
+                    p.push(&chunk);
+                    continue;
+                }
+                samples.extend_from_slice(&chunk);
+            }
+            None => {}
+        }
+    }
+    #[cfg(feature = "mic")]
+    if let Some(p) = player {
+        p.finish();
+        return Ok(());
+    }
+    let Some(path) = output else {
+        return Ok(());
+    };
+    anyhow::ensure!(sample_rate > 0, "the daemon sent no audio format");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = hound::WavWriter::new(&mut buf, spec)?;
+        for s in &samples {
+            w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
+        }
+        w.finalize()?;
+    }
+    if path.as_os_str() == "-" {
+        std::io::stdout().write_all(buf.get_ref())?;
+    } else {
+        std::fs::write(&path, buf.get_ref())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "wrote {} ({:.2} s at {sample_rate} Hz)",
+            path.display(),
+            samples.len() as f64 / f64::from(sample_rate)
+        );
+    }
+    Ok(())
 }

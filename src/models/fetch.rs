@@ -139,7 +139,12 @@ pub fn find_model(name: &str) -> Result<&'static KnownModel, ModelError> {
         .find(|m| m.name == name)
         .ok_or_else(|| ModelError::UnknownModel {
             name: name.into(),
-            known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+            known: MODELS
+                .iter()
+                .map(|m| m.name)
+                .chain(super::voices::VOICES.iter().map(|v| v.name))
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
@@ -181,6 +186,9 @@ pub fn fetch_with(
     dtype: WeightDType,
     opts: &FetchOptions,
 ) -> Result<PathBuf, ModelError> {
+    if let Some(voice) = super::voices::find_voice(name) {
+        return super::voices::fetch_voice(voice, dest_root, opts);
+    }
     let model = find_model(name)?;
     let dest = dest_root.join(model.name);
     if !opts.force && dest.exists() {
@@ -480,9 +488,9 @@ pub fn import_ct2_dir(src: &Path, dest: &Path, dtype: WeightDType) -> Result<Pat
 }
 
 /// Removes a directory on drop unless disarmed.
-struct TempDir {
-    path: PathBuf,
-    armed: bool,
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
+    pub(crate) armed: bool,
 }
 
 impl Drop for TempDir {
@@ -575,7 +583,7 @@ fn install(
 
 /// Moves the finished temporary directory to `dest`. An existing `dest` is first renamed aside
 /// and removed only after the new directory is in place.
-fn publish(mut tmp: TempDir, dest: &Path) -> Result<(), ModelError> {
+pub(crate) fn publish(mut tmp: TempDir, dest: &Path) -> Result<(), ModelError> {
     // The files were synced when written; sync the directory entry too before it is published.
     if let Ok(d) = File::open(&tmp.path) {
         let _ = d.sync_all();
@@ -607,7 +615,7 @@ fn publish(mut tmp: TempDir, dest: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let mut f = File::create(path).map_err(io_err(path))?;
     f.write_all(bytes).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))

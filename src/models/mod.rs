@@ -26,6 +26,7 @@ pub mod ct2;
 pub mod fetch;
 pub mod onnx;
 pub mod piper;
+pub mod voices;
 pub mod yamnet;
 
 use std::collections::BTreeMap;

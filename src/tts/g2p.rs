@@ -58,8 +58,8 @@ const FUNCTION_WORDS: &[&str] = &[
     "from", "by", "as", "is", "are", "was", "were", "be", "been", "am", "it", "its", "it's",
     "this", "that", "these", "those", "i", "you", "he", "she", "we", "they", "me", "him", "her",
     "us", "them", "my", "your", "his", "our", "their", "do", "does", "did", "has", "have", "had",
-    "will", "would", "can", "could", "shall", "should", "may", "might", "must", "so", "if",
-    "than", "then", "there", "some", "i'm", "into", "onto", "upon", "than",
+    "will", "would", "can", "could", "shall", "should", "may", "might", "must", "so", "if", "than",
+    "then", "there", "some", "i'm", "into", "onto", "upon", "than",
 ];
 
 /// Punctuation kept for the voice.
@@ -194,7 +194,9 @@ impl Phonemizer {
             return (self.words_ipa(user, &cardinal(n)), Source::Spelled);
         }
         let acronym = original.chars().count() >= 2
-            && original.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            && original
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
         if let Some(p) = self.cmudict.get(w) {
             return (arpabet_to_ipa(&p[0], stress), Source::Dictionary);
         }
@@ -250,12 +252,44 @@ impl Phonemizer {
 
 /// Letter names in espeak's IPA, so that spelling needs no dictionary (and cannot recurse).
 const LETTER_IPA: [&str; 26] = [
-    "ˈeɪ", "bˈiː", "sˈiː", "dˈiː", "ˈiː", "ˈɛf", "dʒˈiː", "ˈeɪtʃ", "ˈaɪ", "dʒˈeɪ", "kˈeɪ", "ˈɛl",
-    "ˈɛm", "ˈɛn", "ˈoʊ", "pˈiː", "kjˈuː", "ˈɑːɹ", "ˈɛs", "tˈiː", "jˈuː", "vˈiː", "dˈʌbəljuː",
-    "ˈɛks", "wˈaɪ", "zˈiː",
+    "ˈeɪ",
+    "bˈiː",
+    "sˈiː",
+    "dˈiː",
+    "ˈiː",
+    "ˈɛf",
+    "dʒˈiː",
+    "ˈeɪtʃ",
+    "ˈaɪ",
+    "dʒˈeɪ",
+    "kˈeɪ",
+    "ˈɛl",
+    "ˈɛm",
+    "ˈɛn",
+    "ˈoʊ",
+    "pˈiː",
+    "kjˈuː",
+    "ˈɑːɹ",
+    "ˈɛs",
+    "tˈiː",
+    "jˈuː",
+    "vˈiː",
+    "dˈʌbəljuː",
+    "ˈɛks",
+    "wˈaɪ",
+    "zˈiː",
 ];
 const DIGIT_IPA: [&str; 10] = [
-    "zˈiəɹoʊ", "wˈʌn", "tˈuː", "θɹˈiː", "fˈoːɹ", "fˈaɪv", "sˈɪks", "sˈɛvən", "ˈeɪt", "nˈaɪn",
+    "zˈiəɹoʊ",
+    "wˈʌn",
+    "tˈuː",
+    "θɹˈiː",
+    "fˈoːɹ",
+    "fˈaɪv",
+    "sˈɪks",
+    "sˈɛvən",
+    "ˈeɪt",
+    "nˈaɪn",
 ];
 
 /// Spells a word letter by letter (ASCII letters and digits; anything else is skipped).
@@ -325,7 +359,10 @@ pub(crate) mod tests {
     #[test]
     fn homographs_follow_context() {
         let p = phonemizer();
-        assert_eq!(to_ipa_string(&p.phonemize("I will read it")), "aɪ wɪl ɹˈiːd ɪt");
+        assert_eq!(
+            to_ipa_string(&p.phonemize("I will read it")),
+            "aɪ wɪl ɹˈiːd ɪt"
+        );
         assert_eq!(
             to_ipa_string(&p.phonemize("I read it yesterday")),
             "aɪ ɹˈɛd ɪt jˈɛstɚdˌeɪ"
@@ -350,14 +387,26 @@ pub(crate) mod tests {
             .unwrap();
         let t = p.phonemize("Bess's");
         assert_eq!(to_ipa_string(&t), "bˈɛsiz");
-        assert!(matches!(t[0], Token::Word { source: Source::User, .. }));
+        assert!(matches!(
+            t[0],
+            Token::Word {
+                source: Source::User,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn unknown_capitals_are_spelled_and_punctuation_runs_collapse() {
         let p = phonemizer();
         let t = p.phonemize("NTSB?!");
-        assert!(matches!(t[0], Token::Word { source: Source::Spelled, .. }));
+        assert!(matches!(
+            t[0],
+            Token::Word {
+                source: Source::Spelled,
+                ..
+            }
+        ));
         assert_eq!(t.len(), 2, "{t:?}");
         assert_eq!(t[1], Token::Punct('?'));
     }

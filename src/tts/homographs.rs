@@ -41,11 +41,50 @@ impl<'a> Context<'a> {
 
 /// Words after which a verb follows ("to record", "will read", "please close").
 const VERB_CUES: &[&str] = &[
-    "to", "will", "would", "can", "could", "should", "must", "might", "may", "shall", "do",
-    "does", "did", "don't", "doesn't", "didn't", "can't", "cannot", "won't", "wouldn't",
-    "couldn't", "shouldn't", "please", "let's", "i", "you", "we", "they", "i'll", "you'll",
-    "we'll", "they'll", "i'd", "you'd", "we'd", "they'd", "not", "never", "always", "often",
-    "usually", "sometimes", "also", "just",
+    "to",
+    "will",
+    "would",
+    "can",
+    "could",
+    "should",
+    "must",
+    "might",
+    "may",
+    "shall",
+    "do",
+    "does",
+    "did",
+    "don't",
+    "doesn't",
+    "didn't",
+    "can't",
+    "cannot",
+    "won't",
+    "wouldn't",
+    "couldn't",
+    "shouldn't",
+    "please",
+    "let's",
+    "i",
+    "you",
+    "we",
+    "they",
+    "i'll",
+    "you'll",
+    "we'll",
+    "they'll",
+    "i'd",
+    "you'd",
+    "we'd",
+    "they'd",
+    "not",
+    "never",
+    "always",
+    "often",
+    "usually",
+    "sometimes",
+    "also",
+    "just",
 ];
 
 /// Words after which a noun (or an adjective before one) follows.
@@ -57,12 +96,35 @@ const DETERMINERS: &[&str] = &[
 
 /// Words that start an object after a verb ("record the", "close it").
 const OBJECT_STARTERS: &[&str] = &[
-    "the", "a", "an", "it", "this", "that", "these", "those", "them", "him", "her", "me", "us",
-    "my", "your", "his", "our", "their", "some", "every", "all", "everything", "something",
+    "the",
+    "a",
+    "an",
+    "it",
+    "this",
+    "that",
+    "these",
+    "those",
+    "them",
+    "him",
+    "her",
+    "me",
+    "us",
+    "my",
+    "your",
+    "his",
+    "our",
+    "their",
+    "some",
+    "every",
+    "all",
+    "everything",
+    "something",
 ];
 
 /// Subjects of a third-person verb ("she reads", "he lives").
-const THIRD_PERSON: &[&str] = &["he", "she", "it", "who", "that", "which", "everyone", "nobody"];
+const THIRD_PERSON: &[&str] = &[
+    "he", "she", "it", "who", "that", "which", "everyone", "nobody",
+];
 
 /// Whether the word at `ctx` is used as a verb.
 fn verb_here(ctx: &Context<'_>) -> bool {
@@ -129,9 +191,17 @@ const NOUN_VERB: &[(&str, Pick, Pick)] = &[
     ("separate", "S EH1 P ER0 EY2 T", "S EH1 P ER0 AH0 T"),
     ("moderate", "M AA1 D ER0 EY2 T", "M AA1 D ER0 AH0 T"),
     ("alternate", "AO1 L T ER0 N EY2 T", "AO1 L T ER0 N AH0 T"),
-    ("associate", "AH0 S OW1 S IY0 EY2 T", "AH0 S OW1 S IY0 AH0 T"),
+    (
+        "associate",
+        "AH0 S OW1 S IY0 EY2 T",
+        "AH0 S OW1 S IY0 AH0 T",
+    ),
     ("advocate", "AE1 D V AH0 K EY2 T", "AE1 D V AH0 K AH0 T"),
-    ("duplicate", "D UW1 P L AH0 K EY2 T", "D UW1 P L AH0 K AH0 T"),
+    (
+        "duplicate",
+        "D UW1 P L AH0 K EY2 T",
+        "D UW1 P L AH0 K AH0 T",
+    ),
     ("delegate", "D EH1 L AH0 G EY2 T", "D EH1 L AH0 G AH0 T"),
     ("resume", "R IH0 Z UW1 M", "R EH1 Z AH0 M EY2"),
     ("content", "K AH0 N T EH1 N T", "K AA1 N T EH0 N T"),
@@ -176,7 +246,9 @@ fn lookup(word: &str) -> Option<Kind> {
     if let Some(&(_, v, n)) = NOUN_VERB.iter().find(|(w, ..)| *w == word) {
         return Some(Kind::NounVerb(v, n));
     }
-    let base = word.strip_suffix("es").filter(|b| b.ends_with("s") || b.ends_with("se"));
+    let base = word
+        .strip_suffix("es")
+        .filter(|b| b.ends_with("s") || b.ends_with("se"));
     let base = base.or_else(|| word.strip_suffix('s'));
     if let Some(b) = base
         && let Some(&(_, v, n)) = NOUN_VERB.iter().find(|(w, ..)| *w == b)
@@ -199,16 +271,25 @@ fn add_s(pron: &str) -> String {
 }
 
 const PAST_MARKERS: &[&str] = &[
-    "yesterday", "ago", "last", "had", "did", "was", "were", "earlier", "once", "already",
+    "yesterday",
+    "ago",
+    "last",
+    "had",
+    "did",
+    "was",
+    "were",
+    "earlier",
+    "once",
+    "already",
 ];
 const PAST_BEFORE: &[&str] = &[
     "have", "has", "had", "i've", "you've", "we've", "they've", "was", "were", "been", "being",
     "is", "are", "be", "already", "well", "widely", "poorly", "never",
 ];
 const PRESENT_BEFORE: &[&str] = &[
-    "to", "will", "would", "can", "could", "should", "must", "might", "may", "shall", "do",
-    "does", "don't", "doesn't", "didn't", "did", "please", "let's", "cannot", "can't", "won't",
-    "i'll", "you'll", "we'll", "they'll", "and",
+    "to", "will", "would", "can", "could", "should", "must", "might", "may", "shall", "do", "does",
+    "don't", "doesn't", "didn't", "did", "please", "let's", "cannot", "can't", "won't", "i'll",
+    "you'll", "we'll", "they'll", "and",
 ];
 
 fn special(word: &str, ctx: &Context<'_>, first: Pick, second: Pick) -> Pick {
@@ -229,15 +310,51 @@ fn special(word: &str, ctx: &Context<'_>, first: Pick, second: Pick) -> Pick {
         // Verb /lɪv/ or adjective /laɪv/.
         "live" => second_if(
             [
-                "music", "show", "shows", "concert", "broadcast", "performance", "stream",
-                "event", "audience", "recording", "wire", "bait", "animals", "album", "band",
-                "coverage", "tv", "television", "version", "feed", "demo", "session", "chat",
-                "update", "updates", "blog", "action", "ammunition", "rounds", "oak", "sports",
-                "radio", "footage", "streaming", "data", "match", "game", "coverage", "wires",
+                "music",
+                "show",
+                "shows",
+                "concert",
+                "broadcast",
+                "performance",
+                "stream",
+                "event",
+                "audience",
+                "recording",
+                "wire",
+                "bait",
+                "animals",
+                "album",
+                "band",
+                "coverage",
+                "tv",
+                "television",
+                "version",
+                "feed",
+                "demo",
+                "session",
+                "chat",
+                "update",
+                "updates",
+                "blog",
+                "action",
+                "ammunition",
+                "rounds",
+                "oak",
+                "sports",
+                "radio",
+                "footage",
+                "streaming",
+                "data",
+                "match",
+                "game",
+                "coverage",
+                "wires",
             ]
             .contains(&n)
-                || ["go", "goes", "went", "going", "gone", "went", "is", "are", "was", "were"]
-                    .contains(&p)
+                || [
+                    "go", "goes", "went", "going", "gone", "went", "is", "are", "was", "were",
+                ]
+                .contains(&p)
                 || (DETERMINERS.contains(&p) && !["to"].contains(&p)),
         ),
         // Verb /lɪvz/ or plural noun /laɪvz/.
@@ -253,9 +370,28 @@ fn special(word: &str, ctx: &Context<'_>, first: Pick, second: Pick) -> Pick {
         // /liːd/ (guide) or the metal /lɛd/.
         "lead" => second_if(
             [
-                "pipe", "pipes", "poisoning", "paint", "pencil", "pencils", "levels",
-                "exposure", "bullet", "bullets", "balloon", "weight", "weights", "acetate",
-                "oxide", "shot", "free", "content", "mine", "mines", "crystal", "sheet",
+                "pipe",
+                "pipes",
+                "poisoning",
+                "paint",
+                "pencil",
+                "pencils",
+                "levels",
+                "exposure",
+                "bullet",
+                "bullets",
+                "balloon",
+                "weight",
+                "weights",
+                "acetate",
+                "oxide",
+                "shot",
+                "free",
+                "content",
+                "mine",
+                "mines",
+                "crystal",
+                "sheet",
             ]
             .contains(&n)
                 || ["of", "with", "from", "like", "heavy", "molten"].contains(&p)
@@ -264,8 +400,10 @@ fn special(word: &str, ctx: &Context<'_>, first: Pick, second: Pick) -> Pick {
         // Noun /wɪnd/ or verb /waɪnd/.
         "wind" | "winds" => second_if(
             !DETERMINERS.contains(&p)
-                && !["strong", "cold", "north", "south", "east", "west", "solar", "high"]
-                    .contains(&p)
+                && ![
+                    "strong", "cold", "north", "south", "east", "west", "solar", "high",
+                ]
+                .contains(&p)
                 && (VERB_CUES.contains(&p)
                     || THIRD_PERSON.contains(&p)
                     || ["up", "down", "around", "back", "through", "along"].contains(&n)
@@ -281,9 +419,24 @@ fn special(word: &str, ctx: &Context<'_>, first: Pick, second: Pick) -> Pick {
         "bass" => second_if(ctx.near(
             3,
             &[
-                "fish", "fishing", "caught", "catch", "striped", "largemouth", "smallmouth",
-                "sea", "lake", "pond", "river", "boat", "lure", "lures", "trout", "fried",
-                "grilled", "fillet",
+                "fish",
+                "fishing",
+                "caught",
+                "catch",
+                "striped",
+                "largemouth",
+                "smallmouth",
+                "sea",
+                "lake",
+                "pond",
+                "river",
+                "boat",
+                "lure",
+                "lures",
+                "trout",
+                "fried",
+                "grilled",
+                "fillet",
             ],
         )),
         // Crying /tɪɹ/ or ripping /tɛɹ/.
@@ -304,10 +457,31 @@ fn special(word: &str, ctx: &Context<'_>, first: Pick, second: Pick) -> Pick {
         // Sixty seconds /mɪnɪt/ or tiny /maɪnjuːt/.
         "minute" => second_if(
             [
-                "detail", "details", "amount", "amounts", "quantity", "quantities",
-                "particle", "particles", "trace", "traces", "change", "changes", "difference",
-                "differences", "fraction", "crack", "cracks", "organism", "organisms",
-                "creature", "creatures", "portion", "scale", "variations", "fragments",
+                "detail",
+                "details",
+                "amount",
+                "amounts",
+                "quantity",
+                "quantities",
+                "particle",
+                "particles",
+                "trace",
+                "traces",
+                "change",
+                "changes",
+                "difference",
+                "differences",
+                "fraction",
+                "crack",
+                "cracks",
+                "organism",
+                "organisms",
+                "creature",
+                "creatures",
+                "portion",
+                "scale",
+                "variations",
+                "fragments",
             ]
             .contains(&n)
                 || ["very", "so", "most", "extremely", "rather", "quite"].contains(&p),
@@ -322,13 +496,27 @@ fn special(word: &str, ctx: &Context<'_>, first: Pick, second: Pick) -> Pick {
         ),
         // Line /roʊ/ or quarrel /raʊ/.
         "row" => second_if(
-            (DETERMINERS.contains(&p) || ["big", "blazing", "huge", "bitter", "public"].contains(&p))
-                && ["over", "about", "with", "between", "erupted", "broke", "has"].contains(&n),
+            (DETERMINERS.contains(&p)
+                || ["big", "blazing", "huge", "bitter", "public"].contains(&p))
+                && [
+                    "over", "about", "with", "between", "erupted", "broke", "has",
+                ]
+                .contains(&n),
         ),
         // Bird /dʌv/ or past of dive /doʊv/.
         "dove" => second_if(
             ["he", "she", "they", "we", "i", "you", "it", "then", "and"].contains(&p)
-                || ["into", "in", "off", "under", "down", "for", "deep", "headfirst"].contains(&n),
+                || [
+                    "into",
+                    "in",
+                    "off",
+                    "under",
+                    "down",
+                    "for",
+                    "deep",
+                    "headfirst",
+                ]
+                .contains(&n),
         ),
         // Shine /pɑːlɪʃ/ or the nationality /poʊlɪʃ/ (case decides).
         // At the start of a sentence the capital says nothing: "Polish the silver".
@@ -352,23 +540,61 @@ pub fn choose(ctx: &Context<'_>) -> Option<String> {
                 let p = ctx.prev(1);
                 let n1 = ctx.next(1);
                 let adj = [
-                    "to", "by", "friend", "friends", "call", "calls", "relative", "relatives",
-                    "enough", "attention", "range", "contact", "second", "race", "look", "eye",
-                    "together", "behind", "family", "quarters", "proximity",
+                    "to",
+                    "by",
+                    "friend",
+                    "friends",
+                    "call",
+                    "calls",
+                    "relative",
+                    "relatives",
+                    "enough",
+                    "attention",
+                    "range",
+                    "contact",
+                    "second",
+                    "race",
+                    "look",
+                    "eye",
+                    "together",
+                    "behind",
+                    "family",
+                    "quarters",
+                    "proximity",
                 ]
                 .contains(&n1)
                     || [
-                        "very", "so", "too", "quite", "really", "pretty", "is", "are", "was",
-                        "were", "be", "been", "come", "came", "stay", "get", "got", "keep", "as",
-                        "fairly", "extremely",
+                        "very",
+                        "so",
+                        "too",
+                        "quite",
+                        "really",
+                        "pretty",
+                        "is",
+                        "are",
+                        "was",
+                        "were",
+                        "be",
+                        "been",
+                        "come",
+                        "came",
+                        "stay",
+                        "get",
+                        "got",
+                        "keep",
+                        "as",
+                        "fairly",
+                        "extremely",
                     ]
                     .contains(&p);
                 return Some(if adj { n } else { v }.to_string());
             }
             // "content" the adjective: "I am content", "content with".
             if word == "content" {
-                let adj = ["am", "is", "are", "was", "were", "be", "feel", "felt", "seem"]
-                    .contains(&ctx.prev(1))
+                let adj = [
+                    "am", "is", "are", "was", "were", "be", "feel", "felt", "seem",
+                ]
+                .contains(&ctx.prev(1))
                     || ["with", "to"].contains(&ctx.next(1));
                 return Some(if adj { v } else { n }.to_string());
             }
@@ -452,21 +678,37 @@ mod tests {
         ("Put on a record.", "record", "R EH1 K ER0 D"),
         ("We record every meeting.", "record", "R IH0 K AO1 R D"),
         ("Wait a minute.", "minute", "M IH1 N AH0 T"),
-        ("The report covered every minute detail.", "minute", "M AY0 N UW1 T"),
+        (
+            "The report covered every minute detail.",
+            "minute",
+            "M AY0 N UW1 T",
+        ),
         ("Only minute amounts were found.", "minute", "M AY0 N UW1 T"),
         ("Give me one minute please.", "minute", "M IH1 N AH0 T"),
         ("I object to that.", "object", "AH0 B JH EH1 K T"),
         ("The object fell.", "object", "AA1 B JH EH0 K T"),
         ("He gave her a present.", "present", "P R EH1 Z AH0 N T"),
-        ("They will present the results.", "present", "P R IY0 Z EH1 N T"),
+        (
+            "They will present the results.",
+            "present",
+            "P R IY0 Z EH1 N T",
+        ),
         ("She presents the news.", "presents", "P R IY0 Z EH1 N T S"),
-        ("The kids opened their presents.", "presents", "P R EH1 Z AH0 N T S"),
+        (
+            "The kids opened their presents.",
+            "presents",
+            "P R EH1 Z AH0 N T S",
+        ),
         ("What is the use of it?", "use", "Y UW1 S"),
         ("You can use my phone.", "use", "Y UW1 Z"),
         ("The desert is hot.", "desert", "D EH1 Z ER0 T"),
         ("Do not desert your friends.", "desert", "D IH0 Z ER1 T"),
         ("Prices increase every year.", "increase", "IH0 N K R IY1 S"),
-        ("There was an increase in sales.", "increase", "IH1 N K R IY2 S"),
+        (
+            "There was an increase in sales.",
+            "increase",
+            "IH1 N K R IY2 S",
+        ),
         ("I refuse to go.", "refuse", "R IH0 F Y UW1 Z"),
         ("She took a bow.", "bow", "B AW1"),
         ("She tied a bow.", "bow", "B OW1"),

@@ -156,16 +156,25 @@ pub fn is_voice_dir(dir: &Path) -> bool {
 }
 
 impl Tts {
-    /// Loads the neural voices found in `models_dir`, espeak-ng if allowed and installed, the
-    /// dictionaries (from the first neural voice; none without one), and the user lexicon.
-    pub fn load(cfg: &TtsConfig, models_dir: &Path) -> Result<Self, TtsError> {
-        let mut voices = Vec::new();
+    /// Loads the neural voices found in `models_dirs` (the first directory with a name wins),
+    /// espeak-ng if allowed and installed, the dictionaries (from the first neural voice; none
+    /// without one), and the user lexicon.
+    pub fn load(cfg: &TtsConfig, models_dirs: &[PathBuf]) -> Result<Self, TtsError> {
+        let mut voices: Vec<Arc<Voice>> = Vec::new();
         let mut dict_dir = None;
-        let mut names: Vec<PathBuf> = std::fs::read_dir(models_dir)
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        names.sort();
-        for dir in names.into_iter().filter(|d| is_voice_dir(d)) {
+        let mut found: Vec<PathBuf> = Vec::new();
+        for root in models_dirs {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(root)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            names.sort();
+            for d in names {
+                if is_voice_dir(&d) && !found.iter().any(|f| f.file_name() == d.file_name()) {
+                    found.push(d);
+                }
+            }
+        }
+        for dir in found {
             let name = dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

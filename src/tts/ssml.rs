@@ -193,7 +193,10 @@ pub fn parse(doc: &str) -> Result<Vec<Span>, SsmlError> {
         return Err(at(0, "no <speak> element".into()));
     }
     if let Some(open) = stack.last() {
-        return Err(at(doc.len() as u64, format!("<{}> is never closed", open.name)));
+        return Err(at(
+            doc.len() as u64,
+            format!("<{}> is never closed", open.name),
+        ));
     }
     Ok(merge_text(out))
 }
@@ -258,13 +261,20 @@ fn open_element(e: &BytesStart<'_>, rate: f32) -> Result<Open, String> {
         "speak" => return Err("<speak> inside <speak>".into()),
         "p" | "s" | "break" => Content::Normal,
         "say-as" => {
-            let how = attr(e, "interpret-as")?
-                .ok_or("<say-as> needs interpret-as=\"characters|cardinal|ordinal|date|telephone\"")?;
+            let how = attr(e, "interpret-as")?.ok_or(
+                "<say-as> needs interpret-as=\"characters|cardinal|ordinal|date|telephone\"",
+            )?;
             let how = how.to_ascii_lowercase();
             if !matches!(
                 how.as_str(),
-                "characters" | "spell-out" | "cardinal" | "number" | "ordinal" | "digits"
-                    | "date" | "telephone"
+                "characters"
+                    | "spell-out"
+                    | "cardinal"
+                    | "number"
+                    | "ordinal"
+                    | "digits"
+                    | "date"
+                    | "telephone"
             ) {
                 return Err(format!(
                     "<say-as interpret-as=\"{how}\"> is not supported (characters, spell-out, \
@@ -365,7 +375,9 @@ fn break_ms(e: &BytesStart<'_>) -> Result<u32, String> {
             .filter(|m| m.is_finite() && *m >= 0.0)
             .ok_or_else(|| format!("<break time=\"{t}\">: give e.g. 500ms or 1.5s"))?;
         if ms > f64::from(MAX_BREAK_MS) {
-            return Err(format!("<break time=\"{t}\"> is longer than {MAX_BREAK_MS} ms"));
+            return Err(format!(
+                "<break time=\"{t}\"> is longer than {MAX_BREAK_MS} ms"
+            ));
         }
         return Ok(ms as u32);
     }
@@ -415,8 +427,31 @@ fn push_text(out: &mut Vec<Span>, stack: &[Open], text: &str) {
 /// Letter and digit names, for spelling.
 pub fn spell(text: &str) -> String {
     const LETTERS: [&str; 26] = [
-        "ay", "bee", "see", "dee", "ee", "eff", "gee", "aitch", "eye", "jay", "kay", "el", "em",
-        "en", "oh", "pee", "cue", "are", "ess", "tee", "you", "vee", "double you", "ex", "why",
+        "ay",
+        "bee",
+        "see",
+        "dee",
+        "ee",
+        "eff",
+        "gee",
+        "aitch",
+        "eye",
+        "jay",
+        "kay",
+        "el",
+        "em",
+        "en",
+        "oh",
+        "pee",
+        "cue",
+        "are",
+        "ess",
+        "tee",
+        "you",
+        "vee",
+        "double you",
+        "ex",
+        "why",
         "zee",
     ];
     const DIGITS: [&str; 10] = [
@@ -443,9 +478,7 @@ fn say_as(how: &str, text: &str) -> String {
         "characters" | "spell-out" => spell(t),
         "digits" => spell(&t.chars().filter(char::is_ascii_digit).collect::<String>()),
         "cardinal" | "number" => int().map(cardinal).unwrap_or_else(|| super::normalize(t)),
-        "ordinal" => int()
-            .map(ordinal)
-            .unwrap_or_else(|| super::normalize(t)),
+        "ordinal" => int().map(ordinal).unwrap_or_else(|| super::normalize(t)),
         // Each group of digits read digit by digit, groups separated by a short pause.
         "telephone" => t
             .split(|c: char| !c.is_ascii_digit() && c != '+')
@@ -498,7 +531,9 @@ mod tests {
             kinds("<speak>Hello &amp; welcome.</speak>"),
             [SpanKind::Text("Hello & welcome.".into())]
         );
-        assert!(looks_like_ssml("  <?xml version=\"1.0\"?>\n<speak>x</speak>"));
+        assert!(looks_like_ssml(
+            "  <?xml version=\"1.0\"?>\n<speak>x</speak>"
+        ));
         assert!(!looks_like_ssml("speak <b>"));
     }
 
@@ -515,13 +550,17 @@ mod tests {
             <prosody rate="150%"><s>Fast.</s></prosody></speak>"#;
         let spans = parse(doc).unwrap();
         let k: Vec<&SpanKind> = spans.iter().map(|s| &s.kind).collect();
-        assert!(k.contains(&&SpanKind::Words("five five five, zero one two three".into())));
+        assert!(k.contains(&&SpanKind::Words(
+            "five five five, zero one two three".into()
+        )));
         assert!(k.contains(&&SpanKind::Break(300)));
         assert!(k.contains(&&SpanKind::Break(700)));
         assert!(k.contains(&&SpanKind::Words("en ay ess ay".into())));
         assert!(k.contains(&&SpanKind::Words("third".into())));
-        assert!(k.contains(&&SpanKind::Words("one thousand twenty-four".into())
-            ) || k.contains(&&SpanKind::Words("one thousand and twenty-four".into())));
+        assert!(
+            k.contains(&&SpanKind::Words("one thousand twenty-four".into()))
+                || k.contains(&&SpanKind::Words("one thousand and twenty-four".into()))
+        );
         assert!(k.contains(&&SpanKind::Ipa {
             ipa: "zˈɔːɹblæks".into(),
             text: "Zorblax".into()
@@ -537,7 +576,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(text.contains("World Wide Web Consortium") && !text.contains("W3C"), "{text}");
+        assert!(
+            text.contains("World Wide Web Consortium") && !text.contains("W3C"),
+            "{text}"
+        );
         let fast = spans
             .iter()
             .find(|s| s.kind == SpanKind::Text("Fast.".into()))
@@ -569,9 +611,10 @@ mod tests {
 
     #[test]
     fn rates_nest_and_clamp() {
-        let spans =
-            parse("<speak><prosody rate=\"x-fast\"><prosody rate=\"400%\">a</prosody></prosody></speak>")
-                .unwrap();
+        let spans = parse(
+            "<speak><prosody rate=\"x-fast\"><prosody rate=\"400%\">a</prosody></prosody></speak>",
+        )
+        .unwrap();
         assert_eq!(spans[0].rate, 4.0);
         let spans = parse("<speak><prosody rate=\"+20%\">a</prosody></speak>").unwrap();
         assert!((spans[0].rate - 1.2).abs() < 1e-6);

@@ -166,7 +166,14 @@ impl EspeakVoice {
         let wpm = (175.0 * rate.clamp(0.25, 4.0)).round().clamp(80.0, 450.0) as u32;
         let err = |e: String| TtsError::Voice(format!("espeak-ng: {e}"));
         let mut child = Command::new(&self.program)
-            .args(["-v", &self.voice, "-s", &wpm.to_string(), "--stdout", "--stdin"])
+            .args([
+                "-v",
+                &self.voice,
+                "-s",
+                &wpm.to_string(),
+                "--stdout",
+                "--stdin",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
