@@ -57,7 +57,7 @@ impl Daemon {
         // No model downloads from tests unless one asks (`env` may turn it back on).
         cmd.env("HARK_AUTO_FETCH", "0");
         cmd.envs(env.iter().copied());
-        let wants_asr = config.is_some_and(|c| c.contains("[transcribe]"));
+        let wants_asr = config.is_some_and(|c| c.contains("[transcribe]") || c.contains("[tts]"));
         if let Some(body) = config {
             let path = dir.path().join("harkd.toml");
             std::fs::write(&path, body).expect("write config");
