@@ -18,6 +18,18 @@ use crate::tts::{Input, Tts, TtsConfig, TtsError, Unit, lexicon::Entry};
 /// Samples per data message (about 0.7 s at 22 kHz in s16).
 const CHUNK_SAMPLES: usize = 16_384;
 
+/// Samples -> little-endian f32 or s16 bytes.
+fn encode(samples: &[f32], f32_out: bool) -> Vec<u8> {
+    if f32_out {
+        samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    } else {
+        samples
+            .iter()
+            .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
+            .collect()
+    }
+}
+
 /// The synthesiser's state in the daemon.
 #[derive(Debug)]
 pub struct TtsState {
@@ -212,32 +224,38 @@ impl TtsState {
                         phonemes,
                         start_s: emitted as f64 / f64::from(out_rate),
                     }))?;
-                    let audio = tts
-                        .render(&voice, unit, seed.wrapping_add(i as u64))
-                        .map_err(tts_status)?;
-                    out.clear();
-                    match resampler.as_mut() {
-                        Some(r) => {
-                            r.process(&audio, &mut out);
-                            if i + 1 == plan.len() {
-                                r.flush(&mut out);
+                    let last = i + 1 == plan.len();
+                    let mut failed: Option<Status> = None;
+                    let mut deliver = |audio: &[f32]| -> bool {
+                        out.clear();
+                        match resampler.as_mut() {
+                            Some(r) => r.process(audio, &mut out),
+                            None => out.extend_from_slice(audio),
+                        }
+                        emitted += out.len();
+                        for chunk in out.chunks(CHUNK_SAMPLES) {
+                            if let Err(e) = send(Payload::Data(encode(chunk, f32_out))) {
+                                failed = Some(e);
+                                return false;
                             }
                         }
-                        None => out.extend_from_slice(&audio),
+                        // Stop between chunks when the caller cancels or its deadline passes.
+                        !run_stop.is_set()
+                    };
+                    tts.render_chunked(&voice, unit, seed.wrapping_add(i as u64), &mut deliver)
+                        .map_err(tts_status)?;
+                    if let Some(e) = failed {
+                        return Err(e);
                     }
-                    emitted += out.len();
-                    for chunk in out.chunks(CHUNK_SAMPLES) {
-                        let bytes: Vec<u8> = if f32_out {
-                            chunk.iter().flat_map(|s| s.to_le_bytes()).collect()
-                        } else {
-                            chunk
-                                .iter()
-                                .flat_map(|s| {
-                                    ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()
-                                })
-                                .collect()
-                        };
-                        send(Payload::Data(bytes))?;
+                    if run_stop.is_set() {
+                        return Err(run_stop.stop_status());
+                    }
+                    if last && let Some(r) = resampler.as_mut() {
+                        out.clear();
+                        r.flush(&mut out);
+                        if !out.is_empty() {
+                            send(Payload::Data(encode(&out, f32_out)))?;
+                        }
                     }
                 }
                 Ok(())

@@ -365,6 +365,37 @@ mod tests {
         assert!(corr > 0.999, "correlation {corr}");
         assert!(max_abs < 0.02, "max abs diff {max_abs}");
 
+        // Chunked decoding (the streaming path): same length, and joins that match the
+        // whole-sentence decoder.
+        let mut pieces = Vec::new();
+        let mut chunked = Vec::new();
+        voice
+            .synthesize_chunked(
+                &ids,
+                crate::nn::vits::VitsScales::DETERMINISTIC,
+                0,
+                12,
+                40,
+                &mut |a| {
+                    pieces.push(a.len());
+                    chunked.extend_from_slice(a);
+                    true
+                },
+            )
+            .unwrap();
+        assert!(pieces.len() > 2, "{pieces:?}");
+        assert_eq!(chunked.len(), got.len());
+        let chunk_err = chunked
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "chunked decoding: {} pieces, max abs diff {chunk_err:.2e}",
+            pieces.len()
+        );
+        assert!(chunk_err < 0.02, "chunked max abs diff {chunk_err}");
+
         // Half-precision weights: half the file, and still the same waveform for listening.
         let weights16 = dir.path().join("voice16.safetensors");
         write_voice_safetensors_as(&onnx, &weights16, WeightDType::F16).unwrap();

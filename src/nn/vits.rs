@@ -233,6 +233,20 @@ impl VitsVoice {
         scales: VitsScales,
         seed: u64,
     ) -> Result<VitsOutput, NnError> {
+        let (z, frames) = self.latent(ids, scales, seed)?;
+        let audio = self.dec.forward(&z);
+        let durations = frames.iter().map(|&n| n * self.hop).collect();
+        Ok(VitsOutput { audio, durations })
+    }
+
+    /// Text encoder, durations, prior sample and reverse flow: the latent frames the decoder
+    /// turns into sound, and each id's number of frames.
+    fn latent(
+        &self,
+        ids: &[i64],
+        scales: VitsScales,
+        seed: u64,
+    ) -> Result<(Seq, Vec<usize>), NnError> {
         let _span = tracing::trace_span!("vits", ids = ids.len()).entered();
         if ids.is_empty() {
             return Err(NnError::InvalidInput("no phoneme ids".into()));
@@ -301,11 +315,50 @@ impl VitsVoice {
             coupling.reverse(&mut z);
         }
         drop(_flow);
-        let audio = self.dec.forward(&z);
-        let durations = frames.iter().map(|&n| n * self.hop).collect();
-        Ok(VitsOutput { audio, durations })
+        Ok((z, frames))
+    }
+
+    /// [`Self::synthesize`] delivering audio in pieces as the decoder produces them, so the
+    /// first sound is ready long before the sentence is: the latent frames are decoded in
+    /// chunks (`first` frames, then `chunk` frames) with [`DECODE_CONTEXT`] frames of context on
+    /// each side, which is trimmed away. HiFi-GAN's receptive field is a few frames, so the
+    /// joins match whole-sentence decoding closely (a test bounds the difference). `on_audio`
+    /// returning false stops the synthesis.
+    pub fn synthesize_chunked(
+        &self,
+        ids: &[i64],
+        scales: VitsScales,
+        seed: u64,
+        first: usize,
+        chunk: usize,
+        on_audio: &mut dyn FnMut(&[f32]) -> bool,
+    ) -> Result<(), NnError> {
+        let (z, _) = self.latent(ids, scales, seed)?;
+        let (first, chunk) = (first.max(1), chunk.max(1));
+        let mut start = 0;
+        while start < z.t {
+            let len = if start == 0 { first } else { chunk };
+            let end = (start + len).min(z.t);
+            let lo = start.saturating_sub(DECODE_CONTEXT);
+            let hi = (end + DECODE_CONTEXT).min(z.t);
+            let mut part = Seq::zeros(z.c, hi - lo);
+            for ch in 0..z.c {
+                part.row_mut(ch).copy_from_slice(&z.row(ch)[lo..hi]);
+            }
+            let audio = self.dec.forward(&part);
+            let a = (start - lo) * self.hop;
+            let b = a + (end - start) * self.hop;
+            if !on_audio(&audio[a..b.min(audio.len())]) {
+                return Ok(());
+            }
+            start = end;
+        }
+        Ok(())
     }
 }
+
+/// Latent frames of context on each side of a decoded chunk.
+pub const DECODE_CONTEXT: usize = 16;
 
 fn voice_err(path: &Path, reason: impl Into<String>) -> NnError {
     NnError::Voice {

@@ -339,6 +339,24 @@ impl Tts {
         Ok(out)
     }
 
+    /// Speaks one unit, handing the audio to `on_audio` in pieces as it is made (the neural
+    /// voice decodes in chunks; the others deliver the unit at once). `on_audio` returning false
+    /// stops early.
+    pub fn render_chunked(
+        &self,
+        voice: &Voice,
+        unit: &Unit,
+        seed: u64,
+        on_audio: &mut dyn FnMut(&[f32]) -> bool,
+    ) -> Result<(), TtsError> {
+        if let (Voice::Piper { voice, .. }, Unit::Speech { ipa, rate, .. }) = (voice, unit) {
+            return voice.speak_chunked(ipa, *rate, seed, on_audio);
+        }
+        let audio = self.render(voice, unit, seed)?;
+        on_audio(&audio);
+        Ok(())
+    }
+
     /// Speaks one unit with `voice`: mono samples at the voice's rate.
     pub fn render(&self, voice: &Voice, unit: &Unit, seed: u64) -> Result<Vec<f32>, TtsError> {
         match unit {

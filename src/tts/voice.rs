@@ -118,14 +118,32 @@ impl PiperVoice {
 
     /// Speaks one sentence of phonemes at `rate` (1 normal).
     pub fn speak(&self, ipa: &str, rate: f32, seed: u64) -> Result<Vec<f32>, TtsError> {
+        let mut out = Vec::new();
+        self.speak_chunked(ipa, rate, seed, &mut |a| {
+            out.extend_from_slice(a);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// [`speak`](Self::speak), handing the audio over in pieces as it is decoded: the first
+    /// piece (about 0.28 s of sound) is ready after the encoder and a small part of the decoder.
+    pub fn speak_chunked(
+        &self,
+        ipa: &str,
+        rate: f32,
+        seed: u64,
+        on_audio: &mut dyn FnMut(&[f32]) -> bool,
+    ) -> Result<(), TtsError> {
         let (ids, unknown) = self.ids(ipa);
         if !unknown.is_empty() {
             tracing::debug!(?unknown, "Phonemes the voice does not know were skipped.");
         }
         let mut scales: VitsScales = self.net.default_scales();
         scales.length_scale /= rate.clamp(0.25, 4.0);
+        // 24 latent frames first (0.28 s at a hop of 256), then 96 at a time.
         self.net
-            .synthesize(&ids, scales, seed)
+            .synthesize_chunked(&ids, scales, seed, 24, 96, on_audio)
             .map_err(|e| TtsError::Voice(e.to_string()))
     }
 }
