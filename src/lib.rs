@@ -22,16 +22,18 @@
 //! ```text
 //!  daemon    -> api, actions, stages, store, metrics, pipeline, audio, config, events
 //!  actions   -> events (a bus consumer: wake + transcripts in, actions out)
-//!  api       -> stages (one-shot Transcribe via stages::asr), store (Search), pipeline, audio,
-//!               nn, events
-//!  config    -> stages, store, actions, pipeline, audio (their config sections), api (listen
-//!               addresses)
+//!  api       -> stages (one-shot Transcribe via stages::asr), store (Search), tts
+//!               (Synthesize), pipeline, audio, nn, events
+//!  config    -> stages, store, actions, tts, pipeline, audio (their config sections), api
+//!               (listen addresses)
 //!  stages    -> pipeline, nn, models, dsp, events, config
 //!  metrics   -> pipeline, events          telemetry -> config
 //!  pipeline  -> audio, events, ring       audio     -> events, ring
 //!  store     -> events                    nn        -> dsp
+//!  tts       -> nn (VITS voice, neural G2P), store (the state directory for the lexicon)
+//!  models    -> nn (the Piper converter writes what nn::vits loads)
 //!  train     -> nn, dsp, models, stages (the wake detector), audio   (hark-train only)
-//!  leaves:      events, dsp, ring, models, tts (text normalisation)
+//!  leaves:      events, dsp, ring
 //! ```
 //!
 //! The one cycle is `config <-> stages`: the config aggregates each stage's section (defined

@@ -782,34 +782,6 @@ fn render_transcript(r: &pb::TranscribeResponse, format: &str) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subtitle_formats() {
-        let r = pb::TranscribeResponse {
-            text: "hello there".into(),
-            segments: vec![pb::TranscriptSegment {
-                start_s: 61.5,
-                end_s: 3725.042,
-                text: "hello there".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        assert_eq!(
-            render_transcript(&r, "srt"),
-            "1\n00:01:01,500 --> 01:02:05,042\nhello there\n\n"
-        );
-        assert!(
-            render_transcript(&r, "vtt").starts_with("WEBVTT\n\n00:01:01.500 --> 01:02:05.042\n")
-        );
-        let j: serde_json::Value = serde_json::from_str(&render_transcript(&r, "json")).unwrap();
-        assert_eq!(j["segments"][0]["start"], 61.5);
-    }
-}
-
 /// `hark say`: streams the synthesis into a WAV file, standard output, or the speakers.
 async fn say(
     client: &mut Client,
@@ -852,11 +824,7 @@ async fn say(
                     anyhow::bail!("this build has no audio output (feature mic); use -o FILE");
                 }
             }
-            Some(Payload::Sentence(s)) => {
-                if !s.text.is_empty() {
-                    eprintln!("{}", s.text);
-                }
-            }
+            Some(Payload::Sentence(s)) if !s.text.is_empty() => eprintln!("{}", s.text),
             Some(Payload::Data(bytes)) => {
                 let chunk: Vec<f32> = bytes
                     .chunks_exact(4)
@@ -869,7 +837,7 @@ async fn say(
                 }
                 samples.extend_from_slice(&chunk);
             }
-            None => {}
+            _ => {}
         }
     }
     #[cfg(feature = "mic")]
@@ -907,4 +875,32 @@ async fn say(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtitle_formats() {
+        let r = pb::TranscribeResponse {
+            text: "hello there".into(),
+            segments: vec![pb::TranscriptSegment {
+                start_s: 61.5,
+                end_s: 3725.042,
+                text: "hello there".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            render_transcript(&r, "srt"),
+            "1\n00:01:01,500 --> 01:02:05,042\nhello there\n\n"
+        );
+        assert!(
+            render_transcript(&r, "vtt").starts_with("WEBVTT\n\n00:01:01.500 --> 01:02:05.042\n")
+        );
+        let j: serde_json::Value = serde_json::from_str(&render_transcript(&r, "json")).unwrap();
+        assert_eq!(j["segments"][0]["start"], 61.5);
+    }
 }

@@ -733,6 +733,7 @@ mod tests {
             }
         }
         let right = CASES.len() - wrong.len();
+        eprintln!("homographs: {right}/{} right", CASES.len());
         assert!(
             right * 100 >= CASES.len() * 95,
             "{right}/{} right; wrong:\n{}",

@@ -182,7 +182,10 @@ impl Tts {
             let voice = PiperVoice::load(&dir)
                 .map_err(|e| TtsError::Voice(format!("{}: {e}", dir.display())))?;
             dict_dir.get_or_insert(dir.clone());
-            voices.push(Arc::new(Voice::Piper { name, voice }));
+            voices.push(Arc::new(Voice::Piper {
+                name,
+                voice: Box::new(voice),
+            }));
         }
         if cfg.espeak
             && let Some(v) = EspeakVoice::find("en-us")

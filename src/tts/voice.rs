@@ -220,8 +220,14 @@ impl EspeakVoice {
 /// A voice the synthesiser can use.
 #[derive(Debug)]
 pub enum Voice {
-    Piper { name: String, voice: PiperVoice },
-    Espeak { name: String, voice: EspeakVoice },
+    Piper {
+        name: String,
+        voice: Box<PiperVoice>,
+    },
+    Espeak {
+        name: String,
+        voice: EspeakVoice,
+    },
 }
 
 impl Voice {
