@@ -374,8 +374,8 @@ mod tests {
                 &ids,
                 crate::nn::vits::VitsScales::DETERMINISTIC,
                 0,
-                12,
-                40,
+                6,
+                512,
                 &mut |a| {
                     pieces.push(a.len());
                     chunked.extend_from_slice(a);

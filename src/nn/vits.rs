@@ -320,25 +320,31 @@ impl VitsVoice {
 
     /// [`Self::synthesize`] delivering audio in pieces as the decoder produces them, so the
     /// first sound is ready long before the sentence is: the latent frames are decoded in
-    /// chunks (`first` frames, then `chunk` frames) with [`DECODE_CONTEXT`] frames of context on
-    /// each side, which is trimmed away. HiFi-GAN's receptive field is a few frames, so the
-    /// joins match whole-sentence decoding closely (a test bounds the difference). `on_audio`
-    /// returning false stops the synthesis.
+    /// chunks with [`DECODE_CONTEXT`] frames of context on each inner side, which is trimmed
+    /// away. HiFi-GAN's receptive field is a few frames, so the joins match whole-sentence
+    /// decoding (a test bounds the difference). Chunks start at `first` frames and triple up to
+    /// `max_chunk`: each decodes in less time than the audio before it plays, and the context
+    /// costs few frames overall. `on_audio` returning false stops the synthesis.
     pub fn synthesize_chunked(
         &self,
         ids: &[i64],
         scales: VitsScales,
         seed: u64,
         first: usize,
-        chunk: usize,
+        max_chunk: usize,
         on_audio: &mut dyn FnMut(&[f32]) -> bool,
     ) -> Result<(), NnError> {
         let (z, _) = self.latent(ids, scales, seed)?;
-        let (first, chunk) = (first.max(1), chunk.max(1));
+        let max_chunk = max_chunk.max(1);
+        let mut len = first.clamp(1, max_chunk);
         let mut start = 0;
         while start < z.t {
-            let len = if start == 0 { first } else { chunk };
-            let end = (start + len).min(z.t);
+            // A remainder shorter than its context is not worth a chunk of its own.
+            let end = if z.t - start <= len + DECODE_CONTEXT {
+                z.t
+            } else {
+                start + len
+            };
             let lo = start.saturating_sub(DECODE_CONTEXT);
             let hi = (end + DECODE_CONTEXT).min(z.t);
             let mut part = Seq::zeros(z.c, hi - lo);
@@ -352,13 +358,14 @@ impl VitsVoice {
                 return Ok(());
             }
             start = end;
+            len = (len * 3).min(max_chunk);
         }
         Ok(())
     }
 }
 
 /// Latent frames of context on each side of a decoded chunk.
-pub const DECODE_CONTEXT: usize = 16;
+pub const DECODE_CONTEXT: usize = 8;
 
 fn voice_err(path: &Path, reason: impl Into<String>) -> NnError {
     NnError::Voice {

@@ -742,6 +742,30 @@ mod tests {
         );
     }
 
+    /// Sentences written by someone who had not seen the rules (`tests/fixtures/
+    /// homographs_heldout.tsv`): the rules' accuracy on text they were not tuned to.
+    #[test]
+    fn held_out_homographs_are_mostly_right() {
+        let text = include_str!("../../tests/fixtures/homographs_heldout.tsv");
+        let (mut right, mut total, mut wrong) = (0, 0, Vec::new());
+        for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+            let mut f = line.split('\t');
+            let (s, w, want) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            let got = pick(s, w);
+            total += 1;
+            if got == want {
+                right += 1;
+            } else {
+                wrong.push(format!("{s:?}: {w} -> {got} (want {want})"));
+            }
+        }
+        eprintln!(
+            "held-out homographs: {right}/{total} right\n{}",
+            wrong.join("\n")
+        );
+        assert!(right * 100 >= total * 80, "{right}/{total}");
+    }
+
     #[test]
     fn plural_suffix_follows_the_last_sound() {
         assert_eq!(add_s("R EH1 K ER0 D"), "R EH1 K ER0 D Z");

@@ -141,9 +141,9 @@ impl PiperVoice {
         }
         let mut scales: VitsScales = self.net.default_scales();
         scales.length_scale /= rate.clamp(0.25, 4.0);
-        // 24 latent frames first (0.28 s at a hop of 256), then 96 at a time.
+        // 24 latent frames first (0.28 s at a hop of 256), then 72, 216, 512 at most.
         self.net
-            .synthesize_chunked(&ids, scales, seed, 24, 96, on_audio)
+            .synthesize_chunked(&ids, scales, seed, 24, 512, on_audio)
             .map_err(|e| TtsError::Voice(e.to_string()))
     }
 }
