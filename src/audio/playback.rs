@@ -49,7 +49,8 @@ impl Player {
         let device = host.default_output_device().ok_or_else(|| {
             SourceError::Device("there is no audio output device (write a file with -o)".into())
         })?;
-        let dev_err = |e: String| SourceError::Device(format!("audio output: {e}"));
+        let dev_err =
+            |e: String| SourceError::Device(format!("audio output: {e} (write a file with -o)"));
         // The voice's rate if the device takes it, else the device's default.
         let supported = device
             .supported_output_configs()
