@@ -109,14 +109,16 @@ impl TtsState {
         Ok(tts)
     }
 
-    fn input<'a>(
+    /// The request's text (or SSML document), checked against the limits before anything
+    /// loads; `true` for SSML.
+    fn checked(
         &self,
-        text: &'a Option<String>,
-        ssml: &'a Option<String>,
-    ) -> Result<Input<'a>, Status> {
-        let (s, input) = match (text, ssml) {
-            (Some(t), None) => (t, Input::Text(t)),
-            (None, Some(s)) => (s, Input::Ssml(s)),
+        text: Option<String>,
+        ssml: Option<String>,
+    ) -> Result<(String, bool), Status> {
+        let (s, is_ssml) = match (text, ssml) {
+            (Some(t), None) => (t, false),
+            (None, Some(s)) => (s, true),
             _ => return Err(Status::invalid_argument("give text or ssml")),
         };
         let n = s.chars().count();
@@ -130,7 +132,29 @@ impl TtsState {
         if s.trim().is_empty() {
             return Err(Status::invalid_argument("the text is empty"));
         }
-        Ok(input)
+        Ok((s, is_ssml))
+    }
+
+    /// Normalisation and phonemes for up to `tts.max_chars` characters (the neural G2P runs per
+    /// unknown word): on a blocking thread, off the runtime's workers.
+    async fn plan(
+        tts: &Arc<Tts>,
+        text: String,
+        is_ssml: bool,
+        rate: f32,
+    ) -> Result<Vec<Unit>, Status> {
+        let tts = tts.clone();
+        tokio::task::spawn_blocking(move || {
+            let input = if is_ssml {
+                Input::Ssml(&text)
+            } else {
+                Input::Text(&text)
+            };
+            tts.plan(input, rate)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("planning failed: {e}")))?
+        .map_err(tts_status)
     }
 
     pub async fn synthesize(
@@ -147,7 +171,7 @@ impl TtsState {
             None => (None, None),
         };
         // Checked before the voices load, so a bad request costs nothing.
-        self.input(&text, &ssml)?;
+        let (text, is_ssml) = self.checked(text, ssml)?;
         let rate = if req.rate == 0.0 { 1.0 } else { req.rate };
         let f32_out = match pb::AudioEncoding::try_from(req.encoding) {
             Ok(pb::AudioEncoding::Unspecified | pb::AudioEncoding::PcmS16le) => false,
@@ -167,8 +191,7 @@ impl TtsState {
         }
         let tts = self.get().await?;
         let voice = tts.voice(&req.voice).map_err(tts_status)?;
-        let input = self.input(&text, &ssml)?;
-        let plan = tts.plan(input, rate).map_err(tts_status)?;
+        let plan = Self::plan(&tts, text, is_ssml, rate).await?;
         let stop = StopFlag::new(shutdown, deadline);
         let (tx, rx) = mpsc::channel::<Result<pb::SynthesizeResponse, Status>>(16);
         let out_rate = if req.sample_rate == 0 {
@@ -298,10 +321,9 @@ impl TtsState {
             Some(In::Ssml(s)) => (None, Some(s)),
             None => (None, None),
         };
-        self.input(&text, &ssml)?;
+        let (text, is_ssml) = self.checked(text, ssml)?;
         let tts = self.get().await?;
-        let input = self.input(&text, &ssml)?;
-        let plan = tts.plan(input, 1.0).map_err(tts_status)?;
+        let plan = Self::plan(&tts, text, is_ssml, 1.0).await?;
         let mut resp = pb::PhonemizeResponse::default();
         for unit in plan {
             if let Unit::Speech { ipa, tokens, .. } = unit {

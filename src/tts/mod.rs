@@ -330,18 +330,6 @@ impl Tts {
         Ok(plan.units)
     }
 
-    /// Phonemes for `text`, word by word, with where each came from (for `hark say
-    /// --phonemes`).
-    pub fn phonemize(&self, input: Input<'_>) -> Result<Vec<Token>, TtsError> {
-        let mut out = Vec::new();
-        for unit in self.plan(input, 1.0)? {
-            if let Unit::Speech { tokens, .. } = unit {
-                out.extend(tokens);
-            }
-        }
-        Ok(out)
-    }
-
     /// Speaks one unit, handing the audio to `on_audio` in pieces as it is made (the neural
     /// voice decodes in chunks; the others deliver the unit at once). `on_audio` returning false
     /// stops early.

@@ -454,16 +454,13 @@ pub fn spell(text: &str) -> String {
         "why",
         "zee",
     ];
-    const DIGITS: [&str; 10] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-    ];
     let mut words = Vec::new();
     for c in text.chars() {
         let lc = c.to_ascii_lowercase();
         if lc.is_ascii_lowercase() {
             words.push(LETTERS[(lc as u8 - b'a') as usize].to_string());
         } else if let Some(d) = c.to_digit(10) {
-            words.push(DIGITS[d as usize].to_string());
+            words.push(cardinal(u64::from(d)));
         } else if c.is_alphabetic() {
             words.push(c.to_string());
         }
