@@ -51,6 +51,7 @@ pub mod events;
 pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod notes;
 pub mod pipeline;
 pub mod ring;
 pub mod stages;
