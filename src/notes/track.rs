@@ -1,0 +1,524 @@
+//! The monophonic note transcriber: pYIN frames ([`super::pitch`]) cut into notes.
+//!
+//! A note starts where voicing starts, where the pitch settles more than `split_semitones` away
+//! from the note's median for `change_frames` frames (a new pitch; vibrato and scoops shorter
+//! than that do not split), or at a clear onset (a spectral-flux peak with a rise in level) on the
+//! same pitch, which is how repeated notes are told apart. It ends after `gap_frames` unvoiced
+//! frames or where the next note starts. Its pitch is the median F0 of its frames; its velocity
+//! follows its loudest early frame.
+//!
+//! Everything is streaming: [`MonoTracker::push`] returns the pitch frames decided so far and
+//! the notes that have ended, so a live client gets a note shortly after it stops sounding.
+
+use std::collections::VecDeque;
+
+use super::{
+    Note, hz_to_midi,
+    pitch::{PitchFrame, PitchParams, PitchTracker},
+};
+
+/// How frames become notes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentParams {
+    /// Shorter notes are dropped (seconds).
+    pub min_note_s: f64,
+    /// A pitch this far from the current note's median (semitones) may start a new note.
+    pub split_semitones: f32,
+    /// ... when it holds, within one semitone, for this many frames.
+    pub change_frames: usize,
+    /// Unvoiced frames that end a note (shorter gaps are bridged).
+    pub gap_frames: usize,
+    /// A same-pitch onset needs a flux peak this many times the recent median flux ...
+    pub onset_ratio: f32,
+    /// ... and a level rise of at least this many dB.
+    pub onset_rise_db: f32,
+    /// A level dip this deep (dB, against both sides) on a held pitch is a re-attack.
+    pub valley_db: f32,
+    /// Notes with a lower mean voicing probability are dropped.
+    pub min_confidence: f32,
+}
+
+impl Default for SegmentParams {
+    fn default() -> Self {
+        Self {
+            min_note_s: 0.06,
+            split_semitones: 0.6,
+            change_frames: 4,
+            gap_frames: 3,
+            onset_ratio: 4.0,
+            onset_rise_db: 3.0,
+            valley_db: 4.0,
+            min_confidence: 0.3,
+        }
+    }
+}
+
+/// Everything the monophonic transcriber can be told.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MonoParams {
+    pub pitch: PitchParams,
+    pub segment: SegmentParams,
+}
+
+/// What one [`MonoTracker::push`] produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MonoOutput {
+    /// Decided pitch frames, in order (for `pitch` events).
+    pub frames: Vec<PitchFrame>,
+    /// Notes that ended, in order of start.
+    pub notes: Vec<Note>,
+}
+
+#[derive(Debug, Clone)]
+struct Building {
+    start: u64,
+    midis: Vec<f32>,
+    p_sum: f32,
+    n: usize,
+    peak_db: f32,
+    /// Frames since the start that were unvoiced, in a row (a gap being bridged).
+    unvoiced_run: usize,
+    /// Frames in a row that sit away from the median: a possible new note.
+    deviants: Vec<(u64, f32)>,
+    /// The first frame of the current run of deviants (kept when a glide trims `deviants`).
+    first_deviant: Option<u64>,
+}
+
+impl Building {
+    fn new(start: u64) -> Self {
+        Self {
+            start,
+            midis: Vec::new(),
+            p_sum: 0.0,
+            n: 0,
+            peak_db: f32::MIN,
+            unvoiced_run: 0,
+            deviants: Vec::new(),
+            first_deviant: None,
+        }
+    }
+
+    fn add(&mut self, f: &PitchFrame, midi: f32) {
+        self.midis.push(midi);
+        self.p_sum += f.p_voiced;
+        self.n += 1;
+        // Velocity follows the attack, not a swell later in a long note.
+        if self.n <= 10 {
+            self.peak_db = self.peak_db.max(f.rms_db);
+        }
+    }
+
+    fn median(&self) -> f32 {
+        median(&self.midis)
+    }
+}
+
+fn median(v: &[f32]) -> f32 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f32::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        0.5 * (s[m - 1] + s[m])
+    }
+}
+
+/// Frames of lookahead the onset test needs (a peak must beat its right neighbours too).
+const ONSET_AHEAD: usize = 6;
+/// How far before a confirmed pitch change its onset is looked for (frames).
+const CHANGE_LOOKBACK: u64 = 8;
+/// Frames kept after processing (onset context and the pitch-change lookback).
+const BEHIND: usize = 16;
+/// Frames of recent flux the onset threshold is relative to.
+const FLUX_HISTORY: usize = 100;
+
+/// Cuts a stream of pitch frames into notes.
+#[derive(Debug)]
+pub struct Segmenter {
+    p: SegmentParams,
+    frame_s: f64,
+    /// Frames waiting for their onset lookahead.
+    ahead: VecDeque<PitchFrame>,
+    /// The last few processed frames (level before an onset).
+    behind: VecDeque<PitchFrame>,
+    flux_hist: VecDeque<f32>,
+    cur: Option<Building>,
+}
+
+impl Segmenter {
+    pub fn new(p: SegmentParams, frame_s: f64) -> Self {
+        Self {
+            p,
+            frame_s,
+            ahead: VecDeque::new(),
+            behind: VecDeque::new(),
+            flux_hist: VecDeque::new(),
+            cur: None,
+        }
+    }
+
+    /// Feeds decided frames; returns notes that ended.
+    pub fn push(&mut self, frames: &[PitchFrame]) -> Vec<Note> {
+        let mut out = Vec::new();
+        for f in frames {
+            self.ahead.push_back(*f);
+            if self.ahead.len() > ONSET_AHEAD {
+                self.step(&mut out);
+            }
+        }
+        out
+    }
+
+    /// Ends the stream: the last note (if any) ends after its last frame.
+    pub fn finish(&mut self) -> Vec<Note> {
+        let mut out = Vec::new();
+        while !self.ahead.is_empty() {
+            self.step(&mut out);
+        }
+        let end = self.behind.back().map_or(0, |f| f.index + 1);
+        if let Some(b) = self.cur.take() {
+            let end = end - b.unvoiced_run as u64;
+            self.emit(b, end, &mut out);
+        }
+        out
+    }
+
+    /// The median flux of the recent past: what "a peak" is measured against.
+    fn flux_base(&self) -> f32 {
+        let mut recent: Vec<f32> = self.flux_hist.iter().copied().collect();
+        if recent.is_empty() {
+            return 1e-3;
+        }
+        let m = recent.len() / 2;
+        recent.select_nth_unstable_by(m, f32::total_cmp).1.max(1e-3)
+    }
+
+    /// Whether a new note starts at `f` (the front of `ahead`) on the same pitch.
+    fn is_onset(&self, f: &PitchFrame) -> bool {
+        self.flux_onset(f) || self.level_valley(f)
+    }
+
+    /// A spectral-flux peak well above the recent median, with a rise in level.
+    fn flux_onset(&self, f: &PitchFrame) -> bool {
+        let later_max = self.ahead.iter().skip(1).take(2).map(|g| g.flux).fold(0.0, f32::max);
+        let earlier_max = self.behind.iter().rev().take(2).map(|g| g.flux).fold(0.0, f32::max);
+        if f.flux <= later_max || f.flux < earlier_max {
+            return false;
+        }
+        if f.flux < self.p.onset_ratio * self.flux_base() {
+            return false;
+        }
+        // The dip is around the onset (a release, or the attack's first milliseconds); the
+        // level it rises to comes just after.
+        let before = self
+            .behind
+            .iter()
+            .rev()
+            .take(3)
+            .chain(self.ahead.iter().take(2))
+            .map(|g| g.rms_db)
+            .fold(f32::MAX, f32::min);
+        let after = self.ahead.iter().take(4).map(|g| g.rms_db).fold(f32::MIN, f32::max);
+        before == f32::MAX || after - before >= self.p.onset_rise_db
+    }
+
+    /// A dip in level between two louder stretches: a breathy or bowed instrument (or a voice)
+    /// re-attacking the same pitch, where the flux is too noisy to show the onset.
+    fn level_valley(&self, f: &PitchFrame) -> bool {
+        let near = self.behind.iter().rev().take(3).chain(self.ahead.iter().skip(1).take(3));
+        if near.map(|g| g.rms_db).any(|db| db < f.rms_db) {
+            return false;
+        }
+        let before = self.behind.iter().rev().take(8).map(|g| g.rms_db).fold(f32::MIN, f32::max);
+        let after = self.ahead.iter().skip(1).map(|g| g.rms_db).fold(f32::MIN, f32::max);
+        before - f.rms_db >= self.p.valley_db && after - f.rms_db >= self.p.valley_db
+    }
+
+    /// Where a pitch change that was confirmed at `first` really started: the strongest flux
+    /// peak just before it (the old note's release masks the new pitch for a few frames).
+    fn change_start(&self, first: u64) -> u64 {
+        let base = self.flux_base();
+        self.behind
+            .iter()
+            .filter(|g| g.index + CHANGE_LOOKBACK >= first && g.index <= first)
+            .filter(|g| g.flux >= 2.0 * base)
+            .max_by(|a, b| a.flux.total_cmp(&b.flux))
+            .map_or(first, |g| g.index)
+    }
+
+    fn step(&mut self, out: &mut Vec<Note>) {
+        let Some(f) = self.ahead.front().copied() else {
+            return;
+        };
+        let onset = self.is_onset(&f);
+        self.ahead.pop_front();
+        if f.voiced {
+            let midi = hz_to_midi(f64::from(f.hz)) as f32;
+            match self.cur.as_mut() {
+                None => {
+                    let mut b = Building::new(f.index);
+                    b.add(&f, midi);
+                    self.cur = Some(b);
+                }
+                Some(b) => {
+                    b.unvoiced_run = 0;
+                    let long_enough =
+                        (f.index - b.start) as f64 * self.frame_s >= self.p.min_note_s;
+                    if (midi - b.median()).abs() > self.p.split_semitones {
+                        b.deviants.push((f.index, midi));
+                        b.first_deviant.get_or_insert(f.index);
+                        let (lo, hi) = b.deviants.iter().fold((f32::MAX, f32::MIN), |a, d| {
+                            (a.0.min(d.1), a.1.max(d.1))
+                        });
+                        if hi - lo > 1.0 {
+                            // Still moving (a glide): keep only the latest frames.
+                            let keep = b.deviants.len().min(2);
+                            let drop = b.deviants.len() - keep;
+                            b.deviants.drain(..drop);
+                        }
+                        if b.deviants.len() >= self.p.change_frames {
+                            let first = b.first_deviant.unwrap_or(b.deviants[0].0);
+                            let dev = std::mem::take(&mut b.deviants);
+                            let done = self.cur.take().expect("current note");
+                            let start = self.change_start(first).max(done.start + 1);
+                            self.emit(done, start, out);
+                            let mut nb = Building::new(start);
+                            for (_, m) in dev {
+                                nb.add(&f, m);
+                            }
+                            self.cur = Some(nb);
+                        }
+                    } else if onset && long_enough {
+                        let done = self.cur.take().expect("current note");
+                        self.emit(done, f.index, out);
+                        let mut nb = Building::new(f.index);
+                        nb.add(&f, midi);
+                        self.cur = Some(nb);
+                    } else {
+                        // Deviants that did not hold were a glitch or vibrato: part of this note.
+                        let dev = std::mem::take(&mut b.deviants);
+                        b.first_deviant = None;
+                        for (_, m) in dev {
+                            b.midis.push(m);
+                        }
+                        b.add(&f, midi);
+                    }
+                }
+            }
+        } else if let Some(b) = self.cur.as_mut() {
+            b.unvoiced_run += 1;
+            if b.unvoiced_run >= self.p.gap_frames {
+                let end = f.index + 1 - b.unvoiced_run as u64;
+                let done = self.cur.take().expect("current note");
+                self.emit(done, end, out);
+            }
+        }
+        self.flux_hist.push_back(f.flux);
+        if self.flux_hist.len() > FLUX_HISTORY {
+            self.flux_hist.pop_front();
+        }
+        self.behind.push_back(f);
+        if self.behind.len() > BEHIND {
+            self.behind.pop_front();
+        }
+    }
+
+    fn emit(&self, b: Building, end: u64, out: &mut Vec<Note>) {
+        if b.n == 0 || end <= b.start {
+            return;
+        }
+        let (start_s, end_s) = (b.start as f64 * self.frame_s, end as f64 * self.frame_s);
+        let confidence = b.p_sum / b.n as f32;
+        if end_s - start_s < self.p.min_note_s || confidence < self.p.min_confidence {
+            return;
+        }
+        let m = b.median();
+        let midi = m.round().clamp(0.0, 127.0);
+        // -60 dBFS and below is pianissimo (1), full scale is 127.
+        let velocity = (((b.peak_db + 60.0) / 60.0) * 126.0 + 1.0).clamp(1.0, 127.0);
+        out.push(Note {
+            midi: midi as u8,
+            cents: ((m - midi) * 100.0).clamp(-50.0, 50.0),
+            start: start_s,
+            end: end_s,
+            velocity: velocity.round() as u8,
+            confidence: confidence.clamp(0.0, 1.0),
+        });
+    }
+}
+
+/// The streaming monophonic transcriber: samples in, pitch frames and finished notes out.
+#[derive(Debug)]
+pub struct MonoTracker {
+    pitch: PitchTracker,
+    seg: Segmenter,
+}
+
+impl MonoTracker {
+    pub fn new(p: MonoParams) -> Self {
+        let pitch = PitchTracker::new(p.pitch);
+        let seg = Segmenter::new(p.segment, pitch.frame_s());
+        Self { pitch, seg }
+    }
+
+    /// Seconds per pitch frame.
+    pub fn frame_s(&self) -> f64 {
+        self.pitch.frame_s()
+    }
+
+    pub fn push(&mut self, samples: &[f32]) -> MonoOutput {
+        let frames = self.pitch.push(samples);
+        let notes = self.seg.push(&frames);
+        MonoOutput { frames, notes }
+    }
+
+    pub fn finish(&mut self) -> MonoOutput {
+        let frames = self.pitch.finish();
+        let mut notes = self.seg.push(&frames);
+        notes.extend(self.seg.finish());
+        MonoOutput { frames, notes }
+    }
+}
+
+/// Transcribes a whole buffer (mono, at `params.pitch.sample_rate`).
+pub fn transcribe_mono(samples: &[f32], params: &MonoParams) -> Vec<Note> {
+    let mut t = MonoTracker::new(params.clone());
+    let mut notes = t.push(samples).notes;
+    notes.extend(t.finish().notes);
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notes::midi_to_hz;
+
+    /// A melody of harmonic tones with short attacks and releases; `gap_s` of silence between.
+    pub fn melody_pub(notes: &[(u8, f64)], gap_s: f64) -> (Vec<f32>, Vec<(u8, f64, f64)>) {
+        melody(notes, gap_s)
+    }
+
+    fn melody(notes: &[(u8, f64)], gap_s: f64) -> (Vec<f32>, Vec<(u8, f64, f64)>) {
+        let sr = 16_000.0;
+        let mut x = Vec::new();
+        let mut truth = Vec::new();
+        for &(m, dur) in notes {
+            let start = x.len() as f64 / sr;
+            let hz = midi_to_hz(f64::from(m));
+            let n = (dur * sr) as usize;
+            for i in 0..n {
+                let t = i as f64 / sr;
+                let env = (t / 0.01).min(1.0) * ((dur - t) / 0.02).clamp(0.0, 1.0);
+                let s: f64 = (1..=4)
+                    .map(|h| (2.0 * std::f64::consts::PI * hz * h as f64 * t).sin() / h as f64)
+                    .sum();
+                x.push((0.25 * env * s) as f32);
+            }
+            truth.push((m, start, start + dur));
+            x.extend(std::iter::repeat_n(0.0, (gap_s * sr) as usize));
+        }
+        (x, truth)
+    }
+
+    #[test]
+    fn a_scale_comes_out_note_for_note() {
+        let (x, truth) = melody(
+            &[(60, 0.4), (62, 0.3), (64, 0.3), (65, 0.5), (67, 0.25), (72, 0.6)],
+            0.0,
+        );
+        let notes = transcribe_mono(&x, &MonoParams::default());
+        let got: Vec<u8> = notes.iter().map(|n| n.midi).collect();
+        assert_eq!(got, truth.iter().map(|t| t.0).collect::<Vec<_>>(), "{notes:?}");
+        for (n, t) in notes.iter().zip(&truth) {
+            assert!((n.start - t.1).abs() < 0.05, "{n:?} vs {t:?}");
+            assert!((n.end - t.2).abs() < 0.08, "{n:?} vs {t:?}");
+        }
+    }
+
+    #[test]
+    fn repeated_notes_are_split_at_their_onsets() {
+        let (x, truth) = melody(&[(67, 0.3), (67, 0.3), (67, 0.3), (64, 0.6)], 0.0);
+        let notes = transcribe_mono(&x, &MonoParams::default());
+        assert_eq!(notes.len(), truth.len(), "{notes:?}");
+    }
+
+    #[test]
+    fn streaming_matches_offline() {
+        let (x, _) = melody(&[(57, 0.3), (59, 0.3), (60, 0.5)], 0.1);
+        let whole = transcribe_mono(&x, &MonoParams::default());
+        let mut t = MonoTracker::new(MonoParams::default());
+        let mut notes = Vec::new();
+        for c in x.chunks(777) {
+            notes.extend(t.push(c).notes);
+        }
+        notes.extend(t.finish().notes);
+        assert_eq!(
+            notes.iter().map(|n| n.midi).collect::<Vec<_>>(),
+            whole.iter().map(|n| n.midi).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Development aid: `HARK_NOTES_DUMP=IN_DIR:OUT_DIR cargo test --lib dump_notes -- --ignored`
+/// transcribes every audio file in IN_DIR to OUT_DIR/<stem>.tsv (onset, offset, midi).
+#[cfg(test)]
+mod dump {
+    #[test]
+    #[ignore = "development aid"]
+    fn dump_notes() {
+        let Ok(spec) = std::env::var("HARK_NOTES_DUMP") else {
+            return;
+        };
+        let (inp, out) = spec.split_once(':').expect("IN:OUT");
+        std::fs::create_dir_all(out).unwrap();
+        for e in std::fs::read_dir(inp).unwrap() {
+            let p = e.unwrap().path();
+            if !matches!(p.extension().and_then(|e| e.to_str()), Some("flac" | "wav")) {
+                continue;
+            }
+            let x = crate::audio::file::decode_file_16k(&p).unwrap();
+            let mut params = super::MonoParams::default();
+            let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+            if let Some(v) = env("HARK_LAG") {
+                params.pitch.lag = v as usize;
+            }
+            if let Some(v) = env("HARK_MIN_NOTE") {
+                params.segment.min_note_s = v;
+            }
+            if let Some(v) = env("HARK_SPLIT") {
+                params.segment.split_semitones = v as f32;
+            }
+            if let Some(v) = env("HARK_CHANGE") {
+                params.segment.change_frames = v as usize;
+            }
+            let notes = super::transcribe_mono(&x, &params);
+            let mut s = String::new();
+            for n in notes {
+                let pitch = f32::from(n.midi) + n.cents / 100.0;
+                s += &format!("{:.4}\t{:.4}\t{pitch:.3}\n", n.start, n.end);
+            }
+            let stem = p.file_stem().unwrap().to_str().unwrap();
+            std::fs::write(format!("{out}/{stem}.tsv"), s).unwrap();
+        }
+    }
+}
+#[cfg(test)]
+mod dbg {
+    #[test]
+    #[ignore = "development aid"]
+    fn dbg_frames() {
+        let spec = std::env::var("HARK_DBG").unwrap();
+        let v: Vec<&str> = spec.split(':').collect();
+        let x = crate::audio::file::decode_file_16k(std::path::Path::new(v[0])).unwrap();
+        let (a, b): (u64, u64) = (v[1].parse().unwrap(), v[2].parse().unwrap());
+        for f in crate::notes::pitch::track(&x, Default::default()) {
+            if f.index >= a && f.index < b {
+                eprintln!("{} {:.1} {:.2} {} {:.2} {:.1} {:.2}", f.index, f.hz, crate::notes::hz_to_midi(f.hz as f64), f.voiced, f.p_voiced, f.rms_db, f.flux);
+            }
+        }
+    }
+}
