@@ -233,7 +233,7 @@ mod tests {
             note(0.5, 1.0, 60, 30),
             note(0.25, 1.7333, 64, 127),
             note(0.25, 0.26, 67, 1),
-            note(3.14159, 4.0, 21, 64),
+            note(3.0173, 4.0, 21, 64),
         ];
         let back = from_smf_bytes(&to_smf_bytes(&notes), Path::new("x.mid")).unwrap();
         assert_eq!(back.len(), notes.len());

@@ -96,9 +96,9 @@ pub enum NotesError {
 pub fn transcribe_file(path: &Path, mode: Mode) -> Result<Vec<Note>, NotesError> {
     let samples = crate::audio::file::decode_file_16k(path)?;
     Err(NotesError::Unsupported(format!(
-        "{}: no {mode:?} transcriber yet ({} samples decoded)",
-        path.display(),
-        samples.len()
+        "no {mode:?} transcriber yet ({} samples decoded from {})",
+        samples.len(),
+        path.display()
     )))
 }
 

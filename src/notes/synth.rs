@@ -17,6 +17,9 @@ use super::Note;
 /// Highest peak of a rendered buffer.
 pub const PEAK: f32 = 0.9;
 
+/// Longest buffer [`render`] makes; later notes are cut (a bad note list must not exhaust memory).
+pub const MAX_SECONDS: f64 = 3600.0;
+
 /// The sound of every note.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Voice {
@@ -67,7 +70,8 @@ impl Voice {
     }
 }
 
-/// Renders notes to mono f32 at `rate` Hz; the buffer lasts until the last release ends.
+/// Renders notes to mono f32 at `rate` Hz; the buffer lasts until the last release ends (at most
+/// [`MAX_SECONDS`]).
 pub fn render(notes: &[Note], rate: u32, voice: &Voice) -> Vec<f32> {
     let rate_f = f64::from(rate.max(1));
     let end = notes
@@ -75,7 +79,9 @@ pub fn render(notes: &[Note], rate: u32, voice: &Voice) -> Vec<f32> {
         .map(|n| n.end)
         .filter(|e| e.is_finite())
         .fold(0.0, f64::max);
-    let len = ((end + voice.release_s) * rate_f).ceil().max(0.0) as usize;
+    let len = ((end + voice.release_s).min(MAX_SECONDS) * rate_f)
+        .ceil()
+        .max(0.0) as usize;
     let mut out = vec![0f32; len];
     for n in notes {
         if !(n.start.is_finite() && n.end.is_finite()) || n.end <= n.start || n.start < 0.0 {
@@ -91,7 +97,7 @@ pub fn render(notes: &[Note], rate: u32, voice: &Voice) -> Vec<f32> {
             .collect();
         let gain = (f32::from(n.velocity.min(127)) / 127.0).powi(2);
         let dur = n.end - n.start;
-        let first = (n.start * rate_f).ceil() as usize;
+        let first = ((n.start * rate_f).ceil() as usize).min(len);
         let last = (((n.end + voice.release_s) * rate_f).ceil() as usize).min(len);
         for (i, y) in out.iter_mut().enumerate().take(last).skip(first) {
             let t = i as f64 / rate_f - n.start;
