@@ -7,6 +7,7 @@
 //! hark-train eval sound --model DIR --data DIR --fold N [--json]
 //! hark-train wake --phrase "hey jarvis" [--data ../shared/data] [--noise DIR ...] [--out DIR]
 //! hark-train eval wake --model DIR --positives DIR --negatives DIR [--json]
+//! hark-train eval notes --audio DIR --notes DIR [--mode mono|poly] [--estimates DIR] [--json]
 //! ```
 //!
 //! Exit codes: 0 success, 1 failure (the message names the file or setting), 2 usage.
@@ -19,8 +20,10 @@ use hark::{
     config::LogFormat,
     models,
     nn::sound::Arch,
+    notes::Mode,
     telemetry,
     train::{
+        notes::{self as notes_eval, NotesEvalOptions},
         sound::{self, SoundTrainOptions},
         synth::Engine,
         wake::{self, WakeTrainOptions},
@@ -40,6 +43,14 @@ enum ArchArg {
     Yamnet,
     /// From-scratch log-mel CNN.
     Cnn,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// One note at a time: the pitch tracker.
+    Mono,
+    /// Chords and piano: the Basic Pitch network.
+    Poly,
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +212,24 @@ enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Note transcription against reference notes (mir_eval's P/R/F1 without and with offsets,
+    /// per file, pooled and averaged). Files pair by stem: x.flac <-> x.tsv / x.csv / x.json /
+    /// x.mid.
+    Notes {
+        /// Audio files to transcribe (with --estimates: only which stems to score).
+        #[arg(long, required_unless_present = "estimates")]
+        audio: Option<PathBuf>,
+        /// Reference note files.
+        #[arg(long)]
+        notes: PathBuf,
+        #[arg(long, value_enum, default_value = "mono")]
+        mode: ModeArg,
+        /// Score these note files (e.g. another transcriber's output) instead of transcribing.
+        #[arg(long)]
+        estimates: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -336,6 +365,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&ev)?);
             } else {
                 print!("{}", wake::to_text(&ev));
+            }
+            Ok(())
+        }
+        Command::Eval {
+            what:
+                EvalCommand::Notes {
+                    audio,
+                    notes,
+                    mode,
+                    estimates,
+                    json,
+                },
+        } => {
+            let o = NotesEvalOptions {
+                audio,
+                notes,
+                estimates,
+                mode: match mode {
+                    ModeArg::Mono => Mode::Mono,
+                    ModeArg::Poly => Mode::Poly,
+                },
+            };
+            let ev = notes_eval::evaluate(&o).context("evaluating notes")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ev)?);
+            } else {
+                print!("{}", ev.to_text());
             }
             Ok(())
         }

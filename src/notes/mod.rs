@@ -5,8 +5,14 @@
 //! Everything here works on whole buffers or explicit streaming state and knows nothing of
 //! threads, the event bus or gRPC: the `notes` stage and the TranscribeNotes RPC drive it.
 
+pub mod eval;
+pub mod io;
+pub mod midi;
 pub mod pitch;
+pub mod synth;
 pub mod track;
+
+use std::path::{Path, PathBuf};
 
 /// One transcribed (or reference) note. Times are seconds from the start of the audio.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -59,6 +65,42 @@ pub enum Mode {
     Mono,
     /// Chords and piano: the Basic Pitch network.
     Poly,
+}
+
+/// Errors of note reading, writing and transcription; each names the file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum NotesError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A row of a note table that cannot be read.
+    #[error("{}:{line}: {reason}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// A whole file that is not what its name says (JSON, MIDI, an unknown extension).
+    #[error("{}: {reason}", path.display())]
+    Format { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Audio(#[from] crate::audio::SourceError),
+    #[error("not supported: {0}")]
+    Unsupported(String),
+}
+
+/// Transcribes an audio file (any format the daemon decodes) to notes with default settings.
+pub fn transcribe_file(path: &Path, mode: Mode) -> Result<Vec<Note>, NotesError> {
+    let samples = crate::audio::file::decode_file_16k(path)?;
+    match mode {
+        Mode::Mono => Ok(track::transcribe_mono(&samples, &track::MonoParams::default())),
+        Mode::Poly => Err(NotesError::Unsupported(
+            "polyphonic transcription needs the Basic Pitch model".into(),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,13 @@
 //!
 //! - [`data`]: data sets in standard layouts, real-noise augmentation, seeded randomness.
 //! - [`sound`]: the sound-event classifier (YAMNet trunk + head, or a from-scratch CNN).
+//! - [`notes`]: note transcription scored against reference notes (mir_eval's metrics).
 //! - [`report`]: accuracy, confusion matrices, PNG plots, model cards.
 //!
 //! Nothing here runs threads of its own or talks gRPC: training is a batch job on the CPU.
 
 pub mod data;
+pub mod notes;
 pub mod report;
 pub mod sound;
 pub mod synth;
@@ -24,6 +26,8 @@ pub enum TrainError {
     Setting(String),
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
+    #[error(transparent)]
+    Notes(#[from] crate::notes::NotesError),
     #[error(transparent)]
     Nn(#[from] crate::nn::NnError),
     #[error("tensor computation failed: {0}")]

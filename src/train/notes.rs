@@ -1,0 +1,401 @@
+//! `hark-train eval notes`: scores note transcription over a directory of audio files against
+//! reference note files of the same stem (`x.flac` <-> `x.tsv` / `x.csv` / `x.json` / `x.mid`).
+//!
+//! Estimates come from [`crate::notes::transcribe_file`], or, with `--estimates DIR`, from note
+//! files already written by another transcriber (e.g. the basic-pitch Python package), paired by
+//! stem the same way (`x_basic_pitch.csv` / `.mid`, as basic-pitch names them, also pair with
+//! `x`): that is how the bench compares hark with its peers on the same references.
+//! A reference without an estimate file is scored against no notes (and listed).
+//!
+//! Scores are mir_eval's ([`crate::notes::eval`]): per file P/R/F1 without and with the offset
+//! criterion, then micro (notes pooled) and macro (mean over files) aggregates. References that
+//! give pitches without times (isolated notes from metadata) are scored on pitch alone, shown
+//! apart, and left out of the onset aggregates.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use super::TrainError;
+use crate::notes::{
+    Mode, Note,
+    eval::{self, Aggregate, FileScores, NoteScores},
+    io::{self, NOTE_EXTENSIONS},
+};
+
+const AUDIO_EXTENSIONS: &[&str] = &["flac", "wav", "ogg", "mp3"];
+
+/// The basic-pitch package names its outputs `STEM_basic_pitch.csv` / `.mid`.
+const BASIC_PITCH_SUFFIX: &str = "_basic_pitch";
+
+/// What `hark-train eval notes` was asked to score.
+#[derive(Debug, Clone)]
+pub struct NotesEvalOptions {
+    /// Audio files to transcribe (or, with `estimates`, just to choose the stems).
+    pub audio: Option<PathBuf>,
+    /// Reference note files.
+    pub notes: PathBuf,
+    /// Already-transcribed note files to score instead of transcribing.
+    pub estimates: Option<PathBuf>,
+    pub mode: Mode,
+}
+
+/// The scores of one file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileResult {
+    pub name: String,
+    pub reference: PathBuf,
+    /// The estimate file, or None when hark transcribed the audio.
+    pub estimate: Option<PathBuf>,
+    /// No estimate file was found: scored as an empty transcription.
+    pub missing_estimate: bool,
+    /// mir_eval scores (timed references).
+    pub scores: Option<FileScores>,
+    /// Pitch-only scores (references without times).
+    pub pitch_only: Option<NoteScores>,
+}
+
+/// Every file's scores and their aggregates.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NotesEvaluation {
+    pub mode: Mode,
+    /// "hark" or the estimates directory.
+    pub estimates: String,
+    pub files: Vec<FileResult>,
+    /// Onset + pitch, over files with timed references.
+    pub no_offset: Aggregate,
+    /// Onset + pitch + offset, over files with timed references.
+    pub with_offset: Aggregate,
+    /// Onsets only, over files with timed references.
+    pub onset: Aggregate,
+    /// Pitch only, over files whose references have no times.
+    pub pitch_only: Aggregate,
+    /// Files that could not be paired (audio without reference, reference without audio).
+    pub unpaired: Vec<String>,
+}
+
+fn data_err(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::Data {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The files of `dir` with one of `exts`, by stem; when a stem has several, the earlier
+/// extension of `exts` wins.
+fn files_by_stem(dir: &Path, exts: &[&str]) -> Result<BTreeMap<String, PathBuf>, TrainError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| data_err(dir, e.to_string()))?;
+    let mut out: BTreeMap<String, (usize, PathBuf)> = BTreeMap::new();
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let (Some(stem), Some(ext)) = (path.file_stem(), path.extension()) else {
+            continue;
+        };
+        let ext = ext.to_string_lossy().to_ascii_lowercase();
+        let Some(rank) = exts.iter().position(|e| *e == ext) else {
+            continue;
+        };
+        if !path.is_file() {
+            continue;
+        }
+        let stem = stem.to_string_lossy().into_owned();
+        if out.get(&stem).is_none_or(|(r, _)| rank < *r) {
+            out.insert(stem, (rank, path));
+        }
+    }
+    Ok(out.into_iter().map(|(s, (_, p))| (s, p)).collect())
+}
+
+/// Pairs, reads, transcribes (or reads estimates) and scores.
+pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
+    let refs = files_by_stem(&o.notes, NOTE_EXTENSIONS)?;
+    if refs.is_empty() {
+        return Err(data_err(
+            &o.notes,
+            format!("no note files ({})", NOTE_EXTENSIONS.join(", ")),
+        ));
+    }
+    let ests = o
+        .estimates
+        .as_deref()
+        .map(|d| files_by_stem(d, NOTE_EXTENSIONS))
+        .transpose()?;
+    let mut unpaired = Vec::new();
+    // (stem, reference, audio)
+    let items: Vec<(String, PathBuf, Option<PathBuf>)> = match &o.audio {
+        Some(dir) => {
+            let audio = files_by_stem(dir, AUDIO_EXTENSIONS)?;
+            for (stem, p) in &audio {
+                if !refs.contains_key(stem) {
+                    unpaired.push(format!("{} (no reference)", p.display()));
+                }
+            }
+            for (stem, p) in &refs {
+                if !audio.contains_key(stem) {
+                    unpaired.push(format!("{} (no audio)", p.display()));
+                }
+            }
+            audio
+                .into_iter()
+                .filter_map(|(s, a)| refs.get(&s).map(|r| (s, r.clone(), Some(a))))
+                .collect()
+        }
+        None if ests.is_some() => refs
+            .iter()
+            .map(|(s, r)| (s.clone(), r.clone(), None))
+            .collect(),
+        None => {
+            return Err(TrainError::Setting(
+                "give --audio DIR to transcribe, or --estimates DIR to score note files".into(),
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(data_err(
+            o.audio.as_deref().unwrap_or(&o.notes),
+            "no audio file has a reference note file of the same stem",
+        ));
+    }
+    let mut files = Vec::with_capacity(items.len());
+    for (name, reference, audio) in items {
+        let r = io::read_notes(&reference)?;
+        let (estimate, missing_estimate, est): (Option<PathBuf>, bool, Vec<Note>) = match &ests {
+            Some(map) => match map
+                .get(&name)
+                .or_else(|| map.get(&format!("{name}{BASIC_PITCH_SUFFIX}")))
+            {
+                Some(p) => {
+                    let f = io::read_notes(p)?;
+                    // Pitch-only estimates can be scored against pitch-only references only.
+                    if r.timed && !f.timed {
+                        return Err(data_err(p, "estimated notes have no onsets and offsets"));
+                    }
+                    (Some(p.clone()), false, f.notes)
+                }
+                None => {
+                    tracing::warn!(file = %name, "No estimate file; scoring it as no notes.");
+                    (None, true, Vec::new())
+                }
+            },
+            None => {
+                let a = audio.as_deref().unwrap_or(&reference);
+                let notes = crate::notes::transcribe_file(a, o.mode)
+                    .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
+                (None, false, notes)
+            }
+        };
+        let (scores, pitch_only) = if r.timed {
+            (Some(eval::evaluate_all(&r.notes, &est)), None)
+        } else {
+            (None, Some(eval::pitch_only_scores(&r.notes, &est)))
+        };
+        files.push(FileResult {
+            name,
+            reference,
+            estimate,
+            missing_estimate,
+            scores,
+            pitch_only,
+        });
+    }
+    let timed: Vec<&FileScores> = files.iter().filter_map(|f| f.scores.as_ref()).collect();
+    Ok(NotesEvaluation {
+        mode: o.mode,
+        estimates: o
+            .estimates
+            .as_ref()
+            .map_or("hark".into(), |d| d.display().to_string()),
+        no_offset: Aggregate::of(timed.iter().map(|s| &s.no_offset)),
+        with_offset: Aggregate::of(timed.iter().map(|s| &s.with_offset)),
+        onset: Aggregate::of(timed.iter().map(|s| &s.onset)),
+        pitch_only: Aggregate::of(files.iter().filter_map(|f| f.pitch_only.as_ref())),
+        files,
+        unpaired,
+    })
+}
+
+impl NotesEvaluation {
+    /// The per-file table and the aggregates.
+    pub fn to_text(&self) -> String {
+        let w = self
+            .files
+            .iter()
+            .map(|f| f.name.len() + if f.scores.is_none() { 13 } else { 0 })
+            .chain([16])
+            .max()
+            .unwrap_or(16);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "notes ({:?}), estimates: {}  [P/R/F1: onset+pitch; F1+off: also offset]",
+            self.mode, self.estimates
+        );
+        let _ = writeln!(
+            s,
+            "{:<w$} {:>6} {:>6} {:>6} {:>6} {:>6} {:>7}",
+            "file", "n_ref", "n_est", "P", "R", "F1", "F1+off"
+        );
+        for f in &self.files {
+            let (name, p, off) = match (&f.scores, &f.pitch_only) {
+                (Some(sc), _) => (
+                    f.name.clone(),
+                    sc.no_offset,
+                    format!("{:.3}", sc.with_offset.f1),
+                ),
+                (None, Some(p)) => (format!("{} (pitch only)", f.name), *p, "-".into()),
+                (None, None) => continue,
+            };
+            let missing = if f.missing_estimate {
+                "  (no estimate file)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "{name:<w$} {:>6} {:>6} {:>6.3} {:>6.3} {:>6.3} {off:>7}{missing}",
+                p.n_ref, p.n_est, p.precision, p.recall, p.f1
+            );
+        }
+        let (a, b) = (&self.no_offset, &self.with_offset);
+        if a.files > 0 {
+            let _ = writeln!(
+                s,
+                "{:<w$} {:>6} {:>6} {:>6.3} {:>6.3} {:>6.3} {:>7.3}",
+                format!("micro ({} files)", a.files),
+                a.n_ref,
+                a.n_est,
+                a.micro_precision,
+                a.micro_recall,
+                a.micro_f1,
+                b.micro_f1
+            );
+            let _ = writeln!(
+                s,
+                "{:<w$} {:>6} {:>6} {:>6.3} {:>6.3} {:>6.3} {:>7.3}",
+                "macro (mean)", "", "", a.macro_precision, a.macro_recall, a.macro_f1, b.macro_f1
+            );
+        }
+        let p = &self.pitch_only;
+        if p.files > 0 {
+            let _ = writeln!(
+                s,
+                "pitch only ({} files, not in the rows above): micro F1 {:.3}, macro F1 {:.3}",
+                p.files, p.micro_f1, p.macro_f1
+            );
+        }
+        for u in &self.unpaired {
+            let _ = writeln!(s, "unpaired: {u}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    const A: &str = "onset_s\toffset_s\tmidi_pitch\tvelocity\tgm_program\n\
+                     0.0\t0.5\t60\t90\t0\n0.5\t1.0\t62\t90\t0\n1.0\t2.0\t64\t90\t0\n";
+    const B: &str = "0.1 0.3 70\n0.2 0.9 74\n";
+
+    fn options(notes: &Path, estimates: Option<&Path>, audio: Option<&Path>) -> NotesEvalOptions {
+        NotesEvalOptions {
+            audio: audio.map(Path::to_path_buf),
+            notes: notes.to_path_buf(),
+            estimates: estimates.map(Path::to_path_buf),
+            mode: Mode::Poly,
+        }
+    }
+
+    #[test]
+    fn estimates_equal_to_references_score_one() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.tsv", A);
+        write(d.path(), "b.txt", B);
+        write(
+            d.path(),
+            "c.tsv",
+            "onset_s\toffset_s\tmidi_pitch\nNA\tNA\t45\n",
+        );
+        let ev = evaluate(&options(d.path(), Some(d.path()), None)).unwrap();
+        assert_eq!(ev.files.len(), 3);
+        for agg in [&ev.no_offset, &ev.with_offset, &ev.onset] {
+            assert_eq!(agg.files, 2);
+            assert_eq!((agg.micro_f1, agg.macro_f1), (1.0, 1.0));
+            assert_eq!((agg.n_ref, agg.matched), (5, 5));
+        }
+        assert_eq!((ev.pitch_only.files, ev.pitch_only.micro_f1), (1, 1.0));
+        let text = ev.to_text();
+        assert!(text.contains("c (pitch only)"), "{text}");
+        assert!(text.contains("micro (2 files)"), "{text}");
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["with_offset"]["micro_f1"], 1.0);
+    }
+
+    #[test]
+    fn estimates_in_other_formats_and_missing_ones() {
+        let (refs, ests) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write(refs.path(), "a.tsv", A);
+        write(refs.path(), "b.tsv", A);
+        // a as MIDI, with the last note 0.3 s short: it matches without offsets only.
+        let mut notes = io::read_notes(&refs.path().join("a.tsv")).unwrap().notes;
+        notes[2].end = 1.7;
+        io::write_notes(&ests.path().join("a.mid"), &notes).unwrap();
+        // c as basic-pitch writes it: its name, its CSV columns, pitch bends past the header.
+        write(refs.path(), "c.tsv", A);
+        write(
+            ests.path(),
+            "c_basic_pitch.csv",
+            "start_time_s,end_time_s,pitch_midi,velocity,pitch_bend\n\
+             0.0,0.5,60,90,0,1\n0.5,1.0,62,90\n1.0,2.0,64,90,2,2,2\n",
+        );
+        let ev = evaluate(&options(refs.path(), Some(ests.path()), None)).unwrap();
+        let a = ev.files[0].scores.unwrap();
+        assert_eq!((a.no_offset.matched, a.with_offset.matched), (3, 2));
+        assert!(ev.files[1].missing_estimate);
+        assert_eq!(ev.files[2].scores.unwrap().with_offset.f1, 1.0);
+        assert_eq!(ev.no_offset.matched, 6);
+        assert_eq!(ev.no_offset.n_ref, 9);
+        assert!((ev.no_offset.macro_f1 - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn pairs_audio_by_stem_and_reports_transcriber_errors() {
+        let (audio, refs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write(refs.path(), "a.tsv", A);
+        write(refs.path(), "z.tsv", A);
+        write(audio.path(), "a.flac", "not audio");
+        write(audio.path(), "y.wav", "not audio");
+        // With estimates, audio only picks the stems.
+        let ev = evaluate(&options(refs.path(), Some(refs.path()), Some(audio.path()))).unwrap();
+        assert_eq!(ev.files.len(), 1);
+        assert_eq!(ev.unpaired.len(), 2, "{:?}", ev.unpaired);
+        // Without, the (undecodable) audio is transcribed: a clear error, not a panic.
+        let err = evaluate(&options(refs.path(), None, Some(audio.path()))).unwrap_err();
+        assert!(err.to_string().contains("a.flac"), "{err}");
+        assert!(evaluate(&options(refs.path(), None, None)).is_err());
+    }
+
+    #[test]
+    fn shared_synth_references_against_their_midi() {
+        let Some(root) = crate::notes::io::shared_data() else {
+            return;
+        };
+        let synth = root.join("music/synth");
+        let mut o = options(
+            &synth.join("notes"),
+            Some(&synth.join("midi")),
+            Some(&synth),
+        );
+        o.mode = Mode::Mono;
+        let ev = evaluate(&o).unwrap();
+        assert_eq!(ev.files.len(), 15);
+        assert_eq!(ev.with_offset.micro_f1, 1.0, "{}", ev.to_text());
+    }
+}
