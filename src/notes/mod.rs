@@ -5,6 +5,8 @@
 //! Everything here works on whole buffers or explicit streaming state and knows nothing of
 //! threads, the event bus or gRPC: the `notes` stage and the TranscribeNotes RPC drive it.
 
+pub mod poly;
+
 /// One transcribed (or reference) note. Times are seconds from the start of the audio.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Note {
