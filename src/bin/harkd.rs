@@ -54,6 +54,14 @@ enum ModelsCommand {
     },
     /// Re-hash a model directory against its manifest.
     Verify { path: PathBuf },
+    /// Convert Basic Pitch (polyphonic notes) from the basic-pitch 0.4.0 wheel (or its
+    /// nmp.onnx) into DIR/basic-pitch; without PATH the pinned wheel is downloaded with pip.
+    /// `--dir models` regenerates the copy shipped in the repository.
+    ImportBasicPitch {
+        path: Option<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -216,6 +224,18 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 }
                 anyhow::bail!("{} does not verify", path.display());
             }
+        }
+        ModelsCommand::ImportBasicPitch { path, dir } => {
+            let dest = root(dir);
+            let installed = match path {
+                Some(p) => models::basic_pitch::install(&p, &dest)?,
+                None => models::basic_pitch::obtain_and_install(
+                    &models::fetch::wheel_cache_dir(&dest),
+                    &models::FetchOptions::default(),
+                    &dest,
+                )?,
+            };
+            println!("installed basic-pitch at {}", installed.display());
         }
     }
     Ok(())

@@ -22,6 +22,7 @@
 //!
 //! Nothing here runs inference; `nn` loads what this module installs.
 
+pub mod basic_pitch;
 pub mod ct2;
 pub mod fetch;
 pub mod onnx;

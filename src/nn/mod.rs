@@ -8,6 +8,7 @@
 //! - [`wake`]: the wake-word CNN and its log-mel front end.
 //! - [`g2p`]: neural grapheme-to-phoneme for out-of-vocabulary words (g2p_en's GRU seq2seq).
 //! - [`vits`]: Piper VITS text-to-speech voices (phoneme ids to a waveform).
+//! - [`basic_pitch`]: Spotify's Basic Pitch (polyphonic note, onset and contour posteriors).
 //!
 //! # Threads
 //!
@@ -20,6 +21,7 @@
 //! the first model is loaded (e.g. in the systemd unit); [`num_threads`] reports the value in
 //! force.
 
+pub mod basic_pitch;
 pub mod g2p;
 pub mod sound;
 pub mod vits;

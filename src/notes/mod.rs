@@ -9,6 +9,7 @@ pub mod eval;
 pub mod io;
 pub mod midi;
 pub mod pitch;
+pub mod poly;
 pub mod synth;
 pub mod track;
 
@@ -90,6 +91,22 @@ pub enum NotesError {
     Audio(#[from] crate::audio::SourceError),
     #[error("not supported: {0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Poly(#[from] poly::PolyError),
+    #[error("polyphonic model: {0}")]
+    Model(String),
+}
+
+/// Name of the Basic Pitch model directory (bundled in `models/`).
+pub const BASIC_PITCH: &str = "basic-pitch";
+
+/// Loads the Basic Pitch network from the first models directory that has it (`root` or the
+/// default models directory, then the bundled models).
+pub fn load_basic_pitch(root: Option<&Path>) -> Result<crate::nn::basic_pitch::BasicPitch, NotesError> {
+    let dir = crate::models::find("notes", BASIC_PITCH, root)
+        .map_err(|e| NotesError::Model(e.to_string()))?;
+    crate::nn::basic_pitch::BasicPitch::load(&dir)
+        .map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
 }
 
 /// Transcribes an audio file (any format the daemon decodes) to notes with default settings.
@@ -97,9 +114,14 @@ pub fn transcribe_file(path: &Path, mode: Mode) -> Result<Vec<Note>, NotesError>
     let samples = crate::audio::file::decode_file_16k(path)?;
     match mode {
         Mode::Mono => Ok(track::transcribe_mono(&samples, &track::MonoParams::default())),
-        Mode::Poly => Err(NotesError::Unsupported(
-            "polyphonic transcription needs the Basic Pitch model".into(),
-        )),
+        Mode::Poly => {
+            let model = std::sync::Arc::new(load_basic_pitch(None)?);
+            Ok(poly::transcribe_poly(
+                &samples,
+                &model,
+                poly::PolyParams::default(),
+            )?)
+        }
     }
 }
 

@@ -492,6 +492,21 @@ mod dump {
             if let Some(v) = env("HARK_SPLIT") {
                 params.segment.split_semitones = v as f32;
             }
+            if let Some(v) = env("HARK_VALLEY") {
+                params.segment.valley_db = v as f32;
+            }
+            if let Some(v) = env("HARK_ONSET_RATIO") {
+                params.segment.onset_ratio = v as f32;
+            }
+            if let Some(v) = env("HARK_RISE") {
+                params.segment.onset_rise_db = v as f32;
+            }
+            if let Some(v) = env("HARK_GAP") {
+                params.segment.gap_frames = v as usize;
+            }
+            if let Some(v) = env("HARK_CONF") {
+                params.segment.min_confidence = v as f32;
+            }
             if let Some(v) = env("HARK_CHANGE") {
                 params.segment.change_frames = v as usize;
             }

@@ -1,0 +1,458 @@
+//! Spotify's Basic Pitch (Apache-2.0), imported from the ONNX export in the `basic-pitch` 0.4.0
+//! wheel (`basic_pitch/saved_models/icassp_2022/nmp.onnx`, 230 KB) into a hark model directory:
+//!
+//! ```text
+//! <dir>/basic-pitch/
+//!   model.safetensors   f32: CQT kernels, low-pass, per-bin scale, six convolutions
+//!   config.json         BasicPitchConfig (CQT layout, batch-norm scalars, harmonic shifts)
+//!   MODEL_CARD.md       provenance and licence
+//!   hark-model.json     manifest, kind "notes"
+//! ```
+//!
+//! The graph is recognised by its weights rather than by node names (tf2onnx mangles those):
+//! the CQT kernels are the two `[36, 1, 1, 256]` convolutions (the one whose output is negated is
+//! the imaginary part), the decimation filter is the `[1, 1, 1, 256]` one, and each head
+//! convolution has a distinct shape. Every stride and padding the Rust port assumes is checked
+//! against the graph's attributes, so a different export fails here rather than computing
+//! something else.
+
+use std::collections::HashMap;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use super::fetch::{FetchOptions, WheelPin, obtain_wheel, read_member};
+use super::onnx::{Graph, Node};
+use super::{Manifest, ModelError, SourcePackage, WeightDType, io_err};
+use crate::nn::basic_pitch::{BasicPitchConfig, FRAMES, HOP, SAMPLE_RATE, WINDOW, names};
+
+/// Model kind of note transcribers in manifests.
+pub const NOTES_KIND: &str = "notes";
+/// Directory and catalogue name of the converted model.
+pub const MODEL_NAME: &str = "basic-pitch";
+
+/// The registry package holding the export.
+pub const BASIC_PITCH_WHEEL: WheelPin = WheelPin {
+    package: "basic-pitch",
+    version: "0.4.0",
+    file: "basic_pitch-0.4.0-py2.py3-none-any.whl",
+    sha256: "738adb503aae7fdfc7d1e1511aa0ce35052315f260a19531ef4c356708425db0",
+    size: 758_279,
+};
+
+/// Member of the wheel.
+pub const ONNX_MEMBER: &str = "basic_pitch/saved_models/icassp_2022/nmp.onnx";
+
+/// Max absolute difference of the port's posteriors from ONNX Runtime's on the golden window
+/// (`tests/fixtures/basic_pitch_golden.py`), as measured when the port was written.
+pub const GOLDEN_MAX_ERROR: &str = "2.5e-5 (onset; note 4.8e-6, contour 1.3e-5)";
+
+fn bad(what: &str, reason: impl Into<String>) -> ModelError {
+    ModelError::Onnx {
+        what: what.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The converted model: config and `(name, shape, values)` tensors.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    pub config: BasicPitchConfig,
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl Converted {
+    /// The tensors by name, as [`crate::nn::basic_pitch::BasicPitch::from_tensors`] takes them.
+    pub fn tensor_map(&self) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+        self.tensors
+            .iter()
+            .map(|(n, s, d)| (n.clone(), (s.clone(), d.clone())))
+            .collect()
+    }
+}
+
+/// Reads the network out of `nmp.onnx` bytes.
+pub fn convert_onnx(what: &str, onnx: &[u8]) -> Result<Converted, ModelError> {
+    let graph = Graph::parse(what, onnx, |loc| {
+        Err(bad(what, format!("unexpected external data {loc}")))
+    })?;
+    let convs: Vec<&Node> = graph.nodes.iter().filter(|n| n.op_type == "Conv").collect();
+    let weight_dims = |n: &Node| {
+        n.inputs
+            .get(1)
+            .and_then(|w| graph.tensor(w))
+            .map(|t| t.dims.clone())
+    };
+    let negated = |output: &str| {
+        graph
+            .nodes
+            .iter()
+            .any(|n| n.op_type == "Neg" && n.inputs.iter().any(|i| i == output))
+    };
+
+    // CQT kernels: real and imaginary, told apart by the Neg on the imaginary output.
+    let mut real = None;
+    let mut imag = None;
+    for n in &convs {
+        if weight_dims(n).as_deref() != Some(&[36, 1, 1, 256][..]) {
+            continue;
+        }
+        let slot = if negated(&n.outputs[0]) {
+            &mut imag
+        } else {
+            &mut real
+        };
+        match slot {
+            None => *slot = Some(n.inputs[1].clone()),
+            Some(name) if *name == n.inputs[1] => {}
+            Some(_) => return Err(bad(what, "more than one set of CQT kernels")),
+        }
+        check_bias_zero(what, &graph, n)?;
+    }
+    let (real, imag) = real
+        .zip(imag)
+        .ok_or_else(|| bad(what, "no CQT kernels ([36, 1, 1, 256] convolutions)"))?;
+    let lowpass = convs
+        .iter()
+        .find(|n| weight_dims(n).as_deref() == Some(&[1, 1, 1, 256][..]))
+        .ok_or_else(|| bad(what, "no CQT decimation filter"))?;
+    if lowpass.ints_or("strides", &[1, 1]) != [1, 2] {
+        return Err(bad(
+            what,
+            "the CQT decimation filter does not have stride 2",
+        ));
+    }
+    check_bias_zero(what, &graph, lowpass)?;
+    let octaves = convs
+        .iter()
+        .filter(|n| n.inputs[1] == real)
+        .map(|n| n.ints_or("strides", &[1, 1]))
+        .collect::<Vec<_>>();
+    let expect: Vec<Vec<i64>> = (0..octaves.len())
+        .map(|o| vec![1, (HOP >> o) as i64])
+        .collect();
+    if octaves != expect || octaves.is_empty() {
+        return Err(bad(what, format!("CQT octave strides {octaves:?}")));
+    }
+    // The pads around each octave: reflect 128 before the kernels, zeros 127 before decimation.
+    let pads: Vec<(bool, Vec<f32>)> = graph
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "Pad" && n.outputs[0].contains("cq_t2010v2"))
+        .filter_map(|n| {
+            let p = graph.tensor(n.inputs.get(1)?)?;
+            // `mode` is a string attribute our reader skips; reflection pads are the ones named so.
+            Some((n.outputs[0].contains("reflection_pad"), p.data.clone()))
+        })
+        .collect();
+    let pad_amount = |reflect: bool| -> Result<usize, ModelError> {
+        let mut amounts: Vec<f32> = pads
+            .iter()
+            .filter(|(r, _)| *r == reflect)
+            .flat_map(|(_, p)| p.iter().copied().filter(|&v| v != 0.0))
+            .collect();
+        amounts.dedup();
+        match amounts[..] {
+            [v] if v > 0.0 => Ok(v as usize),
+            _ => Err(bad(
+                what,
+                format!("CQT pads {amounts:?} (reflect {reflect})"),
+            )),
+        }
+    };
+    let reflect_pad = pad_amount(true)?;
+    let lowpass_pad = pad_amount(false)?;
+
+    // Per-bin scale: the Mul by a [bins, 1, 1] constant.
+    let scale = graph
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "Mul")
+        .flat_map(|n| n.inputs.iter())
+        .filter_map(|i| graph.tensor(i))
+        .find(|t| t.dims.len() == 3 && t.dims[1..] == [1, 1])
+        .ok_or_else(|| bad(what, "no CQT bin scale"))?;
+    let cqt_bins = scale.dims[0];
+
+    // The folded batch norm: Mul then Add by scalars, on outputs named batch_normalization.
+    let bn_scalar = |op: &str| -> Result<f32, ModelError> {
+        graph
+            .nodes
+            .iter()
+            .filter(|n| n.op_type == op && n.outputs[0].contains("batch_normalization"))
+            .flat_map(|n| n.inputs.iter())
+            .filter_map(|i| graph.tensor(i))
+            .find(|t| t.data.len() == 1)
+            .map(|t| t.data[0])
+            .ok_or_else(|| bad(what, format!("no batch-norm {op}")))
+    };
+    let bn_scale = bn_scalar("Mul")?;
+    let bn_shift = bn_scalar("Add")?;
+
+    // Harmonic shifts: each Slice of the stacking starts at +shift along the bins, except the
+    // sub-harmonic, which ends at -shift.
+    let mut shifts = vec![0i64];
+    for n in graph
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "Slice" && n.outputs[0].contains("harmonic-stacking"))
+    {
+        let axis_value = |i: usize| {
+            n.inputs
+                .get(i)
+                .and_then(|s| graph.tensor(s))
+                .and_then(|t| t.data.get(2).copied())
+        };
+        let (start, end) = (axis_value(1).unwrap_or(0.0), axis_value(2).unwrap_or(0.0));
+        if start > 0.0 {
+            shifts.push(start as i64);
+        } else if end < 0.0 {
+            shifts.push(end as i64);
+        }
+    }
+    shifts.sort_unstable();
+    if shifts.len() != 8 {
+        return Err(bad(what, format!("harmonic shifts {shifts:?}")));
+    }
+
+    let mut tensors = vec![
+        tensor(what, &graph, &real, names::CQT_REAL, |d| vec![d[0], d[3]])?,
+        tensor(what, &graph, &imag, names::CQT_IMAG, |d| vec![d[0], d[3]])?,
+        tensor(what, &graph, &lowpass.inputs[1], names::CQT_LOWPASS, |d| {
+            vec![d[3]]
+        })?,
+        (
+            names::CQT_SCALE.to_string(),
+            vec![cqt_bins],
+            scale.data.clone(),
+        ),
+    ];
+    for (name, shape, sw, (ph, pw)) in names::CONVS {
+        let n = convs
+            .iter()
+            .find(|n| weight_dims(n).as_deref() == Some(&shape[..]))
+            .ok_or_else(|| bad(what, format!("no {shape:?} convolution for {name}")))?;
+        let (ph, pw) = (ph as i64, pw as i64);
+        if n.ints_or("strides", &[1, 1]) != [1, sw as i64]
+            || n.ints_or("pads", &[0, 0, 0, 0]) != [ph, pw, ph, pw]
+            || n.ints_or("group", &[1]) != [1]
+            || n.ints_or("dilations", &[1, 1]) != [1, 1]
+        {
+            return Err(bad(
+                what,
+                format!("{name}: strides/pads differ from the port's ({})", n.name),
+            ));
+        }
+        tensors.push(tensor(
+            what,
+            &graph,
+            &n.inputs[1],
+            &format!("{name}.weight"),
+            |d| d.to_vec(),
+        )?);
+        let bias = n
+            .inputs
+            .get(2)
+            .and_then(|b| graph.tensor(b))
+            .ok_or_else(|| bad(what, format!("{name}: no bias")))?;
+        tensors.push((format!("{name}.bias"), vec![shape[0]], bias.data.clone()));
+    }
+    let config = BasicPitchConfig {
+        sample_rate: SAMPLE_RATE,
+        window: WINDOW,
+        hop: HOP,
+        frames: FRAMES,
+        n_octaves: octaves.len(),
+        bins_per_octave: 36,
+        cqt_bins,
+        reflect_pad,
+        lowpass_pad,
+        log_eps: 1e-10,
+        bn_scale,
+        bn_shift,
+        harmonic_shifts: shifts,
+    };
+    // Building the network checks every shape against the config.
+    crate::nn::basic_pitch::BasicPitch::from_tensors(
+        config.clone(),
+        Converted {
+            config: config.clone(),
+            tensors: tensors.clone(),
+        }
+        .tensor_map(),
+    )
+    .map_err(|e| bad(what, e))?;
+    Ok(Converted { config, tensors })
+}
+
+fn tensor(
+    what: &str,
+    graph: &Graph,
+    input: &str,
+    name: &str,
+    shape: impl Fn(&[usize]) -> Vec<usize>,
+) -> Result<(String, Vec<usize>, Vec<f32>), ModelError> {
+    let t = graph
+        .tensor(input)
+        .ok_or_else(|| bad(what, format!("{name}: {input} is not an initializer")))?;
+    Ok((name.to_string(), shape(&t.dims), t.data.clone()))
+}
+
+/// The port has no bias on the CQT convolutions: the export's are zero.
+fn check_bias_zero(what: &str, graph: &Graph, n: &Node) -> Result<(), ModelError> {
+    match n.inputs.get(2).and_then(|b| graph.tensor(b)) {
+        Some(b) if b.data.iter().any(|&v| v != 0.0) => Err(bad(
+            what,
+            format!("{}: CQT convolution with a bias", n.name),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `nmp.onnx` from the `basic-pitch` wheel (or takes `path` as the `.onnx` itself).
+pub fn read_onnx(path: &Path) -> Result<Vec<u8>, ModelError> {
+    if path.extension().is_some_and(|e| e == "onnx") {
+        return std::fs::read(path).map_err(io_err(path));
+    }
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| ModelError::Wheel {
+        wheel: path.to_path_buf(),
+        reason: format!("not a zip archive: {e}"),
+    })?;
+    read_member(&mut zip, path, ONNX_MEMBER)
+}
+
+/// Converts `source` (the wheel, or `nmp.onnx`) into `dest_root/basic-pitch`, replacing what
+/// is there. Returns the model directory.
+pub fn install(source: &Path, dest_root: &Path) -> Result<PathBuf, ModelError> {
+    let onnx = read_onnx(source)?;
+    let what = format!("{}:{ONNX_MEMBER}", source.display());
+    let converted = convert_onnx(&what, &onnx)?;
+    let dest = dest_root.join(MODEL_NAME);
+    std::fs::create_dir_all(&dest).map_err(io_err(&dest))?;
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: String| ModelError::Write { path, reason: e }
+    };
+
+    let weights = dest.join(super::WEIGHTS_FILE);
+    let views = converted
+        .tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), shape.clone(), bytes)
+        })
+        .collect::<Vec<_>>();
+    let views = views
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.as_str(), v))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(write_err(&weights))?;
+    safetensors::tensor::serialize_to_file(views, None, &weights)
+        .map_err(|e| write_err(&weights)(e.to_string()))?;
+
+    let config = dest.join(super::CONFIG_FILE);
+    let mut json = serde_json::to_string_pretty(&converted.config)
+        .map_err(|e| write_err(&config)(e.to_string()))?;
+    json.push('\n');
+    std::fs::write(&config, json).map_err(io_err(&config))?;
+
+    let card = dest.join(super::MODEL_CARD_FILE);
+    std::fs::write(&card, model_card(&onnx)).map_err(io_err(&card))?;
+
+    let mut manifest = Manifest::for_dir(
+        &dest,
+        NOTES_KIND,
+        MODEL_NAME,
+        "basic-pitch-nmp",
+        WeightDType::F32,
+    )?;
+    let pin = BASIC_PITCH_WHEEL;
+    manifest.source.packages = vec![SourcePackage {
+        name: pin.package.into(),
+        version: pin.version.into(),
+        file: pin.file.into(),
+        sha256: pin.sha256.into(),
+    }];
+    manifest.source.inputs.insert(
+        ONNX_MEMBER.into(),
+        super::FileDigest {
+            sha256: super::sha256_bytes(&onnx),
+            size: onnx.len() as u64,
+        },
+    );
+    manifest.write(&dest)?;
+    Ok(dest)
+}
+
+/// Downloads (or reuses) the pinned wheel in `cache`, then [`install`]s from it.
+pub fn obtain_and_install(
+    cache: &Path,
+    opts: &FetchOptions,
+    dest_root: &Path,
+) -> Result<PathBuf, ModelError> {
+    let wheel = obtain_wheel(&BASIC_PITCH_WHEEL, cache, opts)?;
+    install(&wheel, dest_root)
+}
+
+fn model_card(onnx: &[u8]) -> String {
+    let pin = BASIC_PITCH_WHEEL;
+    format!(
+        "# basic-pitch (polyphonic note transcription)\n\n\
+         Spotify's Basic Pitch network (Bittner et al., \"A Lightweight Instrument-Agnostic \
+         Model for Polyphonic Note Transcription and Multipitch Estimation\", ICASSP 2022): from \
+         2 s windows of 22.05 kHz mono audio it predicts, per 11.6 ms frame, note and onset \
+         posteriors for the 88 piano keys and a pitch contour at 1/3 semitone (264 bins). \
+         hark runs it in plain Rust (`hark::nn::basic_pitch`) and decodes notes with the \
+         package's `output_to_notes` algorithm (`hark::notes::poly`).\n\n\
+         ## Source\n\n\
+         | package | version | file | sha256 |\n|---|---|---|---|\n\
+         | {} | {} | {} | `{}` |\n\n\
+         Member `{ONNX_MEMBER}` ({} bytes, sha256 `{}`), converted to f32 safetensors by \
+         `harkd models import-basic-pitch` (no retraining, no quantisation).\n\n\
+         ## Licence\n\nApache-2.0 (the `basic-pitch` package and its model weights).\n\n\
+         ## Accuracy of the port\n\n\
+         Golden test (`cargo test --lib basic_pitch`, fixture made by \
+         `tests/fixtures/basic_pitch_golden.py` with ONNX Runtime on 2 s of a Bach chorale): \
+         max absolute difference of note, onset and contour posteriors {GOLDEN_MAX_ERROR}.\n",
+        pin.package,
+        pin.version,
+        pin.file,
+        pin.sha256,
+        onnx.len(),
+        super::sha256_bytes(onnx),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wheel on our machines, if present (`HARK_BASIC_PITCH_WHEEL` overrides).
+    fn wheel() -> Option<PathBuf> {
+        let p = PathBuf::from(
+            std::env::var("HARK_BASIC_PITCH_WHEEL")
+                .unwrap_or_else(|_| "/tmp/bp/basic_pitch-0.4.0-py2.py3-none-any.whl".into()),
+        );
+        p.exists().then_some(p)
+    }
+
+    /// The import reproduces the shipped weights bit for bit.
+    #[test]
+    fn basic_pitch_import_matches_the_shipped_model() {
+        let Some(wheel) = wheel() else {
+            eprintln!("skipping: the basic-pitch 0.4.0 wheel is not at /tmp/bp");
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = install(&wheel, tmp.path()).unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/basic-pitch");
+        let a = std::fs::read(dir.join(super::super::WEIGHTS_FILE)).unwrap();
+        let b = std::fs::read(shipped.join(super::super::WEIGHTS_FILE)).unwrap();
+        assert!(a == b, "converted weights differ from models/basic-pitch");
+    }
+}
