@@ -44,6 +44,7 @@ pub struct Config {
     pub transcribe: crate::stages::asr::TranscribeConfig,
     pub sound: crate::stages::sound::SoundConfig,
     pub wake: crate::stages::wake::WakeConfig,
+    pub notes: crate::stages::notes::NotesConfig,
     pub actions: crate::actions::ActionsConfig,
     pub tts: crate::tts::TtsConfig,
     pub models: ModelsConfig,
@@ -433,6 +434,7 @@ impl Config {
         self.transcribe.validate().map_err(ConfigError::Invalid)?;
         self.sound.validate().map_err(ConfigError::Invalid)?;
         self.wake.validate().map_err(ConfigError::Invalid)?;
+        self.notes.validate().map_err(ConfigError::Invalid)?;
         self.actions.validate().map_err(ConfigError::Invalid)?;
         self.tts.validate().map_err(ConfigError::Invalid)?;
         let s = &self.server;

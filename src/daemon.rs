@@ -307,6 +307,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         asr_defaults: cfg.transcribe.clone(),
         resources: resources.clone(),
         sound_defaults: cfg.sound.clone(),
+        notes_defaults: cfg.notes.clone(),
         tts: Arc::new(crate::api::tts::TtsState::new(
             cfg.tts.clone(),
             crate::models::search_dirs(None),

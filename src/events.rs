@@ -65,6 +65,38 @@ pub enum EventKind {
     },
     /// A spoken sentence matched a configured action (see `actions`).
     Action(ActionEvent),
+    /// A note ended (published shortly after its end; see `[notes]`).
+    Note(NoteEvent),
+    /// F0 of one 10 ms frame (only with `notes.emit_pitch`), for karaoke-style clients.
+    Pitch {
+        /// Centre of the frame.
+        #[serde(rename = "time", serialize_with = "samples_as_seconds")]
+        sample_at: u64,
+        /// 0 when unvoiced.
+        hz: f32,
+        voiced: bool,
+        /// Voicing probability (0..1).
+        p: f32,
+    },
+}
+
+/// One transcribed note. Samples are on the stream clock; the serde form carries seconds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NoteEvent {
+    /// MIDI note number (60 = middle C).
+    pub midi: u32,
+    /// Scientific pitch name ("C4", "F#5").
+    pub name: String,
+    /// Mean deviation from the equal-tempered pitch, cents (-50..50).
+    pub cents: f32,
+    #[serde(rename = "start", serialize_with = "samples_as_seconds")]
+    pub start_sample: u64,
+    #[serde(rename = "end", serialize_with = "samples_as_seconds")]
+    pub end_sample: u64,
+    /// MIDI velocity (1..127), from the note's loudness.
+    pub velocity: u32,
+    /// 0..1.
+    pub confidence: f32,
 }
 
 /// A configured sentence matched an utterance.
@@ -138,10 +170,11 @@ pub enum Category {
     Sound,
     Wake,
     Action,
+    Notes,
 }
 
 impl Category {
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 8] = [
         Category::Vad,
         Category::Level,
         Category::Source,
@@ -149,6 +182,7 @@ impl Category {
         Category::Sound,
         Category::Wake,
         Category::Action,
+        Category::Notes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -160,6 +194,7 @@ impl Category {
             Category::Sound => "sound",
             Category::Wake => "wake",
             Category::Action => "action",
+            Category::Notes => "notes",
         }
     }
 
@@ -180,6 +215,7 @@ impl EventKind {
             EventKind::Sound(_) | EventKind::SoundStarted { .. } => Category::Sound,
             EventKind::Wake { .. } => Category::Wake,
             EventKind::Action(_) => Category::Action,
+            EventKind::Note(_) | EventKind::Pitch { .. } => Category::Notes,
         }
     }
 
@@ -198,6 +234,8 @@ impl EventKind {
             EventKind::SoundStarted { .. } => "sound_started",
             EventKind::Wake { .. } => "wake",
             EventKind::Action(_) => "action",
+            EventKind::Note(_) => "note",
+            EventKind::Pitch { .. } => "pitch",
         }
     }
 }

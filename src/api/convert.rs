@@ -166,6 +166,18 @@ fn secs(sample: u64) -> f64 {
     sample as f64 / f64::from(STREAM_RATE)
 }
 
+pub fn note_to_pb(n: &crate::events::NoteEvent) -> pb::Note {
+    pb::Note {
+        midi: n.midi,
+        name: n.name.clone(),
+        cents: n.cents,
+        start: secs(n.start_sample),
+        end: secs(n.end_sample),
+        velocity: n.velocity,
+        confidence: n.confidence,
+    }
+}
+
 pub fn transcript_to_pb(t: &crate::events::Transcript) -> pb::Transcript {
     pb::Transcript {
         text: t.text.clone(),
@@ -450,6 +462,37 @@ mod tests {
                 &[
                     "id", "sentence", "matched", "score", "slots", "ran", "start", "end",
                 ],
+            ),
+            (
+                EventKind::Note(crate::events::NoteEvent {
+                    midi: 62,
+                    name: "D4".into(),
+                    cents: -8.0,
+                    start_sample: 16_320,
+                    end_sample: 23_680,
+                    velocity: 80,
+                    confidence: 0.9,
+                }),
+                "note",
+                &[
+                    "midi",
+                    "name",
+                    "cents",
+                    "start",
+                    "end",
+                    "velocity",
+                    "confidence",
+                ],
+            ),
+            (
+                EventKind::Pitch {
+                    sample_at: 16_000,
+                    hz: 293.7,
+                    voiced: true,
+                    p: 0.95,
+                },
+                "pitch",
+                &["time", "hz", "voiced", "p"],
             ),
         ];
         for (kind, name, extra) in cases {

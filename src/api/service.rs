@@ -71,6 +71,8 @@ pub struct ApiContext {
     pub resources: Arc<crate::stages::StageResources>,
     /// `[sound]`: model, thresholds and durations for Classify.
     pub sound_defaults: crate::stages::sound::SoundConfig,
+    /// `[notes]`: the mode and tracker settings TranscribeNotes uses by default.
+    pub notes_defaults: crate::stages::notes::NotesConfig,
     /// Text-to-speech (loaded on first use).
     pub tts: Arc<super::tts::TtsState>,
     pub limits: ApiLimits,
@@ -437,6 +439,74 @@ impl Hark for HarkService {
         })
         .await
         .map_err(|e| Status::internal(format!("classification task failed: {e}")))?
+        .map(Response::new)
+    }
+
+    async fn transcribe_notes(
+        &self,
+        request: Request<pb::TranscribeNotesRequest>,
+    ) -> Result<Response<pb::TranscribeNotesResponse>, Status> {
+        use crate::notes::Mode;
+        let cfg = self.ctx.notes_defaults.clone();
+        let resources = self.ctx.resources.clone();
+        let deadline = Deadline::of(&request);
+        let req = request.into_inner();
+        let mode = match pb::NotesMode::try_from(req.mode) {
+            Ok(pb::NotesMode::Unspecified) => cfg.mode,
+            Ok(pb::NotesMode::Mono) => Mode::Mono,
+            Ok(pb::NotesMode::Poly) => Mode::Poly,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown notes mode {}",
+                    req.mode
+                )));
+            }
+        };
+        let stop = StopFlag::new(self.ctx.shutdown.clone(), deadline);
+        let _cancel = stop.cancel_on_drop();
+        let permit = self.jobs.admit(&stop).await.map_err(job_status)?;
+        let max_s = self.ctx.limits.max_upload_s;
+        tokio::task::spawn_blocking(move || -> Result<pb::TranscribeNotesResponse, Status> {
+            let _permit = permit;
+            let audio = open_upload(req.audio, req.raw, max_s)?
+                .read_all()
+                .map_err(source_status)?;
+            if audio.is_empty() {
+                return Err(Status::invalid_argument("the upload holds no audio"));
+            }
+            let notes = match mode {
+                Mode::Mono => {
+                    crate::notes::track::transcribe_mono(&audio, &cfg.mono_params())
+                }
+                Mode::Poly => {
+                    let model = resources
+                        .shared(crate::notes::BASIC_PITCH, || {
+                            crate::notes::load_basic_pitch(None)
+                        })
+                        .map_err(|e| Status::failed_precondition(short(&e)))?;
+                    crate::notes::poly::transcribe_poly(
+                        &audio,
+                        &model,
+                        crate::notes::poly::PolyParams::default(),
+                    )
+                    .map_err(|e| Status::internal(short(&e)))?
+                }
+            };
+            Ok(pb::TranscribeNotesResponse {
+                midi: crate::notes::midi::to_smf_bytes(&notes),
+                notes: notes
+                    .iter()
+                    .map(|n| super::convert::note_to_pb(&crate::stages::notes::note_event(n, 0)))
+                    .collect(),
+                duration_s: audio.len() as f64 / 16_000.0,
+                mode: match mode {
+                    Mode::Mono => pb::NotesMode::Mono,
+                    Mode::Poly => pb::NotesMode::Poly,
+                } as i32,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("note transcription task failed: {e}")))?
         .map(Response::new)
     }
 

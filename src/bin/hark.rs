@@ -87,6 +87,28 @@ enum Command {
         #[arg(long)]
         beam_size: Option<u32>,
     },
+    /// Transcribe the notes of a recording (one-shot, through the daemon): a sung or played tune,
+    /// or chords with --poly. Prints the notes; can write them as MIDI or play them back as audio.
+    Notes {
+        file: PathBuf,
+        /// Chords and piano (Basic Pitch) instead of one note at a time.
+        #[arg(long)]
+        poly: bool,
+        /// JSON: {"notes":[{"midi","name","cents","start","end","velocity","confidence"}...]}
+        /// (times in seconds).
+        #[arg(long)]
+        json: bool,
+        /// Write the notes as a Standard MIDI File.
+        #[arg(long, value_name = "OUT.mid")]
+        midi: Option<PathBuf>,
+        /// Synthesise the transcribed notes into a WAV file (22.05 kHz).
+        #[arg(long, value_name = "OUT.wav")]
+        render: Option<PathBuf>,
+        /// With --render (and --midi): the note sequence reversed in time (each note still
+        /// plays forwards).
+        #[arg(long)]
+        reverse: bool,
+    },
     /// Classify the sounds in an audio file (one-shot, through the daemon's sound model): class
     /// scores for the whole clip and the sound events found in it.
     Classify {
@@ -460,6 +482,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Actions { .. } | Command::Normalize { .. } => {
             unreachable!("handled before connecting")
         }
+        Command::Notes {
+            file,
+            poly,
+            json,
+            midi,
+            render,
+            reverse,
+        } => {
+            let audio =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mode = if poly {
+                pb::NotesMode::Poly
+            } else {
+                pb::NotesMode::Unspecified
+            };
+            let r = client
+                .transcribe_notes(pb::TranscribeNotesRequest {
+                    audio,
+                    raw: None,
+                    mode: mode as i32,
+                })
+                .await?
+                .into_inner();
+            notes_output(&r, json, midi.as_deref(), render.as_deref(), reverse)
+        }
         Command::Classify { file, json, top } => {
             let audio =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -521,6 +568,97 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `hark classify` output: JSON (`top` sorted by p, `events`) or a short text view.
+/// Prints (or writes) what `hark notes` asked for.
+fn notes_output(
+    r: &pb::TranscribeNotesResponse,
+    json: bool,
+    midi: Option<&std::path::Path>,
+    render: Option<&std::path::Path>,
+    reverse: bool,
+) -> anyhow::Result<()> {
+    use hark::notes::{Note, synth};
+    let notes: Vec<Note> = r
+        .notes
+        .iter()
+        .map(|n| Note {
+            midi: n.midi.min(127) as u8,
+            cents: n.cents,
+            start: n.start,
+            end: n.end,
+            velocity: n.velocity.clamp(1, 127) as u8,
+            confidence: n.confidence,
+        })
+        .collect();
+    let out_notes = if reverse {
+        synth::reverse_in(&notes, r.duration_s)
+    } else {
+        notes.clone()
+    };
+    if json {
+        let list: Vec<_> = out_notes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "midi": n.midi,
+                    "name": hark::stages::notes::note_name(n.midi),
+                    "cents": n.cents,
+                    "start": n.start,
+                    "end": n.end,
+                    "velocity": n.velocity,
+                    "confidence": n.confidence,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "notes": list }));
+    } else {
+        for n in &out_notes {
+            println!(
+                "{:>8.3} {:>8.3}  {:<4} {:>3} {:>+4.0}c  vel {:>3}  p {:.2}",
+                n.start,
+                n.end,
+                hark::stages::notes::note_name(n.midi),
+                n.midi,
+                n.cents,
+                n.velocity,
+                n.confidence
+            );
+        }
+        eprintln!("{} notes in {:.2} s", out_notes.len(), r.duration_s);
+    }
+    if let Some(path) = midi {
+        let bytes = if reverse {
+            hark::notes::midi::to_smf_bytes(&out_notes)
+        } else {
+            r.midi.clone()
+        };
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = render {
+        const RATE: u32 = 22_050;
+        let samples = synth::render(&out_notes, RATE, &synth::Voice::default());
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec)
+            .with_context(|| format!("writing {}", path.display()))?;
+        for s in &samples {
+            w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
+        }
+        w.finalize()?;
+        eprintln!(
+            "wrote {} ({:.2} s{})",
+            path.display(),
+            samples.len() as f64 / f64::from(RATE),
+            if reverse { ", reversed" } else { "" }
+        );
+    }
+    Ok(())
+}
+
 fn render_classify(r: &pb::ClassifyResponse, json: bool, top: usize) -> String {
     if json {
         #[derive(serde::Serialize)]

@@ -90,6 +90,9 @@ struct RunArgs {
     /// Also run the level meter stage (an event per 100 ms).
     #[arg(long)]
     level: bool,
+    /// Also run the note transcriber (`[notes]`, mono unless the config says poly).
+    #[arg(long)]
+    notes: bool,
 }
 
 fn main() -> ExitCode {
@@ -263,6 +266,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if args.level {
         cfg.level.enabled = true;
+    }
+    if args.notes {
+        cfg.notes.enabled = true;
     }
     if let Some(f) = &args.log_format {
         cfg.log.format = if f == "json" {

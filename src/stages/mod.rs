@@ -13,6 +13,7 @@
 
 pub mod asr;
 pub mod level;
+pub mod notes;
 pub mod sound;
 pub mod transcribe;
 pub mod vad;
@@ -133,6 +134,15 @@ pub static REGISTRY: &[StageEntry] = &[
         default_overflow: OverflowPolicy::CatchUp { max_lag_ms: 2000 },
         enabled: sound::enabled,
         build: sound::build,
+    },
+    StageEntry {
+        name: "notes",
+        section: "notes",
+        // Notes need every frame of a phrase; a stage that fell behind skips to recent audio
+        // (its open note is closed at the gap).
+        default_overflow: OverflowPolicy::CatchUp { max_lag_ms: 2000 },
+        enabled: notes::enabled,
+        build: notes::build,
     },
     StageEntry {
         name: "level",
