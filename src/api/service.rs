@@ -475,9 +475,7 @@ impl Hark for HarkService {
                 return Err(Status::invalid_argument("the upload holds no audio"));
             }
             let notes = match mode {
-                Mode::Mono => {
-                    crate::notes::track::transcribe_mono(&audio, &cfg.mono_params())
-                }
+                Mode::Mono => crate::notes::track::transcribe_mono(&audio, &cfg.mono_params()),
                 Mode::Poly => {
                     let model = resources
                         .shared(crate::notes::BASIC_PITCH, || {

@@ -204,8 +204,20 @@ impl Segmenter {
 
     /// A spectral-flux peak well above the recent median, with a rise in level.
     fn flux_onset(&self, f: &PitchFrame) -> bool {
-        let later_max = self.ahead.iter().skip(1).take(2).map(|g| g.flux).fold(0.0, f32::max);
-        let earlier_max = self.behind.iter().rev().take(2).map(|g| g.flux).fold(0.0, f32::max);
+        let later_max = self
+            .ahead
+            .iter()
+            .skip(1)
+            .take(2)
+            .map(|g| g.flux)
+            .fold(0.0, f32::max);
+        let earlier_max = self
+            .behind
+            .iter()
+            .rev()
+            .take(2)
+            .map(|g| g.flux)
+            .fold(0.0, f32::max);
         if f.flux <= later_max || f.flux < earlier_max {
             return false;
         }
@@ -222,19 +234,40 @@ impl Segmenter {
             .chain(self.ahead.iter().take(2))
             .map(|g| g.rms_db)
             .fold(f32::MAX, f32::min);
-        let after = self.ahead.iter().take(4).map(|g| g.rms_db).fold(f32::MIN, f32::max);
+        let after = self
+            .ahead
+            .iter()
+            .take(4)
+            .map(|g| g.rms_db)
+            .fold(f32::MIN, f32::max);
         before == f32::MAX || after - before >= self.p.onset_rise_db
     }
 
     /// A dip in level between two louder stretches: a breathy or bowed instrument (or a voice)
     /// re-attacking the same pitch, where the flux is too noisy to show the onset.
     fn level_valley(&self, f: &PitchFrame) -> bool {
-        let near = self.behind.iter().rev().take(3).chain(self.ahead.iter().skip(1).take(3));
+        let near = self
+            .behind
+            .iter()
+            .rev()
+            .take(3)
+            .chain(self.ahead.iter().skip(1).take(3));
         if near.map(|g| g.rms_db).any(|db| db < f.rms_db) {
             return false;
         }
-        let before = self.behind.iter().rev().take(8).map(|g| g.rms_db).fold(f32::MIN, f32::max);
-        let after = self.ahead.iter().skip(1).map(|g| g.rms_db).fold(f32::MIN, f32::max);
+        let before = self
+            .behind
+            .iter()
+            .rev()
+            .take(8)
+            .map(|g| g.rms_db)
+            .fold(f32::MIN, f32::max);
+        let after = self
+            .ahead
+            .iter()
+            .skip(1)
+            .map(|g| g.rms_db)
+            .fold(f32::MIN, f32::max);
         before - f.rms_db >= self.p.valley_db && after - f.rms_db >= self.p.valley_db
     }
 
@@ -271,9 +304,10 @@ impl Segmenter {
                     if (midi - b.median()).abs() > self.p.split_semitones {
                         b.deviants.push((f.index, midi));
                         b.first_deviant.get_or_insert(f.index);
-                        let (lo, hi) = b.deviants.iter().fold((f32::MAX, f32::MIN), |a, d| {
-                            (a.0.min(d.1), a.1.max(d.1))
-                        });
+                        let (lo, hi) = b
+                            .deviants
+                            .iter()
+                            .fold((f32::MAX, f32::MIN), |a, d| (a.0.min(d.1), a.1.max(d.1)));
                         if hi - lo > 1.0 {
                             // Still moving (a glide): keep only the latest frames.
                             let keep = b.deviants.len().min(2);
@@ -427,12 +461,23 @@ mod tests {
     #[test]
     fn a_scale_comes_out_note_for_note() {
         let (x, truth) = melody(
-            &[(60, 0.4), (62, 0.3), (64, 0.3), (65, 0.5), (67, 0.25), (72, 0.6)],
+            &[
+                (60, 0.4),
+                (62, 0.3),
+                (64, 0.3),
+                (65, 0.5),
+                (67, 0.25),
+                (72, 0.6),
+            ],
             0.0,
         );
         let notes = transcribe_mono(&x, &MonoParams::default());
         let got: Vec<u8> = notes.iter().map(|n| n.midi).collect();
-        assert_eq!(got, truth.iter().map(|t| t.0).collect::<Vec<_>>(), "{notes:?}");
+        assert_eq!(
+            got,
+            truth.iter().map(|t| t.0).collect::<Vec<_>>(),
+            "{notes:?}"
+        );
         for (n, t) in notes.iter().zip(&truth) {
             assert!((n.start - t.1).abs() < 0.05, "{n:?} vs {t:?}");
             assert!((n.end - t.2).abs() < 0.08, "{n:?} vs {t:?}");
@@ -532,7 +577,16 @@ mod dbg {
         let (a, b): (u64, u64) = (v[1].parse().unwrap(), v[2].parse().unwrap());
         for f in crate::notes::pitch::track(&x, Default::default()) {
             if f.index >= a && f.index < b {
-                eprintln!("{} {:.1} {:.2} {} {:.2} {:.1} {:.2}", f.index, f.hz, crate::notes::hz_to_midi(f.hz as f64), f.voiced, f.p_voiced, f.rms_db, f.flux);
+                eprintln!(
+                    "{} {:.1} {:.2} {} {:.2} {:.1} {:.2}",
+                    f.index,
+                    f.hz,
+                    crate::notes::hz_to_midi(f.hz as f64),
+                    f.voiced,
+                    f.p_voiced,
+                    f.rms_db,
+                    f.flux
+                );
             }
         }
     }

@@ -67,7 +67,11 @@ pub fn note_name(midi: u8) -> String {
     const NAMES: [&str; 12] = [
         "C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B",
     ];
-    format!("{}{}", NAMES[usize::from(midi % 12)], i32::from(midi / 12) - 1)
+    format!(
+        "{}{}",
+        NAMES[usize::from(midi % 12)],
+        i32::from(midi / 12) - 1
+    )
 }
 
 /// A note at `origin` samples into the stream as its event.
@@ -151,7 +155,8 @@ impl NotesStage {
                 if self.cfg.emit_pitch {
                     let origin = self.origin.unwrap_or(0);
                     for f in &r.frames {
-                        let centre = origin + (f.index as f64 * hop * f64::from(STREAM_RATE)) as u64;
+                        let centre =
+                            origin + (f.index as f64 * hop * f64::from(STREAM_RATE)) as u64;
                         out.push((
                             at,
                             EventKind::Pitch {
@@ -261,9 +266,10 @@ mod tests {
         .unwrap();
         // 0.5 s of A4 after 0.3 s of silence, starting 1 s into the stream.
         let mut x = vec![0.0f32; 4800];
-        x.extend((0..8000).map(|i| {
-            0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16_000.0).sin()
-        }));
+        x.extend(
+            (0..8000)
+                .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16_000.0).sin()),
+        );
         x.extend(vec![0.0f32; 8000]);
         let mut out = Vec::new();
         for (k, c) in x.chunks(160).enumerate() {
@@ -287,7 +293,13 @@ mod tests {
         assert!((n.start_sample as i64 - 20_800).abs() < 800, "{n:?}");
         assert!((n.end_sample as i64 - 28_800).abs() < 800, "{n:?}");
         // Published within 300 ms of the note's end, never before it.
-        assert!(*at >= n.end_sample && *at - n.end_sample < 4800, "at {at}, {n:?}");
-        assert!(out.iter().any(|(_, k)| matches!(k, EventKind::Pitch { voiced: true, .. })));
+        assert!(
+            *at >= n.end_sample && *at - n.end_sample < 4800,
+            "at {at}, {n:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|(_, k)| matches!(k, EventKind::Pitch { voiced: true, .. }))
+        );
     }
 }

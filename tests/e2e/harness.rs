@@ -67,8 +67,10 @@ impl Daemon {
             // Keep Whisper out of plumbing tests: `auto` finds no model and stays off.
             cmd.env("HARK_MODELS", dir.path().join("no-models"));
         }
-        if !config.is_some_and(|c| c.contains("[sound]") || c.contains("[wake]")) {
-            // Likewise the bundled sound and wake models (models/ in the source tree).
+        if !config
+            .is_some_and(|c| c.contains("[sound]") || c.contains("[wake]") || c.contains("[notes]"))
+        {
+            // Likewise the bundled sound, wake and notes models (models/ in the source tree).
             cmd.env("HARK_BUNDLED_MODELS", dir.path().join("no-models"));
         }
         Self::spawn(cmd, dir)

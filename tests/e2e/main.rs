@@ -4,6 +4,7 @@ mod device_loss;
 mod hardening;
 mod harness;
 mod mic;
+mod notes;
 mod pipeline_failure;
 mod python_client;
 mod service;
