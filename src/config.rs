@@ -595,7 +595,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("vda") && err.contains("vad, transcribe, wake, sound, level"),
+            err.contains("vda") && err.contains("vad, transcribe, wake, sound, notes, level"),
             "{err}"
         );
         let err = parse("[pipeline.overflow.level]\nmode = \"catch-up\"\nmax_lag_ms = 5\n")

@@ -631,7 +631,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript, sound, wake, action"#
+            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript, sound, wake, action, notes"#
         );
         let status = KindFilter::from_pb(&[1, 99]).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -349,6 +349,8 @@ impl PitchTracker {
         self.diff[0] = 0.0;
         let mut running = 0.0f32;
         let mut cmnd = vec![1.0f32; self.tau_max + 2];
+        // tau indexes three arrays and the frame at two offsets: a range reads best.
+        #[allow(clippy::needless_range_loop)]
         for tau in 1..=self.tau_max + 1 {
             e_tau += self.frame[tau + w - 1].powi(2) - self.frame[tau - 1].powi(2);
             let d = (e0 + e_tau - 2.0 * self.a[tau].re * scale).max(0.0);

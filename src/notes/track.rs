@@ -432,10 +432,6 @@ mod tests {
     use crate::notes::midi_to_hz;
 
     /// A melody of harmonic tones with short attacks and releases; `gap_s` of silence between.
-    pub fn melody_pub(notes: &[(u8, f64)], gap_s: f64) -> (Vec<f32>, Vec<(u8, f64, f64)>) {
-        melody(notes, gap_s)
-    }
-
     fn melody(notes: &[(u8, f64)], gap_s: f64) -> (Vec<f32>, Vec<(u8, f64, f64)>) {
         let sr = 16_000.0;
         let mut x = Vec::new();

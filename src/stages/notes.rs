@@ -92,7 +92,7 @@ enum Engine {
     Mono(Box<MonoTracker>),
     Poly {
         model: Arc<BasicPitch>,
-        t: Option<PolyTranscriber>,
+        t: Option<Box<PolyTranscriber>>,
     },
 }
 
@@ -172,10 +172,10 @@ impl NotesStage {
             }
             Engine::Poly { model, t } => {
                 if t.is_none() {
-                    *t = Some(
+                    *t = Some(Box::new(
                         PolyTranscriber::new(model.clone(), PolyParams::default())
                             .map_err(|e| StageError::Failed(e.to_string()))?,
-                    );
+                    ));
                 }
                 let notes = t
                     .as_mut()
@@ -196,7 +196,7 @@ impl NotesStage {
                 **t = MonoTracker::new(self.cfg.mono_params());
                 notes
             }
-            Engine::Poly { t, .. } => match t.take().map(PolyTranscriber::finish) {
+            Engine::Poly { t, .. } => match t.take().map(|t| t.finish()) {
                 Some(Ok(n)) => n,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Polyphonic notes at the end were lost.");
