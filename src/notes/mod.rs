@@ -102,7 +102,9 @@ pub const BASIC_PITCH: &str = "basic-pitch";
 
 /// Loads the Basic Pitch network from the first models directory that has it (`root` or the
 /// default models directory, then the bundled models).
-pub fn load_basic_pitch(root: Option<&Path>) -> Result<crate::nn::basic_pitch::BasicPitch, NotesError> {
+pub fn load_basic_pitch(
+    root: Option<&Path>,
+) -> Result<crate::nn::basic_pitch::BasicPitch, NotesError> {
     let dir = crate::models::find("notes", BASIC_PITCH, root)
         .map_err(|e| NotesError::Model(e.to_string()))?;
     crate::nn::basic_pitch::BasicPitch::load(&dir)
@@ -113,7 +115,10 @@ pub fn load_basic_pitch(root: Option<&Path>) -> Result<crate::nn::basic_pitch::B
 pub fn transcribe_file(path: &Path, mode: Mode) -> Result<Vec<Note>, NotesError> {
     let samples = crate::audio::file::decode_file_16k(path)?;
     match mode {
-        Mode::Mono => Ok(track::transcribe_mono(&samples, &track::MonoParams::default())),
+        Mode::Mono => Ok(track::transcribe_mono(
+            &samples,
+            &track::MonoParams::default(),
+        )),
         Mode::Poly => {
             let model = std::sync::Arc::new(load_basic_pitch(None)?);
             Ok(poly::transcribe_poly(

@@ -225,13 +225,8 @@ impl PitchTracker {
             self.buf.extend(std::iter::repeat_n(0.0, self.p.frame / 2));
             self.started = true;
         }
-        self.buf.extend(samples.iter().map(|s| {
-            if s.is_finite() {
-                *s
-            } else {
-                0.0
-            }
-        }));
+        self.buf
+            .extend(samples.iter().map(|s| if s.is_finite() { *s } else { 0.0 }));
         let mut out = Vec::new();
         while self.buf.len() >= self.p.frame {
             self.analyse_next();
@@ -338,12 +333,15 @@ impl PitchTracker {
         for (i, c) in self.b.iter_mut().enumerate() {
             *c = Complex32::new(if i < n { self.frame[i] } else { 0.0 }, 0.0);
         }
-        self.fwd.process_with_scratch(&mut self.a, &mut self.scratch);
-        self.fwd.process_with_scratch(&mut self.b, &mut self.scratch);
+        self.fwd
+            .process_with_scratch(&mut self.a, &mut self.scratch);
+        self.fwd
+            .process_with_scratch(&mut self.b, &mut self.scratch);
         for (a, b) in self.a.iter_mut().zip(&self.b) {
             *a = a.conj() * b;
         }
-        self.inv.process_with_scratch(&mut self.a, &mut self.scratch);
+        self.inv
+            .process_with_scratch(&mut self.a, &mut self.scratch);
         let scale = 1.0 / self.fft_n as f32;
         // d(tau) = E(0..w) + E(tau..tau+w) - 2 r(tau), energies from a running sum.
         let e0: f32 = self.frame[..w].iter().map(|x| x * x).sum();
@@ -351,6 +349,7 @@ impl PitchTracker {
         self.diff[0] = 0.0;
         let mut running = 0.0f32;
         let mut cmnd = vec![1.0f32; self.tau_max + 2];
+        #[allow(clippy::needless_range_loop)] // tau indexes four arrays and is the lag itself
         for tau in 1..=self.tau_max + 1 {
             e_tau += self.frame[tau + w - 1].powi(2) - self.frame[tau - 1].powi(2);
             let d = (e0 + e_tau - 2.0 * self.a[tau].re * scale).max(0.0);
@@ -569,13 +568,24 @@ mod tests {
     #[test]
     fn finds_the_pitch_of_harmonic_tones_across_the_range() {
         for hz in [65.4f32, 110.0, 220.0, 440.0, 987.8, 1760.0] {
-            let frames = track(&tone(hz, 0.6, &[1.0, 0.6, 0.4, 0.2]), PitchParams::default());
+            let frames = track(
+                &tone(hz, 0.6, &[1.0, 0.6, 0.4, 0.2]),
+                PitchParams::default(),
+            );
             let voiced: Vec<_> = frames.iter().filter(|f| f.voiced).collect();
-            assert!(voiced.len() > frames.len() * 8 / 10, "{hz} Hz: too few voiced");
+            assert!(
+                voiced.len() > frames.len() * 8 / 10,
+                "{hz} Hz: too few voiced"
+            );
             for f in &voiced[5..voiced.len() - 5] {
                 let cents = 1200.0 * (f.hz / hz).log2();
                 // Parabolic interpolation of a 9-sample period is good to ~15 cents.
-                assert!(cents.abs() < 20.0, "{hz} Hz: frame {} at {} Hz", f.index, f.hz);
+                assert!(
+                    cents.abs() < 20.0,
+                    "{hz} Hz: frame {} at {} Hz",
+                    f.index,
+                    f.hz
+                );
             }
         }
     }
@@ -583,7 +593,10 @@ mod tests {
     #[test]
     fn a_weak_fundamental_is_not_an_octave_error() {
         // Most energy in harmonics 2 and 3, as in many reed and brass tones.
-        let frames = track(&tone(196.0, 0.6, &[0.2, 1.0, 0.8, 0.3]), PitchParams::default());
+        let frames = track(
+            &tone(196.0, 0.6, &[0.2, 1.0, 0.8, 0.3]),
+            PitchParams::default(),
+        );
         let voiced: Vec<_> = frames.iter().filter(|f| f.voiced).collect();
         let right = voiced
             .iter()
@@ -607,7 +620,11 @@ mod tests {
             .collect();
         let frames = track(&noise, PitchParams::default());
         let voiced = frames.iter().filter(|f| f.voiced).count();
-        assert!(voiced < frames.len() / 20, "{voiced}/{} voiced", frames.len());
+        assert!(
+            voiced < frames.len() / 20,
+            "{voiced}/{} voiced",
+            frames.len()
+        );
     }
 
     #[test]
