@@ -237,7 +237,14 @@ pub fn parse_table(text: &str, path: &Path) -> Result<NoteFile, NotesError> {
                             "offset",
                         )?,
                         pitch: need(
-                            &["midi_pitch", "pitch_midi", "midi", "pitch", "note"],
+                            &[
+                                "midi_pitch",
+                                "midi_pitch_float",
+                                "pitch_midi",
+                                "midi",
+                                "pitch",
+                                "note",
+                            ],
                             "pitch",
                         )?,
                         velocity: find_column(&fields, &["velocity", "vel"]),
