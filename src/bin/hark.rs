@@ -568,6 +568,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `hark classify` output: JSON (`top` sorted by p, `events`) or a short text view.
+/// Mono 16-bit PCM WAV of `samples` (clamped to -1..1).
+fn wav_bytes(samples: &[f32], sample_rate: u32) -> anyhow::Result<Vec<u8>> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut w = hound::WavWriter::new(&mut buf, spec)?;
+    for s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
+    }
+    w.finalize()?;
+    Ok(buf.into_inner())
+}
+
 /// Prints (or writes) what `hark notes` asked for.
 fn notes_output(
     r: &pb::TranscribeNotesResponse,
@@ -637,18 +654,8 @@ fn notes_output(
     if let Some(path) = render {
         const RATE: u32 = 22_050;
         let samples = synth::render(&out_notes, RATE, &synth::Voice::default());
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: RATE,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(path, spec)
+        std::fs::write(path, wav_bytes(&samples, RATE)?)
             .with_context(|| format!("writing {}", path.display()))?;
-        for s in &samples {
-            w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
-        }
-        w.finalize()?;
         eprintln!(
             "wrote {} ({:.2} s{})",
             path.display(),
@@ -987,25 +994,11 @@ async fn say(
         return Ok(());
     };
     anyhow::ensure!(sample_rate > 0, "the daemon sent no audio format");
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut w = hound::WavWriter::new(&mut buf, spec)?;
-        for s in &samples {
-            w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
-        }
-        w.finalize()?;
-    }
+    let wav = wav_bytes(&samples, sample_rate)?;
     if path.as_os_str() == "-" {
-        std::io::stdout().write_all(buf.get_ref())?;
+        std::io::stdout().write_all(&wav)?;
     } else {
-        std::fs::write(&path, buf.get_ref())
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, &wav).with_context(|| format!("writing {}", path.display()))?;
         eprintln!(
             "wrote {} ({:.2} s at {sample_rate} Hz)",
             path.display(),

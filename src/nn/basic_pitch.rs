@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::NnError;
+use super::{NnError, vits::matmul};
 
 /// Sample rate the network expects.
 pub const SAMPLE_RATE: u32 = 22_050;
@@ -169,9 +169,12 @@ impl Conv2d {
                     }
                 }
                 let mut out = vec![0f32; self.cout * n];
+                // Dense row-major output: row stride n, overwritten.
                 matmul(
                     (self.cout, n, kdim),
                     &mut out,
+                    n,
+                    false,
                     &self.w,
                     (kdim, 1),
                     &cols,
@@ -201,57 +204,6 @@ impl Conv2d {
 
 fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
-}
-
-/// `dst[m x n] = lhs[m x k] * rhs[k x n]`, `dst` dense row-major; `lhs`/`rhs` strides are
-/// `(row, column)`, so strided views (overlapping frames of a signal) need no copy.
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    if m == 0 || n == 0 || k == 0 {
-        dst.fill(0.0);
-        return;
-    }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(dst.len() >= m * n, "matmul: dst too short");
-    assert!(
-        last(m, k, lhs_rs, lhs_cs) < lhs.len(),
-        "matmul: lhs too short"
-    );
-    assert!(
-        last(k, n, rhs_rs, rhs_cs) < rhs.len(),
-        "matmul: rhs too short"
-    );
-    // SAFETY: the asserts keep every element gemm reads inside `lhs` and `rhs` and every element
-    // it writes inside `dst`, which is borrowed mutably and so cannot overlap the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// `numpy.pad(x, p, mode="reflect")` (the edge sample is not repeated).
@@ -446,6 +398,8 @@ impl BasicPitch {
             matmul(
                 (FRAMES, 2 * bpo, self.kernel_len),
                 &mut resp,
+                2 * bpo,
+                false,
                 &xp,
                 (stride, 1),
                 &self.kernels,

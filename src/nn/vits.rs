@@ -517,7 +517,7 @@ impl Pre {
 /// `dst[m x n] (+)= lhs[m x k] * rhs[k x n]`. `dst` has unit column stride and row stride
 /// `dst_rs`; `lhs` and `rhs` have any strides (so transposed views need no copy).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
