@@ -48,6 +48,10 @@ pub struct Config {
     pub actions: crate::actions::ActionsConfig,
     pub tts: crate::tts::TtsConfig,
     pub models: ModelsConfig,
+    /// The file this configuration was read from (not a setting): SIGHUP re-reads it for the
+    /// Whisper model to swap to.
+    #[serde(skip)]
+    pub loaded_from: Option<std::path::PathBuf>,
 }
 
 /// `[models]`: how models are obtained.
@@ -387,7 +391,9 @@ impl Config {
             path: path.to_path_buf(),
             message: format!("not UTF-8 text ({e})"),
         })?;
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        cfg.loaded_from = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {

@@ -5,6 +5,7 @@
 //! it the same way.
 
 use std::{
+    path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -107,7 +108,7 @@ async fn auto_fetch(cfg: &Config) {
 /// model is installed). A model that is required but missing is an error naming the fix.
 pub fn transcribe_model_dir(cfg: &Config) -> Result<Option<std::path::PathBuf>, DaemonError> {
     let dir = cfg.transcribe.model_dir();
-    let present = dir.join("model.safetensors").is_file();
+    let present = whisper_present(&dir);
     match cfg.transcribe.enabled {
         Enable::Off => Ok(None),
         Enable::Auto if !present => Ok(None),
@@ -129,12 +130,85 @@ pub fn transcribe_model_dir(cfg: &Config) -> Result<Option<std::path::PathBuf>, 
     }
 }
 
+/// SIGHUP: swap the Whisper model for the one the config file now names (re-read; without a
+/// file, the active model is reloaded from disk). A model that fails to load is logged and the
+/// old one keeps serving.
+fn spawn_reload_on_hangup(asr: Arc<OneShot>, config: Option<PathBuf>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "No SIGHUP handler: reload with the ReloadModel RPC.");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            let name = match &config {
+                Some(path) => match Config::load(path) {
+                    Ok(c) => c.transcribe.model,
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: cannot re-read the config; model kept.");
+                        continue;
+                    }
+                },
+                None => String::new(),
+            };
+            let a = asr.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                // A path in the config is swapped to as is; a name is looked up.
+                let p = PathBuf::from(&name);
+                if p.components().count() > 1 {
+                    a.shared().swap(p).map(|m| m.description())
+                } else {
+                    a.reload(&name).map(|_| a.shared().active().description)
+                }
+            })
+            .await;
+            match result {
+                Ok(Ok(d)) => tracing::info!(model = %d, "SIGHUP: Whisper model reloaded."),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "SIGHUP: reload refused; the old model keeps serving.")
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed."),
+            }
+        }
+    });
+}
+
+/// A Whisper model (weights) or adapter is installed in `dir`.
+fn whisper_present(dir: &std::path::Path) -> bool {
+    dir.join("model.safetensors").is_file() || crate::nn::whisper::adapter::is_adapter_dir(dir)
+}
+
 /// Checks the configured Whisper model's files when it is installed (`harkd validate` and
 /// startup): `Ok` when absent, off, or sound.
 pub fn check_model(cfg: &Config) -> Result<(), DaemonError> {
     let dir = cfg.transcribe.model_dir();
-    if cfg.transcribe.enabled == Enable::Off || !dir.join("model.safetensors").is_file() {
+    if cfg.transcribe.enabled == Enable::Off || !whisper_present(&dir) {
         return Ok(());
+    }
+    if crate::nn::whisper::adapter::is_adapter_dir(&dir) {
+        // An adapter: its description, readiness and base are checked; the weights are merged
+        // when the model loads.
+        let meta = crate::nn::whisper::adapter::AdapterMeta::load(&dir)
+            .map_err(|e| DaemonError::Stage(format!("transcribe: {e}")))?;
+        if !meta.ready {
+            return Err(DaemonError::Stage(format!(
+                "transcribe: adapter {} did not pass its regression gate ({})",
+                dir.display(),
+                meta.gate
+            )));
+        }
+        let base = crate::nn::whisper::adapter::base_dir(&dir, &meta)
+            .map_err(|e| DaemonError::Stage(format!("transcribe: {e}")))?;
+        return crate::models::ModelDir::open(&base)
+            .map(|_| ())
+            .map_err(|e| DaemonError::Stage(format!("transcribe: base of the adapter: {e}")));
     }
     crate::models::ModelDir::open(&dir)
         .map(|_| ())
@@ -272,6 +346,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
     };
     let main_stats = main.as_ref().map(|p| p.stats.clone());
 
+    let one_shot = asr.map(|m| {
+        let gate = cfg.transcribe.vad_gate.then(|| cfg.vad.clone());
+        Arc::new(OneShot::new(m, gate, cfg.transcribe.models_root()))
+    });
     let session_cfg = cfg.clone();
     let session_bus = bus.clone();
     let session_resources = resources.clone();
@@ -300,10 +378,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         subscriber_buffer: cfg.server.subscriber_buffer,
         max_message_bytes: cfg.server.max_message_bytes,
         store: store.clone(),
-        asr: asr.map(|m| {
-            let gate = cfg.transcribe.vad_gate.then(|| cfg.vad.clone());
-            Arc::new(OneShot::new(m, gate))
-        }),
+        asr: one_shot.clone(),
         asr_defaults: cfg.transcribe.clone(),
         resources: resources.clone(),
         sound_defaults: cfg.sound.clone(),
@@ -359,6 +434,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             main: main_stats.clone(),
         };
         metrics::spawn(addr, m, server_stop.clone()).await?;
+    }
+
+    if let Some(asr) = one_shot {
+        spawn_reload_on_hangup(asr, cfg.loaded_from.clone(), shutdown.clone());
     }
 
     spawn_systemd_notifier(

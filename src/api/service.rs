@@ -263,6 +263,10 @@ impl Hark for HarkService {
             sessions: self.active_sessions() as u32,
             jobs_running: self.jobs.running() as u32,
             jobs_queued: self.jobs.queued() as u32,
+            whisper: ctx
+                .asr
+                .as_ref()
+                .map(|a| whisper_status(a.shared().active())),
             ..Default::default()
         };
         if let Some(p) = &ctx.main {
@@ -309,6 +313,30 @@ impl Hark for HarkService {
         .await
         .map_err(|e| Status::internal(format!("transcription task failed: {e}")))?;
         r.map(Response::new).map_err(|e| stop.status(e))
+    }
+
+    async fn reload_model(
+        &self,
+        request: Request<pb::ReloadModelRequest>,
+    ) -> Result<Response<pb::ReloadModelResponse>, Status> {
+        let asr = self.ctx.asr.clone().ok_or_else(|| {
+            Status::failed_precondition("transcription is off: no Whisper model to reload")
+        })?;
+        let name = request.into_inner().model;
+        if !name.is_empty() {
+            asr.resolve(&name).map_err(model_status)?;
+        }
+        let started = Instant::now();
+        let a = asr.clone();
+        let previous = tokio::task::spawn_blocking(move || a.reload(&name))
+            .await
+            .map_err(|e| Status::internal(format!("reload task failed: {e}")))?
+            .map_err(model_status)?;
+        Ok(Response::new(pb::ReloadModelResponse {
+            active: Some(whisper_status(asr.shared().active())),
+            previous,
+            load_s: started.elapsed().as_secs_f64(),
+        }))
     }
 
     type TranscribeStreamStream = ReceiverStream<Result<pb::TranscribeUpdate, Status>>;
@@ -894,6 +922,8 @@ const MAX_PROMPT_BYTES: usize = 4096;
 /// A validated one-shot transcription, ready to run on a blocking thread.
 struct TranscribeJob {
     asr: Arc<crate::stages::asr::OneShot>,
+    /// Requested model name (empty: the active one).
+    model: String,
     opts: crate::nn::whisper::DecodeOptions,
     audio: Vec<u8>,
     raw: Option<pb::AudioConfig>,
@@ -938,12 +968,15 @@ impl TranscribeJob {
             stop,
             error: None,
         };
-        let result = self.asr.transcribe(&mut feed, &self.opts, &mut |p| {
-            if stop.is_set() {
-                return ControlFlow::Break(());
-            }
-            observe(p)
-        });
+        let model = self.asr.model_for(&self.model).map_err(RunError::Nn)?;
+        let result = self
+            .asr
+            .transcribe(&model, &mut feed, &self.opts, &mut |p| {
+                if stop.is_set() {
+                    return ControlFlow::Break(());
+                }
+                observe(p)
+            });
         let t = match result {
             Ok(t) => t,
             Err(e) => {
@@ -965,8 +998,41 @@ impl TranscribeJob {
             segments: t.segments.into_iter().map(segment_to_pb).collect(),
             duration_s,
             processing_s: started.elapsed().as_secs_f64(),
-            model: self.asr.model_name(),
+            model: model.name().to_string(),
         })
+    }
+}
+
+/// The status for a model that cannot be used: unknown names are NOT_FOUND, bad names
+/// INVALID_ARGUMENT, broken or refused models FAILED_PRECONDITION.
+fn model_status(e: crate::nn::NnError) -> Status {
+    use crate::nn::NnError;
+    match e {
+        NnError::InvalidInput(_) => Status::invalid_argument(short(&e)),
+        NnError::MissingFile { ref path } if !path.exists() && path.extension().is_none() => {
+            Status::not_found(format!(
+                "no installed model {:?} (see `harkd models list`)",
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ))
+        }
+        other => Status::failed_precondition(short(&other)),
+    }
+}
+
+/// The Whisper model status of the shared model.
+fn whisper_status(a: crate::stages::asr::ActiveModel) -> pb::WhisperModelStatus {
+    pb::WhisperModelStatus {
+        description: if a.description.is_empty() {
+            a.name.clone()
+        } else {
+            a.description
+        },
+        name: a.name,
+        loaded: a.loaded,
+        reloads: a.reloads,
+        last_reload_error: a.last_error,
     }
 }
 
@@ -1052,8 +1118,12 @@ impl HarkService {
         if !req.hotwords.is_empty() {
             opts.hotwords = Some(req.hotwords.clone());
         }
+        if !req.model.is_empty() && req.model != asr.model_name() {
+            asr.resolve(&req.model).map_err(model_status)?;
+        }
         Ok(TranscribeJob {
             asr,
+            model: req.model,
             opts,
             audio: req.audio,
             raw: req.raw,

@@ -86,7 +86,14 @@ enum Command {
         /// Beam size (default: the daemon's transcribe.beam_size, 1 = greedy).
         #[arg(long)]
         beam_size: Option<u32>,
+        /// An installed model or adapter to use instead of the active one (compare an adapter
+        /// with its base side by side).
+        #[arg(long)]
+        model: Option<String>,
     },
+    /// Swap the daemon's Whisper model (live stream and one-shot default) for an installed
+    /// model or adapter, without a restart; no name reloads the active one from disk.
+    Reload { model: Option<String> },
     /// Transcribe the notes of a recording (one-shot, through the daemon): a sung or played tune,
     /// or chords with --poly. Prints the notes; can write them as MIDI or play them back as audio.
     Notes {
@@ -308,6 +315,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Subscribe { kinds, json } => subscribe(&mut client, &kinds, json).await,
         Command::Status { json } => status(&mut client, json).await,
+        Command::Reload { model } => {
+            let r = client
+                .reload_model(pb::ReloadModelRequest {
+                    model: model.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let a = r.active.unwrap_or_default();
+            println!(
+                "model {} (was {}), loaded in {:.1} s",
+                a.description, r.previous, r.load_s
+            );
+            Ok(())
+        }
         Command::Devices => {
             let r = client
                 .list_devices(pb::ListDevicesRequest {})
@@ -334,6 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             task,
             prompt,
             beam_size,
+            model,
         } => {
             let audio =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -348,6 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     prompt: prompt.unwrap_or_default(),
                     beam_size: beam_size.unwrap_or(0),
                     hotwords: String::new(),
+                    model: model.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -751,6 +774,10 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
                 "subscribers": s.subscribers, "sessions": s.sessions,
                 "nonfinite_samples": s.nonfinite_samples, "pipeline_failure": s.pipeline_failure,
                 "jobs_running": s.jobs_running, "jobs_queued": s.jobs_queued,
+                "whisper": s.whisper.as_ref().map(|w| serde_json::json!({
+                    "name": w.name, "description": w.description, "loaded": w.loaded,
+                    "reloads": w.reloads, "last_reload_error": w.last_reload_error,
+                })),
             })
         );
         return Ok(());
@@ -778,6 +805,21 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
     );
     if !s.pipeline_failure.is_empty() {
         println!("FAILED    {}", s.pipeline_failure);
+    }
+    if let Some(w) = &s.whisper {
+        println!(
+            "model     {}{}{}",
+            w.description,
+            if w.loaded { "" } else { " (not loaded yet)" },
+            if w.reloads > 0 {
+                format!(", {} reloads", w.reloads)
+            } else {
+                String::new()
+            }
+        );
+        if !w.last_reload_error.is_empty() {
+            println!("          last reload refused: {}", w.last_reload_error);
+        }
     }
     println!(
         "clients   {} subscribers, {} StreamAudio sessions, {} one-shot jobs running, {} queued",

@@ -90,12 +90,16 @@ impl TranscribeConfig {
         if p.components().count() > 1 || p.is_dir() {
             return p;
         }
-        let root = if self.models_dir.is_empty() {
+        self.models_root().join(&self.model)
+    }
+
+    /// Where installed models (and adapters) are looked up by name.
+    pub fn models_root(&self) -> PathBuf {
+        if self.models_dir.is_empty() {
             crate::models::default_models_dir()
         } else {
             PathBuf::from(&self.models_dir)
-        };
-        root.join(&self.model)
+        }
     }
 
     pub fn decode_options(&self) -> DecodeOptions {
@@ -154,39 +158,125 @@ pub fn segment_words(seg: &Segment) -> Vec<HypWord> {
 /// session, one-shot `Transcribe` requests): loaded on first use, then kept. Decoding takes
 /// `&self` and keeps its state per call, so sharing costs no copies; a second tiny.en
 /// instance would cost ~150 MB.
+///
+/// [`swap`](Self::swap) replaces it at run time (`ReloadModel`, SIGHUP): the new model is
+/// loaded and checked first, outside the lock, so a broken one is refused while the old one
+/// keeps serving; decodes already running finish on the model they started with (they hold an
+/// `Arc`), and the streaming recogniser picks up the new one at its next window, so no audio
+/// and no pending hypothesis is dropped.
 #[derive(Debug, Clone)]
 pub struct SharedModel {
+    inner: Arc<Mutex<Slot>>,
+    /// Serialises swaps (a load takes seconds; two at once would double the memory).
+    swapping: Arc<Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct Slot {
     dir: PathBuf,
-    slot: Arc<Mutex<Option<Arc<WhisperModel>>>>,
+    model: Option<Arc<WhisperModel>>,
+    reloads: u64,
+    last_error: String,
+}
+
+/// What [`SharedModel::active`] reports.
+#[derive(Debug, Clone, Default)]
+pub struct ActiveModel {
+    /// Directory name (`tiny.en`, an adapter's name).
+    pub name: String,
+    /// `bess (tiny.en + lora adapter)`, or the name; empty until first loaded.
+    pub description: String,
+    pub dir: PathBuf,
+    pub loaded: bool,
+    /// Successful swaps since start.
+    pub reloads: u64,
+    /// Why the last swap was refused (empty if it was not).
+    pub last_error: String,
 }
 
 impl SharedModel {
     pub fn new(dir: PathBuf) -> Self {
         Self {
-            dir,
-            slot: Arc::new(Mutex::new(None)),
+            inner: Arc::new(Mutex::new(Slot {
+                dir,
+                model: None,
+                reloads: 0,
+                last_error: String::new(),
+            })),
+            swapping: Arc::new(Mutex::new(())),
         }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The model directory's name (`tiny.en`, ...).
     pub fn model_name(&self) -> String {
-        self.dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        dir_name(&self.slot().dir)
+    }
+
+    /// The active model directory.
+    pub fn dir(&self) -> PathBuf {
+        self.slot().dir.clone()
+    }
+
+    /// The active model and the swap history.
+    pub fn active(&self) -> ActiveModel {
+        let s = self.slot();
+        ActiveModel {
+            name: dir_name(&s.dir),
+            description: s
+                .model
+                .as_ref()
+                .map(|m| m.description())
+                .unwrap_or_default(),
+            dir: s.dir.clone(),
+            loaded: s.model.is_some(),
+            reloads: s.reloads,
+            last_error: s.last_error.clone(),
+        }
     }
 
     /// The model, loading it if this is the first use. A failed load is not cached: the next
     /// call tries again (e.g. after `harkd models fetch`).
     pub fn get(&self) -> Result<Arc<WhisperModel>, NnError> {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = slot.as_ref() {
+        let mut slot = self.slot();
+        if let Some(m) = slot.model.as_ref() {
             return Ok(m.clone());
         }
-        let m = Arc::new(WhisperModel::load(&self.dir)?);
-        *slot = Some(m.clone());
+        let m = Arc::new(WhisperModel::load(&slot.dir)?);
+        slot.model = Some(m.clone());
         Ok(m)
     }
+
+    /// Loads the model in `dir` and makes it the active one; on error the active model stays.
+    /// Returns the new model.
+    pub fn swap(&self, dir: PathBuf) -> Result<Arc<WhisperModel>, NnError> {
+        let _one = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = WhisperModel::load(&dir);
+        let mut slot = self.slot();
+        match loaded {
+            Ok(m) => {
+                let m = Arc::new(m);
+                slot.dir = dir;
+                slot.model = Some(m.clone());
+                slot.reloads += 1;
+                slot.last_error.clear();
+                Ok(m)
+            }
+            Err(e) => {
+                slot.last_error = e.to_string();
+                Err(e)
+            }
+        }
+    }
+}
+
+fn dir_name(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Registry build function of the `transcribe` stage: the streaming policy around the shared
@@ -199,7 +289,8 @@ pub fn build_transcribe_stage(
         .whisper
         .as_ref()
         .ok_or("no Whisper model configured")?;
-    let model = shared.get().map_err(|e| e.to_string())?;
+    // Loaded now so that a missing model is a startup error, not a silent stage.
+    shared.get().map_err(|e| e.to_string())?;
     let cfg = cx.config;
     let mut opts = cfg.transcribe.decode_options();
     opts.min_encode_s = Some(cfg.transcribe.streaming.min_encode_s);
@@ -207,7 +298,7 @@ pub fn build_transcribe_stage(
     // (seconds behind live audio) and rarely agrees with the next re-decode anyway;
     // repetitive results are dropped by the recogniser instead.
     opts.temperatures = vec![0.0];
-    let recognizer = WhisperRecognizer::new(model, opts);
+    let recognizer = WhisperRecognizer::new(shared.clone(), opts);
     Ok(Box::new(super::transcribe::TranscribeStage::new(
         cfg.transcribe.streaming.clone(),
         &cfg.vad,
@@ -215,30 +306,33 @@ pub fn build_transcribe_stage(
     )?))
 }
 
-/// Whisper as a streaming recogniser.
+/// Whisper as a streaming recogniser. It asks the shared model for the active network at
+/// every window, so a swap ([`SharedModel::swap`]) takes effect at the next window.
 #[derive(Debug)]
 pub struct WhisperRecognizer {
-    model: Arc<WhisperModel>,
+    model: SharedModel,
     opts: DecodeOptions,
 }
 
 impl WhisperRecognizer {
-    pub fn new(model: Arc<WhisperModel>, opts: DecodeOptions) -> Self {
+    pub fn new(model: SharedModel, opts: DecodeOptions) -> Self {
         Self { model, opts }
     }
 }
 
 impl Recognizer for WhisperRecognizer {
     fn recognize(&mut self, audio: &[f32], prompt: &str) -> Result<Hypothesis, String> {
+        let model = self.model.get().map_err(|e| e.to_string())?;
+        // The prompt is text, tokenised by the model in use: a swap to a model with another
+        // vocabulary (tiny.en -> base) keeps the committed context.
         let prompt_tokens = if prompt.trim().is_empty() {
             Vec::new()
         } else {
-            self.model
+            model
                 .tokenize(&format!(" {}", prompt.trim()))
                 .map_err(|e| e.to_string())?
         };
-        let r = self
-            .model
+        let r = model
             .decode_window(audio, &self.opts, &prompt_tokens)
             .map_err(|e| e.to_string())?;
         Ok(Hypothesis {
@@ -429,31 +523,116 @@ pub fn transcribe_gated(
 }
 
 /// Whisper for one-shot requests (the `Transcribe` RPC). Admission (how many run at once, how
-/// many wait) is the API's job; this only holds the shared model and the gate settings.
+/// many wait) is the API's job; this only holds the models and the gate settings.
+///
+/// A request may name another installed model (`hark transcribe --model bess`, to compare an
+/// adapter with its base): those are loaded on demand from the models directory and the last
+/// [`ALTERNATE_MODELS`] are kept.
 #[derive(Debug)]
 pub struct OneShot {
     model: SharedModel,
     vad: Option<VadConfig>,
+    models_dir: PathBuf,
+    alternates: Mutex<Vec<(PathBuf, Arc<WhisperModel>)>>,
 }
 
+/// Models other than the active one kept loaded for one-shot requests.
+pub const ALTERNATE_MODELS: usize = 2;
+
 impl OneShot {
-    /// `vad`: settings of the VAD gate ([`transcribe_gated`]), `None` for no gate.
-    pub fn new(model: SharedModel, vad: Option<VadConfig>) -> Self {
-        Self { model, vad }
+    /// `vad`: settings of the VAD gate ([`transcribe_gated`]), `None` for no gate; named
+    /// models are looked up in `models_dir`.
+    pub fn new(model: SharedModel, vad: Option<VadConfig>, models_dir: PathBuf) -> Self {
+        Self {
+            model,
+            vad,
+            models_dir,
+            alternates: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn model_name(&self) -> String {
         self.model.model_name()
     }
 
-    /// Transcribes 16 kHz mono audio from `feed` ([`transcribe_gated`]).
+    /// The shared (streaming) model.
+    pub fn shared(&self) -> &SharedModel {
+        &self.model
+    }
+
+    /// The directory of the installed model called `name` (a plain name: no path).
+    pub fn resolve(&self, name: &str) -> Result<PathBuf, NnError> {
+        resolve_model(&self.models_dir, name)
+    }
+
+    /// The model to use for a request: the active one for an empty name or its own name, else
+    /// the named installed model (loaded on first use).
+    pub fn model_for(&self, name: &str) -> Result<Arc<WhisperModel>, NnError> {
+        if name.is_empty() || name == self.model.model_name() {
+            return self.model.get();
+        }
+        let dir = self.resolve(name)?;
+        let mut alt = self.alternates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = alt.iter().position(|(d, _)| *d == dir) {
+            let hit = alt.remove(i);
+            let m = hit.1.clone();
+            alt.push(hit);
+            return Ok(m);
+        }
+        let m = Arc::new(WhisperModel::load(&dir)?);
+        if alt.len() >= ALTERNATE_MODELS {
+            alt.remove(0);
+        }
+        alt.push((dir, m.clone()));
+        Ok(m)
+    }
+
+    /// Makes the installed model `name` the active one (empty: reload the active directory
+    /// from disk, e.g. after retraining an adapter in place). The old model keeps serving if
+    /// the new one fails to load. Returns the name of the model replaced.
+    pub fn reload(&self, name: &str) -> Result<String, NnError> {
+        let previous = self.model.model_name();
+        let dir = if name.is_empty() {
+            self.model.dir()
+        } else {
+            self.resolve(name)?
+        };
+        let m = self.model.swap(dir)?;
+        tracing::info!(model = %m.description(), previous = %previous, "Whisper model swapped.");
+        Ok(previous)
+    }
+
+    /// Transcribes 16 kHz mono audio from `feed` ([`transcribe_gated`]) with `model`.
     pub fn transcribe(
         &self,
+        model: &WhisperModel,
         feed: &mut dyn AudioFeed,
         opts: &DecodeOptions,
         observe: &mut dyn FnMut(Progress<'_>) -> ControlFlow<()>,
     ) -> Result<Transcription, NnError> {
-        let model = self.model.get()?;
-        transcribe_gated(&model, feed, opts, self.vad.as_ref(), observe)
+        transcribe_gated(model, feed, opts, self.vad.as_ref(), observe)
     }
+}
+
+/// The directory of the installed Whisper model (or adapter) `name` under `models_dir`. Names
+/// are plain directory names: paths are refused, so a client cannot make the daemon read
+/// arbitrary directories.
+pub fn resolve_model(models_dir: &std::path::Path, name: &str) -> Result<PathBuf, NnError> {
+    let plain = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !plain {
+        return Err(NnError::InvalidInput(format!(
+            "model {:?}: give the name of an installed model (letters, digits, . - _)",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    let dir = models_dir.join(name);
+    if !dir.is_dir() {
+        return Err(NnError::MissingFile { path: dir });
+    }
+    Ok(dir)
 }

@@ -4,6 +4,8 @@
 //! - [`data`]: data sets in standard layouts, real-noise augmentation, seeded randomness.
 //! - [`sound`]: the sound-event classifier (YAMNet trunk + head, or a from-scratch CNN).
 //! - [`notes`]: note transcription scored against reference notes (mir_eval's metrics).
+//! - [`whisper`]: Whisper adaptation to new words (LoRA / fine-tuning with replay and a
+//!   regression gate), and WER / new-word recall of any model on a clip directory.
 //! - [`report`]: accuracy, confusion matrices, PNG plots, model cards.
 //!
 //! Nothing here runs threads of its own or talks gRPC: training is a batch job on the CPU.
@@ -14,6 +16,7 @@ pub mod report;
 pub mod sound;
 pub mod synth;
 pub mod wake;
+pub mod whisper;
 
 use std::path::PathBuf;
 

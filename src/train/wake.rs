@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use super::{
     TrainError,
-    data::{Us8k, change_speed, load_16k, rms},
+    data::{Us8k, change_speed, load_16k, rms, write_wav},
     progress,
     synth::{self, Engine, Installed, Synth, Voice},
     write_err,
@@ -964,25 +964,6 @@ pub fn train(opts: &WakeTrainOptions) -> Result<WakeOutcome, TrainError> {
     )?;
     manifest.write(&opts.out)?;
     Ok(outcome)
-}
-
-fn write_wav(path: &Path, x: &[f32]) -> Result<(), TrainError> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let err = |e: hound::Error| TrainError::Write {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let mut w = hound::WavWriter::create(path, spec).map_err(err)?;
-    for &v in x {
-        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .map_err(err)?;
-    }
-    w.finalize().map_err(err)
 }
 
 /// `dir/positives/NNNN.wav` (with `NNNN.end` holding the phrase's end sample) and

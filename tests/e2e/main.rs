@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `harkd` binary, real gRPC over a real socket, real audio.
 
+mod adapt;
 mod device_loss;
 mod hardening;
 mod harness;

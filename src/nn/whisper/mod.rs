@@ -41,6 +41,7 @@
 //!   vectorised dot products ([`gemv`]), optional int8 output projection
 //!   ([`LoadOptions::q8_output`]).
 
+pub mod adapter;
 pub mod align;
 pub mod decode;
 pub mod fastmath;
@@ -48,6 +49,7 @@ pub mod gemv;
 pub mod model;
 pub mod text;
 pub mod tokenizer;
+pub mod trainable;
 
 use std::{
     ops::ControlFlow,
@@ -247,6 +249,8 @@ pub struct WhisperModel {
     begin_suppress: Vec<u32>,
     alignment_heads: Vec<(usize, usize)>,
     pad_to_30s: bool,
+    /// Set when the directory was an adapter over a base model.
+    adapter: Option<adapter::AdapterMeta>,
 }
 
 /// A segment cut from one window's tokens, times relative to the window.
@@ -351,12 +355,38 @@ impl WhisperModel {
 
     /// [`load`](Self::load) with explicit options.
     pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self, NnError> {
+        Self::load_impl(dir, opts, false)
+    }
+
+    /// [`load_with`](Self::load_with) that also accepts an adapter that did not pass its
+    /// regression gate (`allow_unready`): the trainer measures adapters before judging them.
+    pub fn load_adapter(
+        dir: &Path,
+        opts: &LoadOptions,
+        allow_unready: bool,
+    ) -> Result<Self, NnError> {
+        Self::load_impl(dir, opts, allow_unready)
+    }
+
+    fn load_impl(dir: &Path, opts: &LoadOptions, allow_unready: bool) -> Result<Self, NnError> {
         if !dir.is_dir() {
             return Err(NnError::MissingFile {
                 path: dir.to_path_buf(),
             });
         }
-        let config_path = dir.join("config.json");
+        // An adapter directory (hark-train whisper-adapt) borrows config, tokenizer and
+        // weights from its base model and adds its changes to the weights.
+        let merged = if adapter::is_adapter_dir(dir) {
+            Some(adapter::load_merged(dir, allow_unready)?)
+        } else {
+            None
+        };
+        let files_dir = merged
+            .as_ref()
+            .map(|(_, base, _)| base.clone())
+            .unwrap_or_else(|| dir.to_path_buf());
+        let files_dir = files_dir.as_path();
+        let config_path = files_dir.join("config.json");
         let config: Config =
             serde_json::from_slice(&read(&config_path)?).map_err(|e| NnError::InvalidFile {
                 path: config_path.clone(),
@@ -373,7 +403,7 @@ impl WhisperModel {
                 reason: "d_model is not divisible by the number of attention heads".into(),
             });
         }
-        let gen_path = dir.join("generation_config.json");
+        let gen_path = files_dir.join("generation_config.json");
         let generation: GenerationConfig = match std::fs::read(&gen_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| NnError::InvalidFile {
                 path: gen_path.clone(),
@@ -388,13 +418,13 @@ impl WhisperModel {
             }
         };
         let multilingual = config.vocab_size >= 51865;
-        let tok_path = dir.join("tokenizer.json");
+        let tok_path = files_dir.join("tokenizer.json");
         if !tok_path.exists() {
             return Err(NnError::MissingFile { path: tok_path });
         }
         let tokenizer = WhisperTokenizer::load(&tok_path, config.vocab_size, multilingual)?;
 
-        let weights_path = dir.join("model.safetensors");
+        let weights_path = files_dir.join("model.safetensors");
         if !weights_path.exists() {
             return Err(NnError::MissingFile { path: weights_path });
         }
@@ -402,8 +432,13 @@ impl WhisperModel {
             path: weights_path.clone(),
             reason: e.to_string(),
         };
-        let tensors =
-            candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(invalid)?;
+        let (adapter_meta, tensors) = match merged {
+            Some((meta, _, tensors)) => (Some(meta), tensors),
+            None => (
+                None,
+                candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(invalid)?,
+            ),
+        };
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let mut net = Whisper::load(vb, config.clone()).map_err(invalid)?;
         if opts.q8_output {
@@ -416,7 +451,9 @@ impl WhisperModel {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "whisper".into());
-        Self::from_parts(net, tokenizer, name, generation, opts)
+        let mut model = Self::from_parts(net, tokenizer, name, generation, opts)?;
+        model.adapter = adapter_meta;
+        Ok(model)
     }
 
     fn from_parts(
@@ -480,7 +517,51 @@ impl WhisperModel {
             begin_suppress,
             alignment_heads,
             pad_to_30s: opts.pad_to_30s,
+            adapter: None,
         })
+    }
+
+    /// The adapter this model was loaded with, if its directory held one.
+    pub fn adapter(&self) -> Option<&adapter::AdapterMeta> {
+        self.adapter.as_ref()
+    }
+
+    /// `NAME` for a plain model, `NAME (BASE + lora adapter)` for an adapter directory.
+    pub fn description(&self) -> String {
+        match &self.adapter {
+            Some(a) => format!(
+                "{} ({} + {} adapter)",
+                self.name,
+                a.base,
+                match a.method {
+                    adapter::Method::Lora => "lora",
+                    adapter::Method::Full => "full",
+                }
+            ),
+            None => self.name.clone(),
+        }
+    }
+
+    /// The encoder input for `audio` (at most 30 s) as decoding builds it: the log-mel of the
+    /// window (normalised as Whisper does over the zero-padded 30 s), cut to the frames encoded
+    /// for a minimum of `min_s` seconds. Returns the row-major (n_mels, n) values and n.
+    pub fn encoder_input(&self, audio: &[f32], min_s: f32) -> (Vec<f32>, usize) {
+        let (mel, frames) = self.window_mel(audio);
+        let n = Self::encoded_frames(frames, min_s);
+        if n == N_FRAMES {
+            return (mel, n);
+        }
+        let n_mels = self.net.config.num_mel_bins;
+        let mut cut = vec![0f32; n_mels * n];
+        for m in 0..n_mels {
+            cut[m * n..(m + 1) * n].copy_from_slice(&mel[m * N_FRAMES..m * N_FRAMES + n]);
+        }
+        (cut, n)
+    }
+
+    /// `<|startoftranscript|> [language task]` for a transcription in `language`.
+    pub fn transcript_prefix(&self, language: &str) -> Vec<u32> {
+        self.sot_sequence(language, Task::Transcribe)
     }
 
     /// True for multilingual checkpoints (language and task tokens).

@@ -425,7 +425,7 @@ pub struct Encoder {
 }
 
 /// Whisper's `sinusoids(length, channels)`.
-fn sinusoids(length: usize, channels: usize, dev: &Device) -> Result<Tensor> {
+pub(super) fn sinusoids(length: usize, channels: usize, dev: &Device) -> Result<Tensor> {
     let half = channels / 2;
     let inc = (10000f64).ln() / (half.max(2) - 1) as f64;
     let mut data = vec![0f32; length * channels];
