@@ -83,6 +83,7 @@ fn main() {
             replay_ratio: 0.5,
             holdout: 0.25,
             words: vec![word.clone()],
+            augment: 2,
             out: out.clone(),
             force: true,
             max_regression: 0.5,

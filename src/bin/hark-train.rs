@@ -156,6 +156,9 @@ struct AdaptArgs {
     /// The new words, comma-separated (default: the example words the base model misses).
     #[arg(long, value_delimiter = ',')]
     words: Vec<String>,
+    /// Augmented copies of each example (speed, level, real noise, lead-in silence).
+    #[arg(long, default_value_t = 2)]
+    augment: usize,
     /// Mark the adapter ready even if it fails the regression gate.
     #[arg(long)]
     force: bool,
@@ -397,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 replay_ratio: a.replay_ratio,
                 holdout: a.holdout,
                 words: a.words,
+                augment: a.augment,
                 out: a.out.clone(),
                 force: a.force,
                 max_regression: a.max_regression,

@@ -193,12 +193,17 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 for m in models::list(root)? {
                     any = true;
                     println!(
-                        "{:<8} {:<12} {:>8.1} MB  {}  {}",
+                        "{:<8} {:<12} {:>8.1} MB  {}  {}{}",
                         m.kind,
                         m.name,
                         m.size_bytes as f64 / 1e6,
                         m.status,
-                        m.path.display()
+                        m.path.display(),
+                        if m.detail.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  [{}]", m.detail)
+                        }
                     );
                 }
             }

@@ -448,6 +448,32 @@ pub struct FileDigest {
 /// The model kind of Whisper speech recognisers (and of manifests that predate kinds).
 pub const WHISPER_KIND: &str = "whisper";
 
+/// The model kind of Whisper adapters (`hark-train whisper-adapt`): changes to a base Whisper
+/// model, loaded as base + adapter wherever a Whisper model name is accepted.
+pub const WHISPER_ADAPTER_KIND: &str = "whisper-adapter";
+
+/// One line about the adapter in `dir` (`tiny.en + lora r8 adapter, ready`), from its
+/// `adapter.json`; `None` when there is none.
+pub fn adapter_summary(dir: &Path) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter.json")).ok()?).ok()?;
+    let base = v.get("base")?.as_str()?;
+    let method = v.get("method").and_then(|m| m.as_str()).unwrap_or("?");
+    let rank = v.get("rank").and_then(|r| r.as_u64()).unwrap_or(0);
+    let ready = v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false);
+    let gate = v.get("gate").and_then(|g| g.as_str()).unwrap_or("");
+    let what = if method == "lora" {
+        format!("lora r{rank}")
+    } else {
+        method.to_string()
+    };
+    Some(if ready {
+        format!("{base} + {what} adapter, ready")
+    } else {
+        format!("{base} + {what} adapter, NOT READY ({gate})")
+    })
+}
+
 fn default_kind() -> String {
     WHISPER_KIND.into()
 }
@@ -902,6 +928,8 @@ pub struct InstalledModel {
     /// Total size of the directory's regular files.
     pub size_bytes: u64,
     pub status: ModelStatus,
+    /// For adapters: base and method (see [`adapter_summary`]); empty otherwise.
+    pub detail: String,
 }
 
 /// Lists the model directories under `root` (sorted by name) with their verification status.
@@ -939,11 +967,21 @@ pub fn list(root: &Path) -> Result<Vec<InstalledModel>, ModelError> {
                 };
                 (kind, dtype, status)
             }
+            Err(ModelError::NoManifest { .. }) if path.join("adapter.json").is_file() => (
+                WHISPER_ADAPTER_KIND.to_string(),
+                None,
+                ModelStatus::Unmanaged,
+            ),
             Err(ModelError::NoManifest { .. }) => match ModelDir::open(&path) {
                 Ok(_) => (default_kind(), None, ModelStatus::Unmanaged),
                 Err(e) => (String::new(), None, ModelStatus::Invalid(e.to_string())),
             },
             Err(e) => (String::new(), None, ModelStatus::Invalid(e.to_string())),
+        };
+        let detail = if kind == WHISPER_ADAPTER_KIND {
+            adapter_summary(&path).unwrap_or_default()
+        } else {
+            String::new()
         };
         out.push(InstalledModel {
             name,
@@ -952,6 +990,7 @@ pub fn list(root: &Path) -> Result<Vec<InstalledModel>, ModelError> {
             dtype,
             size_bytes,
             status,
+            detail,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

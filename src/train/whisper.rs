@@ -54,7 +54,7 @@ use crate::nn::whisper::{
 };
 
 /// Model kind of adapter directories in `hark-model.json`.
-pub const ADAPTER_KIND: &str = "whisper-adapter";
+pub const ADAPTER_KIND: &str = crate::models::WHISPER_ADAPTER_KIND;
 
 const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "ogg", "mp3"];
 
@@ -86,6 +86,11 @@ pub struct AdaptOptions {
     pub holdout: f32,
     /// The words the adaptation is for; empty: derived from the examples.
     pub words: Vec<String>,
+    /// Augmented copies of each training example (speed, level, real background noise from
+    /// `../shared/data/noise` when present, a random lead-in of silence): the decoder then
+    /// learns the word from more than one rendering of each recording, which is what carries
+    /// over to voices it never heard.
+    pub augment: usize,
     pub out: PathBuf,
     /// Install as ready even if the gate fails.
     pub force: bool,
@@ -202,15 +207,60 @@ pub fn load_clips(dir: &Path) -> Result<Vec<Clip>, TrainError> {
 
 /// `../shared/data/speech` beside the working directory or the source tree, if present.
 pub fn shared_speech_dir() -> Option<PathBuf> {
+    shared_dir("speech")
+}
+
+/// `../shared/data/NAME` (or `$HARK_SHARED_DATA/NAME`) holding a `manifest.tsv`.
+fn shared_dir(name: &str) -> Option<PathBuf> {
     let candidates = [
-        std::env::var_os("HARK_SHARED_DATA").map(|d| PathBuf::from(d).join("speech")),
-        Some(PathBuf::from("../shared/data/speech")),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/speech")),
+        std::env::var_os("HARK_SHARED_DATA").map(|d| PathBuf::from(d).join(name)),
+        Some(PathBuf::from("../shared/data").join(name)),
+        Some(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/data")
+                .join(name),
+        ),
     ];
     candidates
         .into_iter()
         .flatten()
         .find(|d| d.join("manifest.tsv").is_file())
+}
+
+/// `n` augmented copies of each clip (see [`AdaptOptions::augment`]).
+fn augmented(clips: &[Clip], n: usize, seed: u64) -> Result<Vec<Clip>, TrainError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let noise = match shared_dir("noise") {
+        Some(d) => super::data::NoiseBank::load(&[d])?,
+        None => super::data::NoiseBank::default(),
+    };
+    let cfg = super::data::AugmentConfig {
+        // A circular shift would wrap the end of the sentence to its start.
+        max_shift_s: 0.0,
+        gain_db: (-10.0, 4.0),
+        noise_p: 0.7,
+        snr_db: (5.0, 25.0),
+        speed_p: 0.7,
+        speed: (0.88, 1.12),
+    };
+    let mut aug = super::data::Augment::new(cfg, &noise, seed ^ 0xa5a5);
+    let mut out = Vec::with_capacity(clips.len() * n);
+    for c in clips {
+        for _ in 0..n {
+            let lead = aug.rng.random_range(0..12_800usize);
+            let mut audio = vec![0f32; lead];
+            audio.extend(aug.apply(&c.audio));
+            audio.truncate(N_SAMPLES);
+            out.push(Clip {
+                path: c.path.clone(),
+                audio,
+                transcript: c.transcript.clone(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The default replay and regression sets: the clips of `../shared/data/speech`, sorted by
@@ -714,9 +764,13 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
     };
     let net = TrainableWhisper::new(config, base_tensors, &spec)?;
     // Training data.
-    let pb = super::progress((examples.len() + replay.len()) as u64, "encoding");
+    let copies = augmented(&examples, opts.augment, opts.seed)?;
+    let pb = super::progress(
+        (examples.len() + copies.len() + replay.len()) as u64,
+        "encoding",
+    );
     let mut ex_prep = Vec::new();
-    for c in &examples {
+    for c in examples.iter().chain(&copies) {
         ex_prep.push(prepare(&base_model, &net, c, &c.transcript, opts.freeze)?);
         pb.inc(1);
     }

@@ -33,7 +33,7 @@ fn models_dir(root: &Path) -> Option<std::path::PathBuf> {
     // Broken: one LoRA factor full of NaN (what a diverged run would write).
     let path = models.join("broken/adapter.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
-    let name = tensors.keys().next().unwrap().clone();
+    let name = tensors.keys().next()?.clone();
     let t = &tensors[&name];
     let nan = (t.to_dtype(candle_core::DType::F32).unwrap() * f64::NAN).unwrap();
     tensors.insert(name, nan);
@@ -255,6 +255,25 @@ async fn sighup_swaps_to_the_model_the_config_names() {
     let Some(models) = models_dir(dir.path()) else {
         return;
     };
+    // `harkd models list` shows adapters as base + adapter, and which are not ready.
+    let out = std::process::Command::new(crate::harness::harkd())
+        .args(["models", "list", "--dir"])
+        .arg(&models)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains("bess") && l.contains("tiny.en + lora r8 adapter, ready")),
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains("unready") && l.contains("NOT READY")),
+        "{listing}"
+    );
     let daemon = Daemon::start(&["--source", "none"], Some(&config(&models)));
     let mut client = daemon.client().await;
     assert_eq!(status(&mut client).await.name, "tiny.en");
