@@ -193,7 +193,7 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 for m in models::list(root)? {
                     any = true;
                     println!(
-                        "{:<8} {:<12} {:>8.1} MB  {}  {}{}",
+                        "{:<15} {:<12} {:>8.1} MB  {}  {}{}",
                         m.kind,
                         m.name,
                         m.size_bytes as f64 / 1e6,
