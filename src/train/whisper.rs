@@ -263,21 +263,26 @@ fn augmented(clips: &[Clip], n: usize, seed: u64) -> Result<Vec<Clip>, TrainErro
     Ok(out)
 }
 
+/// Replay half, regression half, whole set.
+pub type DefaultSets = (Vec<Clip>, Vec<Clip>, Vec<Clip>);
+
 /// The default replay and regression sets: the clips of `../shared/data/speech`, sorted by
 /// file, alternately assigned (even rows replay, odd rows regression), so both hold every kind
 /// of speech there (JFK, LJSpeech, LibriVox, a command) and no regression clip is trained on.
-pub fn default_split(dir: &Path) -> Result<(Vec<Clip>, Vec<Clip>), TrainError> {
+/// Returns the replay half, the regression half and the whole set (sorted), loading each file
+/// once.
+pub fn default_split(dir: &Path) -> Result<DefaultSets, TrainError> {
     let mut all = load_clips(dir)?;
     all.sort_by(|a, b| a.path.cmp(&b.path));
     let (mut replay, mut regression) = (Vec::new(), Vec::new());
-    for (i, c) in all.into_iter().enumerate() {
+    for (i, c) in all.iter().enumerate() {
         if i % 2 == 0 {
-            replay.push(c);
+            replay.push(c.clone());
         } else {
-            regression.push(c);
+            regression.push(c.clone());
         }
     }
-    Ok((replay, regression))
+    Ok((replay, regression, all))
 }
 
 /// WER (percent) and new-word recall of a model's transcripts of some clips.
@@ -703,8 +708,7 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
                         .into(),
                 )
             })?;
-            let (rep, reg) = default_split(&shared)?;
-            let all = load_clips(&shared)?;
+            let (rep, reg, all) = default_split(&shared)?;
             (
                 match &opts.replay {
                     Some(r) => load_clips(r)?,
