@@ -42,6 +42,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".hark.v1.Transcript.end_sample",
             "#[serde(skip_serializing)]",
         )
+        .field_attribute(".hark.v1.Utterance.start_s", "#[serde(rename = \"start\")]")
+        .field_attribute(".hark.v1.Utterance.end_s", "#[serde(rename = \"end\")]")
+        .field_attribute(
+            ".hark.v1.Utterance.start_sample",
+            "#[serde(skip_serializing)]",
+        )
+        .field_attribute(
+            ".hark.v1.Utterance.end_sample",
+            "#[serde(skip_serializing)]",
+        )
         .field_attribute(".hark.v1.Word.start_s", "#[serde(rename = \"start\")]")
         .field_attribute(".hark.v1.Word.end_s", "#[serde(rename = \"end\")]")
         .field_attribute(

@@ -42,6 +42,9 @@ fn final_transcript(i: u64) -> EventKind {
         end_sample: i * 16_000 + 16_000,
         language: "en".into(),
         words: Vec::new(),
+        // Four finals per utterance, as the live transcriber sends them: most inserts update
+        // the utterance's row.
+        utterance_id: i / 4 + 1,
     })
 }
 

@@ -175,6 +175,7 @@ fn main() {
             query: "ask not -country".into(),
             limit: 10,
             context: 2,
+            ..Default::default()
         }
         .encode_to_vec(),
         pb::AudioChunk {

@@ -46,6 +46,9 @@ pub enum EventKind {
         reason: String,
     },
     Transcript(Transcript),
+    /// A whole utterance: published when it ends (a pause, a sentence end, or its length cap),
+    /// after its last final. Its text is the finals with its id, concatenated.
+    Utterance(Utterance),
     /// One occurrence of a sound class, published when it ends (at `end_sample`).
     Sound(SoundEvent),
     /// A sound class turned on (published at its start; optional, see `sound.emit_started`).
@@ -148,6 +151,61 @@ pub struct Transcript {
     pub end_sample: u64,
     pub language: String,
     pub words: Vec<Word>,
+    /// The utterance this result belongs to: 1, 2, ... per stream; 0 for results outside any
+    /// utterance (one-shot decodes).
+    pub utterance_id: u64,
+}
+
+/// Why an utterance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UtteranceEnd {
+    /// The speaker paused (the transcriber's end of speech).
+    Pause,
+    /// A committed word ended a sentence.
+    Sentence,
+    /// The utterance reached `transcribe.streaming.max_utterance_s` without either.
+    MaxLength,
+    /// The stream ended or broke off.
+    StreamEnd,
+}
+
+/// All finals of one utterance, joined. Samples are on the stream clock.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Utterance {
+    pub id: u64,
+    pub text: String,
+    pub start_sample: u64,
+    pub end_sample: u64,
+    pub language: String,
+    pub words: Vec<Word>,
+    pub reason: UtteranceEnd,
+}
+
+/// Whether a transcribed word ends a sentence: it ends in `.`, `?` or `!` (or their CJK forms)
+/// and is not an abbreviation such as "Mr." or "U.S." that Whisper writes mid-sentence.
+pub fn ends_sentence(word: &str) -> bool {
+    let w = word.trim_end_matches(['"', '\'', ')', '”', '’']).trim();
+    if w.ends_with(['?', '!', '。', '？', '！']) {
+        return true;
+    }
+    let Some(stem) = w.strip_suffix('.') else {
+        return false;
+    };
+    if stem.ends_with('.') {
+        // "..." trails off: the speaker may go on (a pause still ends the utterance).
+        return false;
+    }
+    let stem = stem.trim_start_matches(['"', '\'', '(', '“', '‘']);
+    // Not "no.": "I said no." ends far more spoken sentences than "No. 5" appears.
+    const ABBREVIATIONS: [&str; 12] = [
+        "mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "prof", "mt", "approx", "etc",
+    ];
+    let lower = stem.to_lowercase();
+    // Initials and initialisms ("J.", "U.S.", "i.e."): a single letter, or letters with dots.
+    let initialism = lower.chars().count() == 1 && lower.chars().all(char::is_alphabetic)
+        || (lower.contains('.') && lower.split('.').all(|p| p.chars().count() <= 1));
+    !(stem.is_empty() || initialism || ABBREVIATIONS.contains(&lower.as_str()))
 }
 
 /// One recognised word with its stream position and confidence.
@@ -167,6 +225,7 @@ pub enum Category {
     Level,
     Source,
     Transcript,
+    Utterance,
     Sound,
     Wake,
     Action,
@@ -174,11 +233,12 @@ pub enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 8] = [
+    pub const ALL: [Category; 9] = [
         Category::Vad,
         Category::Level,
         Category::Source,
         Category::Transcript,
+        Category::Utterance,
         Category::Sound,
         Category::Wake,
         Category::Action,
@@ -191,6 +251,7 @@ impl Category {
             Category::Level => "level",
             Category::Source => "source",
             Category::Transcript => "transcript",
+            Category::Utterance => "utterance",
             Category::Sound => "sound",
             Category::Wake => "wake",
             Category::Action => "action",
@@ -212,6 +273,7 @@ impl EventKind {
             | EventKind::DeviceRestored { .. }
             | EventKind::SourceEnded { .. } => Category::Source,
             EventKind::Transcript(_) => Category::Transcript,
+            EventKind::Utterance(_) => Category::Utterance,
             EventKind::Sound(_) | EventKind::SoundStarted { .. } => Category::Sound,
             EventKind::Wake { .. } => Category::Wake,
             EventKind::Action(_) => Category::Action,
@@ -230,6 +292,7 @@ impl EventKind {
             EventKind::SourceEnded { .. } => "source_ended",
             EventKind::Transcript(t) if t.is_final => "transcript_final",
             EventKind::Transcript(_) => "transcript_interim",
+            EventKind::Utterance(_) => "utterance",
             EventKind::Sound(_) => "sound",
             EventKind::SoundStarted { .. } => "sound_started",
             EventKind::Wake { .. } => "wake",
@@ -452,6 +515,28 @@ impl Subscription {
 mod tests {
     use super::*;
 
+    #[test]
+    fn sentence_ends_skip_abbreviations() {
+        for w in [" country.", "you?", "Stop!", " it.\"", "end.)", "了。"] {
+            assert!(ends_sentence(w), "{w:?}");
+        }
+        for w in [
+            " Mr.",
+            "Dr.",
+            " U.S.",
+            "e.g.",
+            "i.e.",
+            " J.",
+            " country,",
+            " well...",
+            "...",
+            " 3.5",
+            "",
+        ] {
+            assert!(!ends_sentence(w), "{w:?}");
+        }
+    }
+
     #[tokio::test]
     async fn lagging_subscriber_gets_gap_and_others_do_not() {
         let bus = EventBus::new(4);
@@ -497,6 +582,7 @@ mod tests {
             end_sample: 16_000,
             language: "en".into(),
             words: Vec::new(),
+            utterance_id: 1,
         })
     }
 

@@ -483,6 +483,7 @@ run = ["/bin/sh", "-c", "sleep {minutes}"]
             end_sample: end,
             language: "en".into(),
             words: Vec::new(),
+            utterance_id: 1,
         })
     }
 

@@ -126,6 +126,7 @@ pub fn event_to_pb(e: &Event) -> pb::Event {
             outage_s: outage.as_secs_f64(),
         })),
         EventKind::Transcript(t) => Some(Kind::Transcript(transcript_to_pb(t))),
+        EventKind::Utterance(u) => Some(Kind::Utterance(utterance_to_pb(u))),
         other => by_name(other),
     };
     pb::Event {
@@ -178,6 +179,36 @@ pub fn note_to_pb(n: &crate::events::NoteEvent) -> pb::Note {
     }
 }
 
+fn words_to_pb(words: &[crate::events::Word]) -> Vec<pb::Word> {
+    words
+        .iter()
+        .map(|w| pb::Word {
+            word: w.word.clone(),
+            start_s: secs(w.start_sample),
+            end_s: secs(w.end_sample),
+            p: w.p,
+        })
+        .collect()
+}
+
+pub fn utterance_to_pb(u: &crate::events::Utterance) -> pb::Utterance {
+    let reason = serde_json::to_value(u.reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    pb::Utterance {
+        id: u.id,
+        text: u.text.clone(),
+        start_sample: u.start_sample,
+        end_sample: u.end_sample,
+        start_s: secs(u.start_sample),
+        end_s: secs(u.end_sample),
+        language: u.language.clone(),
+        words: words_to_pb(&u.words),
+        reason,
+    }
+}
+
 pub fn transcript_to_pb(t: &crate::events::Transcript) -> pb::Transcript {
     pb::Transcript {
         text: t.text.clone(),
@@ -188,16 +219,8 @@ pub fn transcript_to_pb(t: &crate::events::Transcript) -> pb::Transcript {
         start_s: secs(t.start_sample),
         end_s: secs(t.end_sample),
         language: t.language.clone(),
-        words: t
-            .words
-            .iter()
-            .map(|w| pb::Word {
-                word: w.word.clone(),
-                start_s: secs(w.start_sample),
-                end_s: secs(w.end_sample),
-                p: w.p,
-            })
-            .collect(),
+        words: words_to_pb(&t.words),
+        utterance_id: t.utterance_id,
     }
 }
 
@@ -297,6 +320,14 @@ pub fn pb_event_line(e: &pb::Event) -> String {
             t.end_s,
             t.text.trim()
         ),
+        Some(Kind::Utterance(u)) => format!(
+            "UTTERANCE #{} {:.2}-{:.2} ({}): {}",
+            u.id,
+            u.start_s,
+            u.end_s,
+            u.reason,
+            u.text.trim()
+        ),
         // Kinds added after these were written: no code needed here for them.
         #[allow(unreachable_patterns)]
         Some(_) => generic_line(e),
@@ -375,6 +406,7 @@ mod tests {
                     end_sample: 20_000,
                     p: 0.9,
                 }],
+                utterance_id: 3,
             })
         };
         let cases: Vec<(EventKind, &str, &[&str])> = vec![
@@ -422,6 +454,7 @@ mod tests {
                     "end",
                     "language",
                     "words",
+                    "utterance_id",
                 ],
             ),
             (
@@ -435,7 +468,21 @@ mod tests {
                     "end",
                     "language",
                     "words",
+                    "utterance_id",
                 ],
+            ),
+            (
+                EventKind::Utterance(crate::events::Utterance {
+                    id: 3,
+                    text: "hi there.".into(),
+                    start_sample: 16_000,
+                    end_sample: 24_000,
+                    language: "en".into(),
+                    words: vec![],
+                    reason: crate::events::UtteranceEnd::Sentence,
+                }),
+                "utterance",
+                &["id", "text", "start", "end", "language", "words", "reason"],
             ),
             (
                 EventKind::Wake {
@@ -538,6 +585,7 @@ mod tests {
                 end_sample: 20_000,
                 p: 0.7,
             }],
+            utterance_id: 1,
         });
         let line = pb_event_json(&event_to_pb(&event(32_000, t)));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -631,7 +679,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript, sound, wake, action, notes"#
+            r#"unknown kind "sounds"; valid kinds: vad, level, source, transcript, utterance, sound, wake, action, notes"#
         );
         let status = KindFilter::from_pb(&[1, 99]).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -810,8 +810,29 @@ impl HarkService {
         } else {
             req.context.min(10)
         } as usize;
+        let since_us = (req.since_unix_us != 0).then_some(req.since_unix_us);
+        let until_us = (req.until_unix_us != 0).then_some(req.until_unix_us);
+        if let (Some(a), Some(b)) = (since_us, until_us)
+            && a >= b
+        {
+            return Err(Status::invalid_argument(
+                "since_unix_us must be before until_unix_us",
+            ));
+        }
+        if req.stream.len() > 256 {
+            return Err(Status::invalid_argument(
+                "stream name longer than 256 bytes",
+            ));
+        }
         let hits = store
-            .search(&req.query, limit, context)
+            .search(&crate::store::SearchQuery {
+                text: req.query.clone(),
+                limit,
+                context,
+                stream: (!req.stream.is_empty()).then(|| req.stream.clone()),
+                since_us,
+                until_us,
+            })
             .map_err(|e| match e {
                 crate::store::StoreError::Query(m) => Status::invalid_argument(m),
                 other => Status::internal(other.to_string()),
@@ -828,6 +849,8 @@ impl HarkService {
                     before: h.before,
                     after: h.after,
                     snippet: h.snippet,
+                    highlighted: h.highlighted,
+                    utterance_id: h.utterance_id,
                 })
                 .collect(),
         })

@@ -1,7 +1,7 @@
 //! hark: command-line client for harkd.
 
 use std::{
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
@@ -127,15 +127,29 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         top: usize,
     },
-    /// Search final transcripts kept by the daemon.
+    /// Search the utterances the daemon has stored: `hark search "the first books were
+    /// printed"` finds that phrase; `hark search first books` finds both words anywhere in an
+    /// utterance.
     Search {
-        /// Words to find; all must match (`-word` excludes, `word*` is a prefix).
+        /// What to find. An argument with spaces is a phrase (its words in that order), as is
+        /// `"..."` inside one; other words must all match; `-word` or `-"phrase"` excludes;
+        /// `word*` is a prefix.
         query: Vec<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        /// Segments of context on each side.
+        /// Utterances of context on each side.
         #[arg(long, default_value_t = 1)]
         context: u32,
+        /// Only utterances said at or after this time (local): 2026-12-03, "2026-12-03 14:05",
+        /// 14:05, 2h, "3 days", today, yesterday.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only utterances said before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this stream ("main", "session-3").
+        #[arg(long)]
+        stream: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -544,36 +558,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             query,
             limit,
             context,
+            since,
+            until,
+            stream,
             json,
         } => {
+            let now = jiff::ZonedDateTime::now();
+            let when = |w: &Option<String>| -> anyhow::Result<i64> {
+                w.as_deref()
+                    .map_or(Ok(0), |w| hark::store::parse_when(w, &now))
+                    .map_err(Into::into)
+            };
             let r = client
                 .search(pb::SearchRequest {
-                    query: query.join(" "),
+                    query: search_query(&query),
                     limit,
                     context,
+                    stream: stream.unwrap_or_default(),
+                    since_unix_us: when(&since)?,
+                    until_unix_us: when(&until)?,
                 })
                 .await?
                 .into_inner();
+            let colour = !json && std::io::stdout().is_terminal();
             for h in &r.hits {
                 if json {
                     println!(
                         "{}",
                         serde_json::json!({
-                            "stream": h.stream, "text": h.text, "start": h.start_s, "end": h.end_s,
+                            "stream": h.stream, "utterance_id": h.utterance_id, "text": h.text,
+                            "highlighted": h.highlighted, "start": h.start_s, "end": h.end_s,
                             "wall_us": h.wall_time_unix_us, "before": h.before, "after": h.after,
                         })
                     );
                 } else {
-                    println!(
-                        "[{} {:.2}-{:.2}s] {}",
-                        h.stream, h.start_s, h.end_s, h.snippet
-                    );
-                    for b in &h.before {
-                        println!("    before: {b}");
-                    }
-                    for a in &h.after {
-                        println!("    after:  {a}");
-                    }
+                    print!("{}", render_hit(h, colour));
                 }
             }
             if r.hits.is_empty() && !json {
@@ -588,6 +607,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             kinds,
         } => stream(&mut client, &file, fast, json, &kinds).await,
     }
+}
+
+/// The query text for `hark search`: an argument with spaces (a quoted phrase on the shell
+/// line) is sent as a phrase; the others as they are.
+fn search_query(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            let a = a.trim();
+            if a.contains(char::is_whitespace) && !a.contains('"') {
+                match a.strip_prefix('-') {
+                    Some(rest) => format!("-\"{rest}\""),
+                    None => format!("\"{a}\""),
+                }
+            } else {
+                a.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One search hit for people: when and where it was said, then the utterance with its matches
+/// in bold (or in `[ ]` when not printing to a terminal), with context lines dimmed.
+fn render_hit(h: &pb::SearchHit, colour: bool) -> String {
+    use std::fmt::Write as _;
+    let when = jiff::Timestamp::from_microsecond(h.wall_time_unix_us)
+        .map(|t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|_| "?".into());
+    let text = if colour {
+        h.highlighted
+            .replace('[', "\x1b[1m")
+            .replace(']', "\x1b[0m")
+    } else {
+        h.highlighted.clone()
+    };
+    let (dim, reset) = if colour {
+        ("\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let mut out = format!(
+        "{when}  {} #{}  {:.1}-{:.1} s\n",
+        h.stream, h.utterance_id, h.start_s, h.end_s
+    );
+    for b in &h.before {
+        let _ = writeln!(out, "  {dim}{b}{reset}");
+    }
+    let _ = writeln!(out, "  {text}");
+    for a in &h.after {
+        let _ = writeln!(out, "  {dim}{a}{reset}");
+    }
+    out
 }
 
 /// `hark classify` output: JSON (`top` sorted by p, `events`) or a short text view.

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::vad::{VadConfig, VadDetector, VadTransition};
 use crate::{
-    events::{EventKind, STREAM_RATE, Transcript, Word},
+    events::{EventKind, STREAM_RATE, Transcript, Utterance, UtteranceEnd, Word, ends_sentence},
     pipeline::{Emitted, Stage, StageError, Window, WindowSpec},
 };
 
@@ -77,6 +77,9 @@ pub struct StreamingConfig {
     /// this; 30 = Whisper's training setup). Shorter is cheaper: the encoder dominates a
     /// re-decode and its cost follows its input.
     pub min_encode_s: f32,
+    /// Longest utterance, seconds: one that neither pauses nor ends a sentence is closed at
+    /// the first commit after this long (so a store row and an `utterance` event stay readable).
+    pub max_utterance_s: f32,
 }
 
 impl Default for StreamingConfig {
@@ -89,6 +92,7 @@ impl Default for StreamingConfig {
             prompt_chars: 200,
             end_silence_ms: 900,
             min_encode_s: 10.0,
+            max_utterance_s: 30.0,
         }
     }
 }
@@ -109,6 +113,9 @@ impl StreamingConfig {
         }
         if !(100..=5000).contains(&self.end_silence_ms) {
             return Err("transcribe.end_silence_ms must be within 100..=5000".into());
+        }
+        if !(2.0..=600.0).contains(&self.max_utterance_s) {
+            return Err("transcribe.max_utterance_s must be within 2..=600".into());
         }
         if !(1.0..self.max_window_s).contains(&self.trim_after_s) {
             return Err("transcribe.trim_after_s must be >= 1 and below max_window_s".into());
@@ -158,6 +165,9 @@ pub struct TranscribeStage {
     /// Wall time of the last decode, in samples of audio: the next interim decode waits at
     /// least this long (x [`DUTY`]) so decoding never falls behind the live audio.
     decode_cost: usize,
+    /// Id of the utterance being committed (1, 2, ... on this stream), and its committed words.
+    utterance_id: u64,
+    utterance: Vec<AbsWord>,
 }
 
 /// Committed audio kept in the window before the commit point when it is trimmed. With
@@ -208,6 +218,8 @@ impl TranscribeStage {
             language: "en".into(),
             gated: true,
             decode_cost: 0,
+            utterance_id: 1,
+            utterance: Vec::new(),
         })
     }
 
@@ -379,14 +391,68 @@ impl TranscribeStage {
                     p: w.p,
                 })
                 .collect(),
+            utterance_id: self.utterance_id,
         }
     }
 
-    fn commit(&mut self, words: Vec<AbsWord>, out: &mut Vec<Emitted>) {
+    /// Sends newly agreed words as finals. A final never spans two utterances: the words are
+    /// split after each sentence end, which closes the utterance. A long utterance (half of
+    /// `max_utterance_s`) also closes after a clause (a word followed by `,` `;` `:`), so that
+    /// the hard cap rarely cuts a phrase in two.
+    fn commit(&mut self, mut words: Vec<AbsWord>, out: &mut Vec<Emitted>) {
+        let max_len = (self.cfg.max_utterance_s * STREAM_RATE as f32) as u64;
+        while !words.is_empty() {
+            let start = self
+                .utterance
+                .first()
+                .or(words.first())
+                .map_or(0, |w| w.start);
+            let split = words.iter().position(|w| {
+                ends_sentence(&w.word)
+                    || (2 * w.end.saturating_sub(start) >= max_len
+                        && w.word.trim_end().ends_with([',', ';', ':']))
+            });
+            let n = split.map_or(words.len(), |i| i + 1);
+            let rest = words.split_off(n);
+            let chunk = std::mem::replace(&mut words, rest);
+            let t = self.transcript(&chunk, true, 1.0);
+            self.committed_end = self.committed_end.max(t.end_sample);
+            out.push((t.end_sample, EventKind::Transcript(t)));
+            self.committed.extend(chunk.iter().cloned());
+            self.utterance.extend(chunk);
+            let (last_word, last_end) = self
+                .utterance
+                .last()
+                .map_or(("", start), |w| (w.word.as_str(), w.end));
+            if split.is_some() && ends_sentence(last_word) {
+                self.close_utterance(UtteranceEnd::Sentence, out);
+            } else if split.is_some() || last_end.saturating_sub(start) >= max_len {
+                // A clause end past half the cap, or the cap itself.
+                self.close_utterance(UtteranceEnd::MaxLength, out);
+            }
+        }
+    }
+
+    /// Sends the `utterance` event for the committed words since the last one, if any.
+    fn close_utterance(&mut self, reason: UtteranceEnd, out: &mut Vec<Emitted>) {
+        if self.utterance.is_empty() {
+            return;
+        }
+        let words = std::mem::take(&mut self.utterance);
         let t = self.transcript(&words, true, 1.0);
-        out.push((t.end_sample, EventKind::Transcript(t.clone())));
-        self.committed_end = self.committed_end.max(t.end_sample);
-        self.committed.extend(words);
+        out.push((
+            t.end_sample,
+            EventKind::Utterance(Utterance {
+                id: self.utterance_id,
+                text: t.text,
+                start_sample: t.start_sample,
+                end_sample: t.end_sample,
+                language: t.language,
+                words: t.words,
+                reason,
+            }),
+        ));
+        self.utterance_id += 1;
     }
 
     /// Moves committed words whose audio has left the window (all of them with `all`) into the
@@ -501,12 +567,18 @@ impl TranscribeStage {
         self.buf_start += n as u64;
     }
 
-    fn end_utterance(&mut self, out: &mut Vec<Emitted>) -> Result<(), StageError> {
+    fn end_utterance(
+        &mut self,
+        reason: UtteranceEnd,
+        out: &mut Vec<Emitted>,
+    ) -> Result<(), StageError> {
         let r = if self.in_speech {
             self.decode(true, out)
         } else {
             Ok(())
         };
+        // Even when the last decode failed: what was committed stays one utterance.
+        self.close_utterance(reason, out);
         self.in_speech = false;
         self.buf.clear();
         self.pending.clear();
@@ -554,7 +626,7 @@ impl Stage for TranscribeStage {
             }
         }
         if let Some(VadTransition::Ended { .. }) = transition {
-            return self.end_utterance(out);
+            return self.end_utterance(UtteranceEnd::Pause, out);
         }
         let interval = ((self.cfg.interim_ms * STREAM_RATE / 1000) as usize).max(self.decode_cost);
         if self.in_speech && self.since_decode >= interval {
@@ -564,7 +636,7 @@ impl Stage for TranscribeStage {
     }
 
     fn discontinuity(&mut self, at: u64, out: &mut Vec<Emitted>) {
-        if let Err(e) = self.end_utterance(out) {
+        if let Err(e) = self.end_utterance(UtteranceEnd::StreamEnd, out) {
             tracing::warn!(error = %e, "Transcription failed at a discontinuity.");
         }
         self.vad.close(at);
@@ -572,7 +644,7 @@ impl Stage for TranscribeStage {
     }
 
     fn finish(&mut self, _end: u64, out: &mut Vec<Emitted>) {
-        if let Err(e) = self.end_utterance(out) {
+        if let Err(e) = self.end_utterance(UtteranceEnd::StreamEnd, out) {
             tracing::warn!(error = %e, "Transcription failed at the end of the stream.");
         }
     }
@@ -633,6 +705,11 @@ mod tests {
     }
 
     fn run(script: Vec<&'static str>) -> Vec<Transcript> {
+        run_all(script).0
+    }
+
+    /// Finals and utterances of a scripted stream.
+    fn run_all(script: Vec<&'static str>) -> (Vec<Transcript>, Vec<Utterance>) {
         let pos = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let rec = Scripted {
             words: script.clone(),
@@ -656,6 +733,16 @@ mod tests {
         let mut seed = 1u32;
         let mut out = Vec::new();
         let mut finals = Vec::new();
+        let mut utterances = Vec::new();
+        let mut collect = |out: &mut Vec<Emitted>| {
+            for (_, e) in out.drain(..) {
+                match e {
+                    EventKind::Transcript(t) if t.is_final => finals.push(t),
+                    EventKind::Utterance(u) => utterances.push(u),
+                    _ => {}
+                }
+            }
+        };
         for f in 0..n / 480 {
             let start = (f * 480) as u64;
             let t = start as f32 / 16000.0;
@@ -683,23 +770,137 @@ mod tests {
                 &mut out,
             )
             .unwrap();
-            for (_, e) in out.drain(..) {
-                if let EventKind::Transcript(t) = e
-                    && t.is_final
-                {
-                    finals.push(t);
-                }
-            }
+            collect(&mut out);
         }
         st.finish(n as u64, &mut out);
-        for (_, e) in out.drain(..) {
-            if let EventKind::Transcript(t) = e
-                && t.is_final
-            {
-                finals.push(t);
+        collect(&mut out);
+        (finals, utterances)
+    }
+
+    #[test]
+    fn utterances_tile_the_finals_and_end_at_sentence_ends() {
+        let script: Vec<&'static str> = "the quick brown jumped. over the lazy dog while \
+             seven wise owls watched. from the old oak tree near Mr. Smith's quiet river bank"
+            .split(' ')
+            .collect();
+        let (finals, utterances) = run_all(script);
+        let text = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let finals_text = text(
+            &finals
+                .iter()
+                .map(|t| t.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        let utt_text = text(
+            &utterances
+                .iter()
+                .map(|u| u.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        assert_eq!(finals_text, utt_text);
+        // Two sentence ends, then the stream end ("Mr." is not one).
+        let reasons: Vec<UtteranceEnd> = utterances.iter().map(|u| u.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                UtteranceEnd::Sentence,
+                UtteranceEnd::Sentence,
+                UtteranceEnd::StreamEnd
+            ],
+            "{utterances:#?}"
+        );
+        for (i, u) in utterances.iter().enumerate() {
+            assert_eq!(u.id, i as u64 + 1);
+            let own: Vec<&Transcript> = finals.iter().filter(|t| t.utterance_id == u.id).collect();
+            assert!(!own.is_empty());
+            assert_eq!(u.start_sample, own[0].start_sample);
+            assert_eq!(u.end_sample, own[own.len() - 1].end_sample);
+            assert_eq!(
+                u.words.len(),
+                own.iter().map(|t| t.words.len()).sum::<usize>()
+            );
+            if let Some(next) = utterances.get(i + 1) {
+                assert!(u.end_sample <= next.start_sample, "overlap: {u:?} {next:?}");
             }
         }
-        finals
+        assert!(
+            utterances[0].text.ends_with("jumped."),
+            "{}",
+            utterances[0].text
+        );
+        assert!(
+            finals
+                .iter()
+                .all(|t| t.utterance_id >= 1 && t.utterance_id <= 3)
+        );
+    }
+
+    #[test]
+    fn long_utterances_are_closed_at_the_length_cap() {
+        let pos = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut st = TranscribeStage::new(
+            StreamingConfig {
+                max_utterance_s: 2.0,
+                ..StreamingConfig::default()
+            },
+            &VadConfig::default(),
+            Box::new(Scripted {
+                words: vec![],
+                offset_s: 0.0,
+                stream_pos: pos,
+            }),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let words: Vec<AbsWord> = (0..10)
+            .map(|i| word("la", i as f32 * 0.4, i as f32 * 0.4 + 0.3))
+            .collect();
+        st.commit(words[..4].to_vec(), &mut out);
+        assert!(
+            !out.iter()
+                .any(|(_, e)| matches!(e, EventKind::Utterance(_)))
+        );
+        st.commit(words[4..8].to_vec(), &mut out);
+        let u: Vec<&Utterance> = out
+            .iter()
+            .filter_map(|(_, e)| match e {
+                EventKind::Utterance(u) => Some(u),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].reason, UtteranceEnd::MaxLength);
+        assert_eq!(u[0].words.len(), 8);
+        // The next final starts utterance 2.
+        st.commit(words[8..].to_vec(), &mut out);
+        match out.last() {
+            Some((_, EventKind::Transcript(t))) => assert_eq!(t.utterance_id, 2),
+            other => panic!("{other:?}"),
+        }
+        // Past half the cap, a clause end closes the utterance: the final is split there.
+        out.clear();
+        st.commit(
+            vec![
+                word("so,", 4.4, 4.7),
+                word("then", 4.8, 5.0),
+                word("we", 5.1, 5.3),
+            ],
+            &mut out,
+        );
+        let texts: Vec<String> = out
+            .iter()
+            .map(|(_, e)| match e {
+                EventKind::Transcript(t) => format!("final {} {}", t.utterance_id, t.text),
+                EventKind::Utterance(u) => format!("utterance {} {}", u.id, u.text),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            ["final 2 so,", "utterance 2 la la so,", "final 3 then we"]
+        );
     }
 
     #[test]

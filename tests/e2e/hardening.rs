@@ -808,6 +808,7 @@ async fn error_codes_name_the_callers_mistake() {
             query: format!("x {query}"),
             limit: 5,
             context: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -14,6 +14,7 @@ mod train_sound;
 mod train_wake;
 mod transcribe;
 mod tts;
+mod utterances;
 mod wake;
 
 use std::{collections::BTreeSet, time::Duration};

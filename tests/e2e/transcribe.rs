@@ -156,6 +156,7 @@ async fn a_file_source_yields_interim_and_final_transcripts_that_survive_kill_9(
             query: "country".into(),
             limit: 10,
             context: 1,
+            ..Default::default()
         })
         .await
         .unwrap()
