@@ -177,6 +177,10 @@ pub struct TranscribeStage {
 /// by text. 1.5 s: jfk right in 4 of 4 runs, long-form streaming WER 3.9%; 3 s: 4.7%.
 const CONTEXT_MS: u64 = 1500;
 
+/// Shortest silence between two words that counts as a pause where a long utterance may end.
+/// Readers pause 150-300 ms at commas; stop consonants close for up to about 80 ms.
+const PAUSE_MS: u64 = 120;
+
 /// Inverse of the largest share of real time the stage spends decoding; the rest is head
 /// room for the other stages and for decodes that take longer than the last one.
 const DUTY: f32 = 1.25;
@@ -396,9 +400,10 @@ impl TranscribeStage {
     }
 
     /// Sends newly agreed words as finals. A final never spans two utterances: the words are
-    /// split after each sentence end, which closes the utterance. A long utterance (half of
-    /// `max_utterance_s`) also closes after a clause (a word followed by `,` `;` `:`), so that
-    /// the hard cap rarely cuts a phrase in two.
+    /// split after each sentence end, which closes the utterance. Past half of
+    /// `max_utterance_s` an utterance also closes after a clause (a word followed by `,` `;`
+    /// `:`) or at a pause between two words (Whisper does not always punctuate), so that the
+    /// hard cap rarely cuts a phrase in two: a phrase search looks inside one utterance.
     fn commit(&mut self, mut words: Vec<AbsWord>, out: &mut Vec<Emitted>) {
         let max_len = (self.cfg.max_utterance_s * STREAM_RATE as f32) as u64;
         while !words.is_empty() {
@@ -407,10 +412,19 @@ impl TranscribeStage {
                 .first()
                 .or(words.first())
                 .map_or(0, |w| w.start);
-            let split = words.iter().position(|w| {
-                ends_sentence(&w.word)
-                    || (2 * w.end.saturating_sub(start) >= max_len
-                        && w.word.trim_end().ends_with([',', ';', ':']))
+            let speech = self.mean_frame_energy(start, words.last().map_or(start, |w| w.end));
+            let split = (0..words.len()).find(|&i| {
+                let w = &words[i];
+                if ends_sentence(&w.word) {
+                    return true;
+                }
+                if 2 * w.end.saturating_sub(start) < max_len {
+                    return false;
+                }
+                w.word.trim_end().ends_with([',', ';', ':'])
+                    || words
+                        .get(i + 1)
+                        .is_some_and(|next| self.is_pause(w.end, next.start, speech))
             });
             let n = split.map_or(words.len(), |i| i + 1);
             let rest = words.split_off(n);
@@ -427,10 +441,46 @@ impl TranscribeStage {
             if split.is_some() && ends_sentence(last_word) {
                 self.close_utterance(UtteranceEnd::Sentence, out);
             } else if split.is_some() || last_end.saturating_sub(start) >= max_len {
-                // A clause end past half the cap, or the cap itself.
+                // A clause end or a pause past half the cap, or the cap itself.
                 self.close_utterance(UtteranceEnd::MaxLength, out);
             }
         }
+    }
+
+    /// Mean energy of a 10 ms frame of the buffered audio in `[from, to)` (stream samples).
+    fn mean_frame_energy(&self, from: u64, to: u64) -> f32 {
+        let lo = (from.max(self.buf_start) - self.buf_start) as usize;
+        let hi = (to.saturating_sub(self.buf_start) as usize).min(self.buf.len());
+        if hi <= lo {
+            return 0.0;
+        }
+        let sum: f32 = self.buf[lo..hi].iter().map(|x| x * x).sum();
+        sum / (hi - lo) as f32 * (STREAM_RATE / 100) as f32
+    }
+
+    /// Whether the speaker paused between a word ending at `end` and the next starting at
+    /// `next`: at least [`PAUSE_MS`] of 10 ms frames 20 dB below the speech's mean frame
+    /// energy, looked for up to 150 ms either side (word times from a decode are that loose).
+    /// Shorter dips are stop consonants, not pauses.
+    fn is_pause(&self, end: u64, next: u64, speech: f32) -> bool {
+        let frame = (STREAM_RATE / 100) as usize;
+        let margin = u64::from(STREAM_RATE) * 3 / 20;
+        let lo = (end.saturating_sub(margin).max(self.buf_start) - self.buf_start) as usize;
+        let hi =
+            ((next.max(end) + margin).saturating_sub(self.buf_start) as usize).min(self.buf.len());
+        if speech <= 0.0 || hi < lo + frame {
+            return false;
+        }
+        let need = PAUSE_MS as usize / 10;
+        let mut run = 0;
+        for f in self.buf[lo..hi].chunks_exact(frame) {
+            let e: f32 = f.iter().map(|x| x * x).sum();
+            run = if e < 0.01 * speech { run + 1 } else { 0 };
+            if run >= need {
+                return true;
+            }
+        }
+        false
     }
 
     /// Sends the `utterance` event for the committed words since the last one, if any.
@@ -835,6 +885,50 @@ mod tests {
                 .iter()
                 .all(|t| t.utterance_id >= 1 && t.utterance_id <= 3)
         );
+    }
+
+    #[test]
+    fn long_utterances_close_at_a_pause_past_half_the_cap() {
+        let mut st = TranscribeStage::new(
+            StreamingConfig {
+                max_utterance_s: 2.0,
+                ..StreamingConfig::default()
+            },
+            &VadConfig::default(),
+            Box::new(Silent),
+        )
+        .unwrap();
+        // Loud audio with a 300 ms pause at 2.0-2.3 s and a 50 ms closure at 1.5 s (too short).
+        st.buf = (0..4 * 16000)
+            .map(|i| {
+                let t = i as f32 / 16000.0;
+                if (2.0..2.3).contains(&t) || (1.5..1.55).contains(&t) {
+                    0.0
+                } else {
+                    0.3 * (t * 1500.0).sin()
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        st.commit(
+            vec![
+                word("a", 0.2, 0.9),
+                word("b", 1.0, 1.5),
+                word("e", 1.55, 1.9),
+                word("c", 2.3, 2.8),
+                word("d", 2.85, 3.4),
+            ],
+            &mut out,
+        );
+        let texts: Vec<String> = out
+            .iter()
+            .map(|(_, e)| match e {
+                EventKind::Transcript(t) => format!("final {} {}", t.utterance_id, t.text),
+                EventKind::Utterance(u) => format!("utterance {} {}", u.id, u.text),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, ["final 1 a b e", "utterance 1 a b e", "final 2 c d"]);
     }
 
     #[test]

@@ -72,10 +72,15 @@ fn words(s: &str) -> Vec<String> {
 }
 
 /// A 4-6 word phrase of `sentence` that the transcript has (tiny.en misses a few words of
-/// the set; a phrase it misheard cannot be found and says nothing about search) and that
-/// crosses a boundary between two finals (the case fragment rows could not find). Longest
-/// first, then earliest.
-fn phrase_across_finals(sentence: &str, hyp: &[String], boundaries: &[usize]) -> Option<String> {
+/// the set; a phrase it misheard cannot be found and says nothing about search), that crosses
+/// a boundary between two finals (the case fragment rows could not find), and that lies
+/// inside one utterance (a search looks inside one). Longest first, then earliest.
+fn phrase_across_finals(
+    sentence: &str,
+    hyp: &[String],
+    boundaries: &[usize],
+    utterance_ends: &[usize],
+) -> Option<String> {
     let reference = words(sentence);
     for len in (4..=6).rev() {
         for w in reference.windows(len) {
@@ -85,6 +90,7 @@ fn phrase_across_finals(sentence: &str, hyp: &[String], boundaries: &[usize]) ->
             let found = hyp.windows(len).enumerate().find(|(_, h)| h == &w);
             if let Some((at, _)) = found
                 && boundaries.iter().any(|&b| b > at && b < at + len)
+                && !utterance_ends.iter().any(|&b| b > at && b < at + len)
             {
                 return Some(w.join(" "));
             }
@@ -180,12 +186,17 @@ async fn utterances_tile_a_long_recording_and_phrase_search_finds_its_sentences(
 
     // Phrase search: for 8 sentences, a 4-6 word phrase that crosses two finals.
     let hyp: Vec<String> = all_finals.split(' ').map(str::to_string).collect();
-    let mut boundaries = Vec::new();
-    let mut n = 0;
-    for t in &finals {
-        n += normalise(&t.text).split_whitespace().count();
-        boundaries.push(n);
-    }
+    let ends = |texts: Vec<&str>| -> Vec<usize> {
+        texts
+            .iter()
+            .scan(0, |n, t| {
+                *n += normalise(t).split_whitespace().count();
+                Some(*n)
+            })
+            .collect()
+    };
+    let boundaries = ends(finals.iter().map(|t| t.text.as_str()).collect());
+    let utterance_ends = ends(utterances.iter().map(|u| u.text.as_str()).collect());
     let sentences: Vec<String> =
         std::fs::read_to_string(longform.join("lj001_0001-0016.segments.tsv"))
             .unwrap()
@@ -195,7 +206,7 @@ async fn utterances_tile_a_long_recording_and_phrase_search_finds_its_sentences(
             .collect();
     let phrases: Vec<String> = sentences
         .iter()
-        .filter_map(|s| phrase_across_finals(s, &hyp, &boundaries))
+        .filter_map(|s| phrase_across_finals(s, &hyp, &boundaries, &utterance_ends))
         .take(8)
         .collect();
     assert_eq!(
@@ -283,4 +294,142 @@ async fn utterances_tile_a_long_recording_and_phrase_search_finds_its_sentences(
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+/// A transcript store written by the previous harkd (schema 0: one row per streaming final,
+/// `tests/fixtures/store/v0_longform.db`, from streaming the long-form file). Phrases across
+/// two of its rows were not findable; the daemon migrates the store on start, and they are.
+///
+/// The fixture was made with harkd at commit bbfccff:
+/// `harkd run --source file:../shared/data/speech/longform/lj001_0001-0016.flac --fast
+/// --exit-on-end --config C` with `[transcribe] enabled = "on"` and `[store] path = ".../v0.db"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_the_previous_version_is_migrated_and_phrases_across_its_rows_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    std::fs::copy(
+        crate::harness::repo().join("tests/fixtures/store/v0_longform.db"),
+        &db,
+    )
+    .unwrap();
+    // The old rows, and phrases that cross two neighbours: the last two words of one row and
+    // the first three of the next, where one sentence goes on (as the migration joins them).
+    let rows: Vec<(String, i64, i64)> = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 0, "the fixture is a schema 0 store");
+        let mut stmt = conn
+            .prepare(
+                "SELECT text, start_sample, end_sample FROM segments ORDER BY start_sample, id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(rows.len() > 30, "{} rows", rows.len());
+    // Pairs of neighbouring rows in one sentence, and a phrase across each: the last two
+    // words of one and the first three of the next.
+    let mut pairs = Vec::new();
+    for pair in rows.windows(2) {
+        let (a, b) = (words(&pair[0].0), words(&pair[1].0));
+        let ends_sentence = pair[0].0.trim_end().ends_with(['.', '?', '!']);
+        if a.len() >= 2 && b.len() >= 3 && !ends_sentence && pair[1].1 - pair[0].2 <= 16_000 {
+            let phrase = [&a[a.len() - 2..], &b[..3]].concat().join(" ");
+            pairs.push((format!("{} {}", a.join(" "), b.join(" ")), phrase));
+        }
+    }
+    let old_hits = |phrase: &str| -> i64 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(
+            "SELECT count(*) FROM segments_fts WHERE segments_fts MATCH ?1",
+            [format!("\"{phrase}\"")],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    for (_, p) in &pairs {
+        assert_eq!(
+            old_hits(p),
+            0,
+            "{p:?} was already findable in the old store"
+        );
+    }
+    let old_text = normalise(
+        &rows
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+
+    let daemon = Daemon::start(
+        &["--source", "none"],
+        Some(&format!("[store]\npath = \"{}\"\n", db.display())),
+    );
+    let mut client = daemon.client().await;
+    // The daemon has migrated the store: the pairs it joined into one utterance (not those
+    // a pause of over a second or the 30 s cap kept apart) must now be found by phrase.
+    let utterances: Vec<String> = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut stmt = conn.prepare("SELECT text FROM utterances").unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|t| normalise(&t.unwrap()))
+            .collect()
+    };
+    let phrases: Vec<&String> = pairs
+        .iter()
+        .filter(|(joined, _)| utterances.iter().any(|u| u.contains(joined.as_str())))
+        .map(|(_, p)| p)
+        .collect();
+    assert!(
+        phrases.len() >= 8,
+        "{} of {} pairs joined",
+        phrases.len(),
+        pairs.len()
+    );
+    for p in phrases.iter().take(8) {
+        let hits = client
+            .search(pb::SearchRequest {
+                query: format!("\"{p}\""),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hits;
+        assert!(
+            hits.iter().any(|h| normalise(&h.text).contains(p.as_str())
+                && h.utterance_id >= 1
+                && h.stream == "main"),
+            "{p:?} -> {hits:?}"
+        );
+    }
+    drop(client);
+    drop(daemon);
+    // Nothing was lost: the utterances hold the old rows' words, in order.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, hark::store::SCHEMA_VERSION);
+    let texts: Vec<String> = conn
+        .prepare("SELECT text FROM utterances ORDER BY start_sample")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        texts.len() < rows.len() / 2,
+        "{} utterances from {} rows",
+        texts.len(),
+        rows.len()
+    );
+    assert_eq!(normalise(&texts.join(" ")), old_text);
 }
