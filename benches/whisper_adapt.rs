@@ -3,7 +3,7 @@
 //! sentences it never saw, next to the custom-vocabulary route that needs no training (the same
 //! word given as a prompt and as hotwords).
 //!
-//! For each word set in `benches/adapt/` (`NAME_train.txt`, `NAME_test.txt`): 20 training clips
+//! For each word set in `benches/adapt/` (`NAME_train.txt`, `NAME_test*.txt`): 20 training clips
 //! are synthesised from the training voices (one voice per sentence, engines in turn), test
 //! clips from the held-out voices (`train::synth::Voice::held_out`: whole speakers never used
 //! for training), the adapter is trained with the defaults, and the base model, the base with a
@@ -36,14 +36,35 @@ fn main() {
     let wanted = std::env::var("HARK_ADAPT_SETS").unwrap_or_else(|_| "bess,zorblax".into());
     let mut rows = Vec::new();
     for set in wanted.split(',').filter(|s| !s.is_empty()) {
+        // `NAME_train.txt`, and every `NAME_test*.txt` (`_test.txt`, `_test2.txt`, ...).
         let read = |kind: &str| -> Vec<String> {
-            let p = root.join(format!("benches/adapt/{set}_{kind}.txt"));
-            std::fs::read_to_string(&p)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
+            let dir = root.join("benches/adapt");
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with(&format!("{set}_{kind}")) && n.ends_with(".txt")
+                    })
+                })
+                .collect();
+            files.sort();
+            assert!(
+                !files.is_empty(),
+                "no {set}_{kind}*.txt in {}",
+                dir.display()
+            );
+            files
+                .iter()
+                .flat_map(|p| {
+                    std::fs::read_to_string(p)
+                        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
                 .collect()
         };
         let (train_text, test_text) = (read("train"), read("test"));
@@ -84,6 +105,7 @@ fn main() {
             holdout: 0.25,
             words: vec![word.clone()],
             augment: 2,
+            no_speech_weight: 0.0,
             out: out.clone(),
             force: true,
             max_regression: 0.5,
@@ -128,8 +150,10 @@ fn main() {
         ];
         for (name, m, opts) in runs {
             let s = whisper::score_set(m, &clips, &words, &opts).expect("scoring");
+            // Clips with no text at all: the no-speech gate dropped the window.
+            let empty = s.hypotheses.iter().filter(|h| h.trim().is_empty()).count();
             rows.push(format!(
-                "| {set} | {name} | {} | {:.1}% | {:.0}% ({}/{}) | {total:.0} s |",
+                "| {set} | {name} | {} | {empty} | {:.1}% | {:.0}% ({}/{}) | {total:.0} s |",
                 s.clips,
                 s.wer(),
                 s.recall().unwrap_or(0.0) * 100.0,
@@ -141,8 +165,8 @@ fn main() {
     println!(
         "\nHeld-out voices and sentences (adaptation time: tiny.en, 20 examples, 2 threads)\n"
     );
-    println!("| word | model | clips | WER | recall of the word | adaptation time |");
-    println!("|---|---|---|---|---|---|");
+    println!("| word | model | clips | empty | WER | recall of the word | adaptation time |");
+    println!("|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }

@@ -159,6 +159,13 @@ struct AdaptArgs {
     /// Augmented copies of each example (speed, level, real noise, lead-in silence).
     #[arg(long, default_value_t = 2)]
     augment: usize,
+    /// Weight of the no-speech term: on every training clip (all speech), the loss also pushes
+    /// down the probability of Whisper's no-speech token at the start of the transcript, so
+    /// voices the model finds odd are not dropped by its no-speech gate; generated and real
+    /// noise clips hold it where the base model had it. Off (0) by default: it stopped the
+    /// gate dropping held-out voices but did not raise recall (docs/adaptation.md).
+    #[arg(long, default_value_t = 0.0)]
+    no_speech_weight: f32,
     /// Mark the adapter ready even if it fails the regression gate.
     #[arg(long)]
     force: bool,
@@ -401,6 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 holdout: a.holdout,
                 words: a.words,
                 augment: a.augment,
+                no_speech_weight: a.no_speech_weight,
                 out: a.out.clone(),
                 force: a.force,
                 max_regression: a.max_regression,

@@ -91,6 +91,12 @@ pub struct AdaptOptions {
     /// learns the word from more than one rendering of each recording, which is what carries
     /// over to voices it never heard.
     pub augment: usize,
+    /// Weight of the no-speech term ([`TrainableWhisper::no_speech_loss_sum`]) next to the
+    /// transcript loss, on every clip (examples and replay are all speech); 0 turns it off.
+    /// Whisper drops a window whose no-speech probability is high and whose text is unlikely,
+    /// and voices the model finds odd (accents, synthetic speech) get both: the adapter learnt
+    /// the name and the gate threw the transcript away.
+    pub no_speech_weight: f32,
     pub out: PathBuf,
     /// Install as ready even if the gate fails.
     pub force: bool,
@@ -504,11 +510,24 @@ fn prepare(
     target: &str,
     freeze: Freeze,
 ) -> Result<Prepared, TrainError> {
+    Ok(Prepared {
+        inputs: encodings(model, net, &clip.audio, freeze)?,
+        samples: samples_for(model, target, clip.audio.len() as f32 / 16_000.0)?,
+    })
+}
+
+/// The two encodings of `audio` the daemon decodes with, as far as training allows.
+fn encodings(
+    model: &WhisperModel,
+    net: &TrainableWhisper,
+    audio: &[f32],
+    freeze: Freeze,
+) -> Result<[EncInput; 2], TrainError> {
     let n_mels = model.network().config.num_mel_bins;
     let mut inputs = Vec::with_capacity(2);
     // 30 s as one-shot Transcribe encodes; 10 s as the live stream's default `min_encode_s`.
     for min_s in [30.0, 10.0] {
-        let (mel, n) = model.encoder_input(&clip.audio, min_s);
+        let (mel, n) = model.encoder_input(audio, min_s);
         let input = if freeze.trains_encoder() {
             EncInput::Mel(Tensor::from_vec(mel, (1, n_mels, n), &Device::Cpu)?)
         } else {
@@ -524,18 +543,26 @@ fn prepare(
     let [a, b]: [EncInput; 2] = inputs
         .try_into()
         .map_err(|_| TrainError::Setting("encodings".into()))?;
-    Ok(Prepared {
-        inputs: [a, b],
-        samples: samples_for(model, target, clip.audio.len() as f32 / 16_000.0)?,
-    })
+    Ok([a, b])
 }
 
-/// Mean token loss of a batch. Samples whose encodings have the same length run as one
-/// batched pass (token sequences padded; padding is masked out of the loss).
+/// Losses of one batch.
+struct BatchLoss {
+    /// Mean token cross-entropy.
+    tokens: Tensor,
+    /// Mean no-speech term per clip (see [`TrainableWhisper::no_speech_loss_sum`]), when the
+    /// tokenizer has a no-speech token.
+    no_speech: Option<Tensor>,
+}
+
+/// Losses of a batch. Samples whose encodings have the same length run as one batched pass
+/// (token sequences padded; padding is masked out of the loss). `no_speech`: the no-speech
+/// token, whose probability at the start-of-transcript position is also scored.
 fn batch_loss(
     net: &TrainableWhisper,
     batch: &[(&Prepared, usize, usize)],
-) -> Result<Tensor, TrainError> {
+    no_speech: Option<u32>,
+) -> Result<BatchLoss, TrainError> {
     let dev = Device::Cpu;
     let mut groups: BTreeMap<usize, Vec<(&Prepared, usize, usize)>> = BTreeMap::new();
     for &item in batch {
@@ -545,7 +572,14 @@ fn batch_loss(
             .push(item);
     }
     let mut total: Option<Tensor> = None;
+    let mut ns_total: Option<Tensor> = None;
     let mut count = 0f32;
+    let add = |acc: Option<Tensor>, t: Tensor| -> Result<Option<Tensor>, TrainError> {
+        Ok(Some(match acc {
+            Some(a) => (a + t)?,
+            None => t,
+        }))
+    };
     for items in groups.values() {
         let t = items
             .iter()
@@ -575,45 +609,197 @@ fn batch_loss(
         let input = Tensor::from_vec(input, (b, t), &dev)?;
         let target = Tensor::from_vec(target, (b, t), &dev)?;
         let mask = Tensor::from_vec(mask, (b, t), &dev)?;
-        let logits = match &items[0].0.inputs[items[0].1] {
-            EncInput::Mel(_) | EncInput::Audio(_) => {
-                let parts: Vec<Tensor> = items
-                    .iter()
-                    .map(|(p, e, _)| match &p.inputs[*e] {
-                        EncInput::Mel(m) => net.encode(m).map_err(TrainError::from),
-                        EncInput::Audio(a) => Ok(a.clone()),
-                        EncInput::Kv(_) => Err(TrainError::Setting("mixed encodings".into())),
-                    })
-                    .collect::<Result<_, _>>()?;
-                let xa = Tensor::cat(&parts, 0)?;
-                net.decode_with(&input, Cross::Audio(&xa))?
-            }
-            EncInput::Kv(first) => {
-                let mut layers = Vec::with_capacity(first.len());
-                for l in 0..first.len() {
-                    let mut ks = Vec::with_capacity(b);
-                    let mut vs = Vec::with_capacity(b);
-                    for (p, e, _) in items {
-                        let EncInput::Kv(kv) = &p.inputs[*e] else {
-                            return Err(TrainError::Setting("mixed encodings".into()));
-                        };
-                        ks.push(kv[l].0.clone());
-                        vs.push(kv[l].1.clone());
-                    }
-                    layers.push((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?));
-                }
-                net.decode_with(&input, Cross::Kv(&layers))?
-            }
-        };
+        let inputs: Vec<&EncInput> = items.iter().map(|(p, e, _)| &p.inputs[*e]).collect();
+        let logits = decode_group(net, &inputs, &input)?;
         let l = TrainableWhisper::loss_sum(&logits, &target, &mask)?;
+        total = add(total, l)?;
+        if let Some(ns) = no_speech {
+            // Every sample starts with <|startoftranscript|>: no prompt precedes it in training.
+            let l = TrainableWhisper::no_speech_loss_sum(&logits, SOT_POSITION, ns)?;
+            ns_total = add(ns_total, l)?;
+        }
+    }
+    let total = total.ok_or_else(|| TrainError::Setting("empty batch".into()))?;
+    Ok(BatchLoss {
+        tokens: (total / count.max(1.0) as f64)?,
+        no_speech: ns_total
+            .map(|t| t / batch.len().max(1) as f64)
+            .transpose()?,
+    })
+}
+
+/// Decoder logits of token sequences `tokens` (B, T) over the encodings `inputs` (B of the same
+/// length and kind), batched.
+fn decode_group(
+    net: &TrainableWhisper,
+    inputs: &[&EncInput],
+    tokens: &Tensor,
+) -> Result<Tensor, TrainError> {
+    let Some(first) = inputs.first() else {
+        return Err(TrainError::Setting("empty batch".into()));
+    };
+    Ok(match first {
+        EncInput::Mel(_) | EncInput::Audio(_) => {
+            let parts: Vec<Tensor> = inputs
+                .iter()
+                .map(|i| match i {
+                    EncInput::Mel(m) => net.encode(m).map_err(TrainError::from),
+                    EncInput::Audio(a) => Ok(a.clone()),
+                    EncInput::Kv(_) => Err(TrainError::Setting("mixed encodings".into())),
+                })
+                .collect::<Result<_, _>>()?;
+            let xa = Tensor::cat(&parts, 0)?;
+            net.decode_with(tokens, Cross::Audio(&xa))?
+        }
+        EncInput::Kv(first) => {
+            let mut layers = Vec::with_capacity(first.len());
+            for l in 0..first.len() {
+                let mut ks = Vec::with_capacity(inputs.len());
+                let mut vs = Vec::with_capacity(inputs.len());
+                for i in inputs {
+                    let EncInput::Kv(kv) = i else {
+                        return Err(TrainError::Setting("mixed encodings".into()));
+                    };
+                    ks.push(kv[l].0.clone());
+                    vs.push(kv[l].1.clone());
+                }
+                layers.push((Tensor::cat(&ks, 0)?, Tensor::cat(&vs, 0)?));
+            }
+            net.decode_with(tokens, Cross::Kv(&layers))?
+        }
+    })
+}
+
+/// A clip without speech (noise, hum, silence) for the no-speech anchor: its two encodings
+/// and the base model's no-speech probability on each.
+struct NonSpeech {
+    inputs: [EncInput; 2],
+    p0: [f32; 2],
+}
+
+/// The no-speech probability at the start of the transcript for each of `inputs`
+/// (all of the same length and kind) under `net`'s current weights.
+fn sot_logits(
+    net: &TrainableWhisper,
+    inputs: &[&EncInput],
+    sot: u32,
+) -> Result<Tensor, TrainError> {
+    let tokens = Tensor::full(sot, (inputs.len(), 1), &Device::Cpu)?;
+    decode_group(net, inputs, &tokens)
+}
+
+/// Mean KL anchor ([`TrainableWhisper::no_speech_kl_sum`]) over `batch` (clip, encoding).
+fn non_speech_loss(
+    net: &TrainableWhisper,
+    batch: &[(&NonSpeech, usize)],
+    sot: u32,
+    no_speech: u32,
+) -> Result<Tensor, TrainError> {
+    let mut groups: BTreeMap<usize, Vec<(&NonSpeech, usize)>> = BTreeMap::new();
+    for &item in batch {
+        groups
+            .entry(item.0.inputs[item.1].len())
+            .or_default()
+            .push(item);
+    }
+    let mut total: Option<Tensor> = None;
+    for items in groups.values() {
+        let inputs: Vec<&EncInput> = items.iter().map(|(c, e)| &c.inputs[*e]).collect();
+        let p0: Vec<f32> = items.iter().map(|(c, e)| c.p0[*e]).collect();
+        let p0 = Tensor::from_vec(p0, items.len(), &Device::Cpu)?;
+        let logits = sot_logits(net, &inputs, sot)?;
+        let l = TrainableWhisper::no_speech_kl_sum(&logits, SOT_POSITION, no_speech, &p0)?;
         total = Some(match total {
-            Some(acc) => (acc + l)?,
+            Some(a) => (a + l)?,
             None => l,
         });
     }
     let total = total.ok_or_else(|| TrainError::Setting("empty batch".into()))?;
-    Ok((total / count.max(1.0) as f64)?)
+    Ok((total / batch.len() as f64)?)
 }
+
+/// `n` clips without speech, 1-10 s each, at random levels: real background noise from
+/// `../shared/data/noise` when it is there (half of them), and generated noise that needs no
+/// data (white, pink-ish and brown noise, mains hum, near-silence), so the anchor exists on
+/// any machine.
+fn non_speech_clips(n: usize, seed: u64) -> Result<Vec<Vec<f32>>, TrainError> {
+    let bank = match shared_dir("noise") {
+        Some(d) => super::data::NoiseBank::load(&[d])?,
+        None => super::data::NoiseBank::default(),
+    };
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0015_e5ee);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let len = rng.random_range(16_000..160_000usize);
+        let level = 10f32.powf(rng.random_range(-50f32..-10.0) / 20.0);
+        let mut x: Vec<f32> = if !bank.is_empty() && i % 2 == 0 {
+            let (_, src) = &bank.clips[rng.random_range(0..bank.clips.len())];
+            let off = rng.random_range(0..src.len().saturating_sub(len).max(1));
+            (0..len).map(|k| src[(off + k) % src.len()]).collect()
+        } else {
+            let white = |rng: &mut StdRng| rng.random_range(-1f32..1.0);
+            match (i / 2) % 5 {
+                0 => (0..len).map(|_| white(&mut rng)).collect(),
+                // One-pole low-pass: a rough pink-ish hiss (fans, air).
+                1 => {
+                    let mut y = 0f32;
+                    (0..len)
+                        .map(|_| {
+                            y = 0.9 * y + 0.1 * white(&mut rng);
+                            y
+                        })
+                        .collect()
+                }
+                // Brown noise (rumble).
+                2 => {
+                    let mut y = 0f32;
+                    (0..len)
+                        .map(|_| {
+                            y = (0.995 * y + 0.05 * white(&mut rng)).clamp(-1.0, 1.0);
+                            y
+                        })
+                        .collect()
+                }
+                // Mains hum with harmonics.
+                3 => {
+                    let f = if rng.random::<bool>() { 50.0 } else { 60.0 };
+                    (0..len)
+                        .map(|k| {
+                            let t = k as f32 / 16_000.0;
+                            (1..=4)
+                                .map(|h| {
+                                    (std::f32::consts::TAU * f * h as f32 * t).sin() / h as f32
+                                })
+                                .sum::<f32>()
+                        })
+                        .collect()
+                }
+                // Near-silence (a quiet room, a muted microphone): levelled below.
+                _ => (0..len).map(|_| white(&mut rng)).collect(),
+            }
+        };
+        let quiet = !(i % 2 == 0 && !bank.is_empty()) && (i / 2) % 5 == 4;
+        let level = if quiet {
+            10f32.powf(-65.0 / 20.0)
+        } else {
+            level
+        };
+        let r = super::data::rms(&x).max(1e-9);
+        for v in &mut x {
+            *v = (*v / r * level).clamp(-1.0, 1.0);
+        }
+        out.push(x);
+    }
+    Ok(out)
+}
+
+/// Position of `<|startoftranscript|>` in a training sequence (see [`samples_for`]).
+const SOT_POSITION: usize = 0;
+
+/// Clips without speech made for the no-speech anchor, and how many each step scores. The
+/// anchor costs one decoder position per clip, so it is cheap next to a transcript.
+const NON_SPEECH_CLIPS: usize = 16;
+const NON_SPEECH_PER_STEP: usize = 4;
 
 /// Per-tensor change statistics after training.
 #[derive(Debug, Clone, Serialize)]
@@ -636,6 +822,8 @@ pub struct AdaptReport {
     pub steps: usize,
     pub batch: usize,
     pub replay_ratio: f32,
+    /// Weight of the no-speech term (0: off, or the tokenizer has no no-speech token).
+    pub no_speech_weight: f32,
     pub trained_values: usize,
     pub train_examples: Vec<String>,
     pub heldout_examples: Vec<String>,
@@ -669,6 +857,11 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
     if !(0.0..1.0).contains(&opts.replay_ratio) {
         return Err(TrainError::Setting(
             "--replay-ratio must be within [0, 1)".into(),
+        ));
+    }
+    if !(opts.no_speech_weight.is_finite() && opts.no_speech_weight >= 0.0) {
+        return Err(TrainError::Setting(
+            "--no-speech-weight must be a number >= 0".into(),
         ));
     }
     if !(0.0..0.9).contains(&opts.holdout) {
@@ -803,6 +996,29 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    // The no-speech term needs the tokenizer's no-speech token (every Whisper has one), and
+    // its anchor: clips without speech, and what the base model says of them.
+    let ns_token = (opts.no_speech_weight > 0.0)
+        .then(|| base_model.tokenizer().no_speech)
+        .flatten();
+    let ns_weight = opts.no_speech_weight as f64;
+    let sot = base_model.transcript_prefix("en")[SOT_POSITION];
+    let mut anchors = Vec::new();
+    if let Some(ns) = ns_token {
+        for audio in non_speech_clips(NON_SPEECH_CLIPS, opts.seed)? {
+            let inputs = encodings(&base_model, &net, &audio, opts.freeze)?;
+            let mut p0 = [0f32; 2];
+            for (e, input) in inputs.iter().enumerate() {
+                let logits = sot_logits(&net, &[input], sot)?;
+                p0[e] = TrainableWhisper::token_prob(&logits, SOT_POSITION, ns)?[0];
+            }
+            anchors.push(NonSpeech { inputs, p0 });
+        }
+        tracing::debug!(
+            p0 = ?anchors.iter().map(|a| a.p0).collect::<Vec<_>>(),
+            "No-speech anchors."
+        );
+    }
     let prepare_s = t0.elapsed().as_secs_f32();
     if examples.is_empty() {
         return Err(TrainError::Setting(
@@ -833,6 +1049,9 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
     let mut losses = Vec::with_capacity(opts.steps);
     let mut ex_order: Vec<usize> = Vec::new();
     let mut rep_order: Vec<usize> = Vec::new();
+    let mut anchor_order: Vec<usize> = Vec::new();
+    // Its own generator, so the term leaves the example and replay batches as they were.
+    let mut anchor_rng = StdRng::seed_from_u64(opts.seed ^ 0xa9c4);
     let draw = |order: &mut Vec<usize>, n: usize, rng: &mut StdRng| -> usize {
         if order.is_empty() {
             *order = (0..n).collect();
@@ -854,16 +1073,45 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
             let i = draw(&mut rep_order, rep_prep.len(), &mut rng);
             rep_batch.push((&rep_prep[i], rng.random_range(0..2), rng.random_range(0..2)));
         }
-        let ex_loss = batch_loss(&net, &ex_batch)?;
-        let (loss, rep_value) = if rep_batch.is_empty() {
-            (ex_loss.clone(), None)
-        } else {
-            let rep_loss = batch_loss(&net, &rep_batch)?;
-            let v = rep_loss.to_scalar::<f32>()?;
-            let w_ex = n_ex as f64 / opts.batch as f64;
-            (((&ex_loss * w_ex)? + (rep_loss * (1.0 - w_ex))?)?, Some(v))
+        // Token loss plus the weighted no-speech term, and the no-speech term alone.
+        let combine = |b: BatchLoss| -> Result<(Tensor, Option<f32>), TrainError> {
+            match (b.no_speech, ns_token) {
+                (Some(ns), Some(_)) => {
+                    let v = ns.to_scalar::<f32>()?;
+                    Ok(((b.tokens + (ns * ns_weight)?)?, Some(v)))
+                }
+                _ => Ok((b.tokens, None)),
+            }
         };
-        let ex_value = ex_loss.to_scalar::<f32>()?;
+        let ex = batch_loss(&net, &ex_batch, ns_token)?;
+        let ex_value = ex.tokens.to_scalar::<f32>()?;
+        let (ex_loss, ex_ns) = combine(ex)?;
+        let (loss, rep_value, rep_ns) = if rep_batch.is_empty() {
+            (ex_loss, None, None)
+        } else {
+            let rep = batch_loss(&net, &rep_batch, ns_token)?;
+            let v = rep.tokens.to_scalar::<f32>()?;
+            let (rep_loss, rep_ns) = combine(rep)?;
+            let w_ex = n_ex as f64 / opts.batch as f64;
+            (
+                ((ex_loss * w_ex)? + (rep_loss * (1.0 - w_ex))?)?,
+                Some(v),
+                rep_ns,
+            )
+        };
+        let (loss, anchor_value) = match ns_token {
+            Some(ns) if !anchors.is_empty() => {
+                let mut batch = Vec::with_capacity(NON_SPEECH_PER_STEP);
+                for _ in 0..NON_SPEECH_PER_STEP {
+                    let i = draw(&mut anchor_order, anchors.len(), &mut anchor_rng);
+                    batch.push((&anchors[i], anchor_rng.random_range(0..2)));
+                }
+                let kl = non_speech_loss(&net, &batch, sot, ns)?;
+                let v = kl.to_scalar::<f32>()?;
+                ((loss + (kl * ns_weight)?)?, Some(v))
+            }
+            _ => (loss, None),
+        };
         if !ex_value.is_finite() {
             return Err(TrainError::Setting(format!(
                 "the loss diverged at step {step} ({ex_value}); lower --lr"
@@ -877,6 +1125,9 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
                 step = step + 1,
                 loss = ex_value,
                 replay_loss = rep_value,
+                no_speech_loss = ex_ns,
+                replay_no_speech_loss = rep_ns,
+                non_speech_kl = anchor_value,
                 s_per_step = t_train.elapsed().as_secs_f32() / (step + 1) as f32,
                 "Training."
             );
@@ -1004,6 +1255,11 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
         } else {
             n_rep as f32 / opts.batch as f32
         },
+        no_speech_weight: if ns_token.is_some() {
+            opts.no_speech_weight
+        } else {
+            0.0
+        },
         trained_values: net.trained_values(),
         train_examples: examples
             .iter()
@@ -1111,13 +1367,15 @@ fn write_outputs(
     );
     let _ = writeln!(
         md,
-        "- frozen: {}; trained values: {}; lr {}; {} steps of {} clips ({:.0}% replay)",
+        "- frozen: {}; trained values: {}; lr {}; {} steps of {} clips ({:.0}% replay); \
+         no-speech weight {}",
         r.freeze,
         r.trained_values,
         r.lr,
         r.steps,
         r.batch,
-        r.replay_ratio * 100.0
+        r.replay_ratio * 100.0,
+        r.no_speech_weight
     );
     let _ = writeln!(
         md,
@@ -1425,6 +1683,20 @@ pub fn make_examples(opts: &ExamplesOptions) -> Result<usize, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_speech_clips_are_bounded_and_seeded() {
+        let a = non_speech_clips(10, 3).unwrap();
+        assert_eq!(a, non_speech_clips(10, 3).unwrap());
+        assert_eq!(a.len(), 10);
+        for x in &a {
+            assert!((16_000..160_000).contains(&x.len()));
+            assert!(x.iter().all(|v| v.is_finite() && v.abs() <= 1.0));
+            let r = super::super::data::rms(x);
+            // -65 (near-silence) to -10 dBFS, give or take the clamp.
+            assert!(r > 4e-4 && r < 0.4, "rms {r}");
+        }
+    }
 
     #[test]
     fn recall_counts_occurrences() {

@@ -447,6 +447,68 @@ impl TrainableWhisper {
             .reshape((b, t))?;
         (picked * mask)?.sum_all()?.neg()
     }
+
+    /// Summed `-ln(1 - p)` over the batch, where `p` is the probability of `token` (the
+    /// `<|nocaptions|>` / `<|nospeech|>` token) at position `position` of `logits` (B, T, V):
+    /// the binary cross-entropy of "this is speech" at the start-of-transcript position, the
+    /// probability Whisper's no-speech gate reads. Teacher forcing never trains that position
+    /// (its target, the first timestamp or `<|notimestamps|>`, is given), so without this term
+    /// nothing tells the adapter that a voice it finds odd is still speech. Near zero when `p`
+    /// is already small (`-ln(1 - p) ~ p`), so it only pulls on clips the gate might drop.
+    pub fn no_speech_loss_sum(logits: &Tensor, position: usize, token: u32) -> Result<Tensor> {
+        let (b, t, v) = logits.dims3()?;
+        if position >= t || token as usize >= v {
+            candle_core::bail!("no-speech position {position} / token {token} outside {t}x{v}");
+        }
+        let row = logits.narrow(1, position, 1)?.reshape((b, v))?;
+        let logp = candle_nn::ops::log_softmax(&row, D::Minus1)?;
+        let idx = Tensor::full(token, (b, 1), logits.device())?;
+        let p = logp.gather(&idx, 1)?.exp()?;
+        // 1 - p floored so a certain "no speech" (p -> 1) gives a large but finite loss.
+        let keep = p.neg()?.affine(1.0, 1.0)?.clamp(1e-6f32, 1f32)?;
+        keep.log()?.sum_all()?.neg()
+    }
+
+    /// Summed KL divergence, over the batch, from `Bernoulli(p0)` to `Bernoulli(p)`, where `p`
+    /// is the probability of `token` at `position` of `logits` (B, T, V) and `p0` (B) the
+    /// base model's: zero while the network says "no speech" on a clip exactly as the base
+    /// did. The anchor of [`no_speech_loss_sum`](Self::no_speech_loss_sum) on non-speech
+    /// clips, as replay is the anchor of the transcript loss: pushed on speech alone, the
+    /// probability falls everywhere and the gate lets hallucinations on noise through.
+    pub fn no_speech_kl_sum(
+        logits: &Tensor,
+        position: usize,
+        token: u32,
+        p0: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, t, v) = logits.dims3()?;
+        if position >= t || token as usize >= v {
+            candle_core::bail!("no-speech position {position} / token {token} outside {t}x{v}");
+        }
+        let row = logits.narrow(1, position, 1)?.reshape((b, v))?;
+        let logp = candle_nn::ops::log_softmax(&row, D::Minus1)?;
+        let idx = Tensor::full(token, (b, 1), logits.device())?;
+        let ln_p = logp.gather(&idx, 1)?.reshape(b)?;
+        let ln_q = ln_p
+            .exp()?
+            .neg()?
+            .affine(1.0, 1.0)?
+            .clamp(1e-6f32, 1f32)?
+            .log()?;
+        let p0 = p0.to_dtype(DType::F32)?.clamp(1e-6f32, 1.0 - 1e-6)?;
+        let q0 = p0.neg()?.affine(1.0, 1.0)?;
+        let kl = ((&p0 * (p0.log()? - ln_p)?)? + (&q0 * (q0.log()? - ln_q)?)?)?;
+        kl.sum_all()
+    }
+
+    /// Probability of `token` at `position` for each sequence of `logits` (B, T, V).
+    pub fn token_prob(logits: &Tensor, position: usize, token: u32) -> Result<Vec<f32>> {
+        let (b, _, v) = logits.dims3()?;
+        let row = logits.narrow(1, position, 1)?.reshape((b, v))?;
+        let p = candle_nn::ops::softmax(&row, D::Minus1)?;
+        let idx = Tensor::full(token, (b, 1), logits.device())?;
+        p.gather(&idx, 1)?.flatten_all()?.to_vec1()
+    }
 }
 
 #[cfg(test)]
@@ -611,6 +673,102 @@ mod tests {
                 "{freeze:?} {method:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_no_speech_term_is_minus_log_one_minus_p() {
+        // Two sequences, three positions, four tokens; token 2 at position 1.
+        let logits = Tensor::new(
+            &[
+                [[0f32, 0., 0., 0.], [0., 0., 0., 0.], [1., 2., 3., 4.]],
+                [[5f32, 0., 0., 0.], [0., 0., 4., 0.], [0., 0., 0., 0.]],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let p = TrainableWhisper::token_prob(&logits, 1, 2).unwrap();
+        let e4 = 4f32.exp();
+        assert!((p[0] - 0.25).abs() < 1e-6);
+        assert!((p[1] - e4 / (e4 + 3.0)).abs() < 1e-6);
+        let want = -(1.0 - p[0]).ln() - (1.0 - p[1]).ln();
+        let got = TrainableWhisper::no_speech_loss_sum(&logits, 1, 2)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        assert!(TrainableWhisper::no_speech_loss_sum(&logits, 3, 2).is_err());
+        assert!(TrainableWhisper::no_speech_loss_sum(&logits, 0, 4).is_err());
+        // The anchor is zero where the network agrees with the base, positive elsewhere.
+        let same = Tensor::new(&[p[0], p[1]], &Device::Cpu).unwrap();
+        let kl = |p0: &Tensor| {
+            TrainableWhisper::no_speech_kl_sum(&logits, 1, 2, p0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(kl(&same).abs() < 1e-5, "{}", kl(&same));
+        assert!(kl(&Tensor::new(&[0.9f32, 0.9], &Device::Cpu).unwrap()) > 0.1);
+    }
+
+    /// The regression test for the adapter that learnt a name but left voices it found odd to
+    /// the no-speech gate: training on the term lowers the no-speech token's probability at
+    /// the start-of-transcript position, through the decoder's LoRA alone (the encoder and the
+    /// audio it reads stay as they were), and next to the transcript loss it still learns.
+    #[test]
+    fn the_no_speech_term_lowers_the_no_speech_probability() {
+        let (cfg, base) = tiny_random();
+        let dev = Device::Cpu;
+        let tw = TrainableWhisper::new(cfg, base, &spec(Freeze::Encoder, Method::Lora)).unwrap();
+        let mel = Tensor::from_vec(uniform(2 * 8 * 32, 1.0, 9), (2, 8, 32), &dev).unwrap();
+        let xa = tw.encode(&mel).unwrap();
+        let tokens = Tensor::new(&[[1u32, 5, 6, 7], [1, 8, 9, 2]], &dev).unwrap();
+        let targets = Tensor::new(&[[5u32, 6, 7, 2], [8, 9, 2, 2]], &dev).unwrap();
+        // The first prediction (after the start token) is given, as in `hark-train`.
+        let mask = Tensor::new(&[[0f32, 1., 1., 1.], [0., 1., 1., 0.]], &dev).unwrap();
+        // The token the random model finds most likely after the start token, so there is
+        // something to lower.
+        let logits = tw.decode(&tokens, &xa).unwrap();
+        let first: Vec<f32> = logits
+            .narrow(1, 0, 1)
+            .unwrap()
+            .narrow(0, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let ns = (0..first.len())
+            .filter(|&i| ![5, 8].contains(&i))
+            .max_by(|&a, &b| first[a].total_cmp(&first[b]))
+            .unwrap() as u32;
+        let before = TrainableWhisper::token_prob(&logits, 0, ns).unwrap();
+        let mut opt = candle_nn::AdamW::new(
+            tw.vars(),
+            candle_nn::ParamsAdamW {
+                lr: 0.02,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (mut ce_first, mut ce_last) = (0.0, 0.0);
+        for s in 0..25 {
+            let logits = tw.decode(&tokens, &xa).unwrap();
+            let ce = TrainableWhisper::loss(&logits, &targets, &mask).unwrap();
+            let nsl =
+                (TrainableWhisper::no_speech_loss_sum(&logits, 0, ns).unwrap() / 2.0).unwrap();
+            let v = ce.to_scalar::<f32>().unwrap();
+            if s == 0 {
+                ce_first = v;
+            }
+            ce_last = v;
+            opt.backward_step(&(ce + nsl).unwrap()).unwrap();
+        }
+        let after = TrainableWhisper::token_prob(&tw.decode(&tokens, &xa).unwrap(), 0, ns).unwrap();
+        for (b, a) in before.iter().zip(&after) {
+            assert!(*a < b * 0.5, "no-speech probability {b} -> {a}");
+        }
+        assert!(ce_last < ce_first * 0.8, "loss {ce_first} -> {ce_last}");
     }
 
     #[test]
