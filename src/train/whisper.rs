@@ -778,7 +778,9 @@ fn non_speech_clips(n: usize, seed: u64) -> Result<Vec<Vec<f32>>, TrainError> {
                 _ => (0..len).map(|_| white(&mut rng)).collect(),
             }
         };
-        let quiet = !(i % 2 == 0 && !bank.is_empty()) && (i / 2) % 5 == 4;
+        // Every fifth generated clip (never a real recording) is near-silence.
+        let generated = i % 2 != 0 || bank.is_empty();
+        let quiet = generated && (i / 2) % 5 == 4;
         let level = if quiet {
             10f32.powf(-65.0 / 20.0)
         } else {
