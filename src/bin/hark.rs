@@ -133,7 +133,9 @@ enum Command {
     Search {
         /// What to find. An argument with spaces is a phrase (its words in that order), as is
         /// `"..."` inside one; other words must all match; `-word` or `-"phrase"` excludes;
-        /// `word*` is a prefix.
+        /// `word*` is a prefix. Options go first when excluding: `hark search --since 2h --
+        /// printing -books`.
+        #[arg(required = true)]
         query: Vec<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -628,8 +630,9 @@ fn search_query(args: &[String]) -> String {
         .join(" ")
 }
 
-/// One search hit for people: when and where it was said, then the utterance with its matches
-/// in bold (or in `[ ]` when not printing to a terminal), with context lines dimmed.
+/// One search hit for people: when and where it was said (local time, stream, utterance id,
+/// seconds into the stream), then the utterance with its matches in bold (in `[ ]` when not
+/// printing to a terminal) between its context lines.
 fn render_hit(h: &pb::SearchHit, colour: bool) -> String {
     use std::fmt::Write as _;
     let when = jiff::Timestamp::from_microsecond(h.wall_time_unix_us)
@@ -655,12 +658,13 @@ fn render_hit(h: &pb::SearchHit, colour: bool) -> String {
         "{when}  {} #{}  {:.1}-{:.1} s\n",
         h.stream, h.utterance_id, h.start_s, h.end_s
     );
+    // Context is indented deeper than the hit, so it reads apart without colour too.
     for b in &h.before {
-        let _ = writeln!(out, "  {dim}{b}{reset}");
+        let _ = writeln!(out, "      {dim}{b}{reset}");
     }
-    let _ = writeln!(out, "  {text}");
+    let _ = writeln!(out, "  > {text}");
     for a in &h.after {
-        let _ = writeln!(out, "  {dim}{a}{reset}");
+        let _ = writeln!(out, "      {dim}{a}{reset}");
     }
     out
 }
