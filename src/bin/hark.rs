@@ -1103,7 +1103,6 @@ async fn batch(
             failed.push(format!("{}: {}", path.display(), r.error));
             return;
         };
-        audio_s += resp.duration_s;
         let stem = path.file_stem().unwrap_or_default().to_string_lossy();
         let target = out.join(format!("{stem}.{ext}"));
         if let Err(e) = std::fs::write(&target, render_transcript(resp, format)) {
@@ -1125,6 +1124,7 @@ async fn batch(
         }
         BatchEvent::Done { path, result } => {
             transcribed += usize::from(result.response.is_some());
+            audio_s += result.response.as_ref().map_or(0.0, |r| r.duration_s);
             bar.set_message(format!(
                 "{} by {}",
                 path.file_name().unwrap_or_default().to_string_lossy(),
@@ -1138,7 +1138,7 @@ async fn batch(
     let wall = started.elapsed().as_secs_f64();
     println!(
         "{} recordings: {} transcribed now, {} already done (skipped), {} failed; {:.1} s of \
-         audio in {:.1} s ({:.1}x real time); output in {}",
+         audio transcribed in {:.1} s ({:.1}x real time); output in {}",
         files.len(),
         transcribed,
         skipped,
