@@ -48,6 +48,8 @@ pub struct Config {
     pub actions: crate::actions::ActionsConfig,
     pub tts: crate::tts::TtsConfig,
     pub models: ModelsConfig,
+    /// Event export (`[export.nats]`: NATS JetStream).
+    pub export: crate::export::ExportConfig,
     /// The file this configuration was read from (not a setting): SIGHUP re-reads it for the
     /// Whisper model to swap to.
     #[serde(skip)]
@@ -443,6 +445,7 @@ impl Config {
         self.notes.validate().map_err(ConfigError::Invalid)?;
         self.actions.validate().map_err(ConfigError::Invalid)?;
         self.tts.validate().map_err(ConfigError::Invalid)?;
+        self.export.nats.validate().map_err(ConfigError::Invalid)?;
         let s = &self.server;
         if s.max_message_bytes < 1024 || s.max_message_bytes > 256 * 1024 * 1024 {
             return invalid("server.max_message_bytes must be within 1 KiB..=256 MiB".into());
@@ -610,6 +613,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("overflow.level.max_lag_ms"), "{err}");
+    }
+
+    #[test]
+    fn export_nats_is_checked_only_when_enabled() {
+        let parse = |t: &str| Config::parse(t, Path::new("x.toml")).unwrap().validate();
+        parse("[export.nats]\nnode = \"a.b\"\n").unwrap();
+        let err = parse("[export.nats]\nenabled = true\nnode = \"a.b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("export.nats.node"), "{err}");
+        let err = parse("[export.nats]\nenabled = true\nurl = \"nats://h:x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("export.nats.url"), "{err}");
+        parse("[export.nats]\nenabled = true\nnode = \"kitchen-1\"\nformat = \"json\"\n").unwrap();
     }
 
     #[test]

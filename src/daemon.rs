@@ -54,6 +54,32 @@ pub enum DaemonError {
     Spawn(#[from] std::io::Error),
     #[error("the audio pipeline failed: {0}")]
     PipelineFailed(String),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
+}
+
+/// The one-shot transcription path as `[transcribe]` configures it, for `harkd worker` (the
+/// daemon builds the same from its shared model). The model must be installed.
+pub fn one_shot_transcriber(cfg: &Config) -> Result<api::service::Transcriber, DaemonError> {
+    let mut cfg = cfg.clone();
+    // A worker has no other use than transcription: a missing model is an error, not "off".
+    cfg.transcribe.enabled = Enable::On;
+    let dir = transcribe_model_dir(&cfg)?.ok_or_else(|| {
+        DaemonError::Stage(format!(
+            "transcribe: no model (install one with `harkd models fetch {}`)",
+            cfg.transcribe.model
+        ))
+    })?;
+    let gate = cfg.transcribe.vad_gate.then(|| cfg.vad.clone());
+    Ok(api::service::Transcriber {
+        asr: Some(Arc::new(OneShot::new(
+            SharedModel::new(dir),
+            gate,
+            cfg.transcribe.models_root(),
+        ))),
+        defaults: cfg.transcribe.clone(),
+        max_upload_s: cfg.server.max_upload_s,
+    })
 }
 
 /// Builds the enabled stages for one pipeline from the stage registry (a fresh set per
@@ -309,6 +335,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
     if cfg.log.events {
         spawn_event_printer(&bus, shutdown.clone());
     }
+    // Likewise the exporter: it is an ordinary subscriber in its own task, so a slow or absent
+    // NATS server never delays publishing.
+    let export = if cfg.export.nats.enabled {
+        Some(crate::export::spawn(&cfg.export.nats, &bus, api::convert::export_body).await?)
+    } else {
+        None
+    };
+    let export_stats = export.as_ref().map(|e| e.stats.clone());
 
     crate::actions::install(&cfg.actions, &bus)
         .map_err(|e| DaemonError::Config(ConfigError::Invalid(e)))?;
@@ -395,6 +429,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             max_queued_jobs: cfg.server.max_queued_jobs,
         },
         shutdown: shutdown.clone(),
+        export: export_stats.clone(),
     });
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
@@ -432,6 +467,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             bus: bus.clone(),
             started,
             main: main_stats.clone(),
+            export: export_stats.clone(),
         };
         metrics::spawn(addr, m, server_stop.clone()).await?;
     }
@@ -489,6 +525,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
     }
     // Give subscribers a moment to receive the last events, then close the API.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some(e) = export {
+        // The last events go to NATS, or into the spool for the next start.
+        e.shutdown(Duration::from_secs(3)).await;
+    }
     server_stop.cancel();
     let mut result = Ok(());
     for t in servers.drain(..) {

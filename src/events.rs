@@ -509,6 +509,21 @@ impl Subscription {
             Err(broadcast::error::RecvError::Closed) => Recv::Closed,
         }
     }
+
+    /// The next event if one is waiting, without waiting (None: nothing waiting).
+    pub fn try_recv(&mut self) -> Option<Recv> {
+        match self.rx.try_recv() {
+            Ok(e) => Some(Recv::Event(e)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Recv::Gap(n)),
+            Err(broadcast::error::TryRecvError::Closed) => Some(Recv::Closed),
+            Err(broadcast::error::TryRecvError::Empty) => None,
+        }
+    }
+
+    /// Events published and not yet received by this subscriber.
+    pub fn backlog(&self) -> usize {
+        self.rx.len()
+    }
 }
 
 #[cfg(test)]

@@ -14,18 +14,23 @@
 //!  event bus ──► sinks (transcript store) run first, in the publishing thread, off the bus lock
 //!     │
 //!     ▼
-//!  gRPC Subscribe / StreamAudio streams (slow client => Gap{missed})
+//!  gRPC Subscribe / StreamAudio streams (slow client => Gap{missed}), NATS export (own task,
+//!  on-disk spool while the server is away)
 //! ```
 //!
 //! Module dependencies (the `use crate::` lines outside tests), higher layers first:
 //!
 //! ```text
-//!  daemon    -> api, actions, stages, store, metrics, pipeline, audio, config, events
+//!  daemon    -> api, actions, export, stages, store, metrics, pipeline, audio, config, events
+//!  fleet     -> api (the wire messages and the one-shot Transcriber), events   (harkd worker,
+//!               hark batch: batch transcription on a NATS JetStream work queue)
+//!  export    -> events, store (the state directory for its spool): events to NATS JetStream;
+//!               the daemon hands it the API's encoder, so it sees no protobuf types
 //!  actions   -> events (a bus consumer: wake + transcripts in, actions out)
 //!  api       -> stages (one-shot Transcribe via stages::asr), store (Search), tts
-//!               (Synthesize), pipeline, audio, nn, events
-//!  config    -> stages, store, actions, tts, pipeline, audio (their config sections), api
-//!               (listen addresses)
+//!               (Synthesize), export (its status counters), pipeline, audio, nn, events
+//!  config    -> stages, store, actions, tts, export, pipeline, audio (their config sections),
+//!               api (listen addresses)
 //!  stages    -> pipeline, nn, models, dsp, events, config
 //!  metrics   -> pipeline, events          telemetry -> config
 //!  pipeline  -> audio, events, ring       audio     -> events, ring
@@ -39,7 +44,9 @@
 //! The one cycle is `config <-> stages`: the config aggregates each stage's section (defined
 //! next to the stage) and takes overflow defaults from the stage registry, and the registry's
 //! build functions read the whole config. `api` is the only module that sees tonic/protobuf
-//! types; `events` knows no other module.
+//! types, with one deliberate exception: `fleet` puts API messages on NATS (a batch result is
+//! the `TranscribeResponse` the RPC returns), so it builds on `api` rather than converting
+//! twice. `events` knows no other module.
 
 pub mod actions;
 pub mod api;
@@ -48,6 +55,8 @@ pub mod config;
 pub mod daemon;
 pub mod dsp;
 pub mod events;
+pub mod export;
+pub mod fleet;
 pub mod metrics;
 pub mod models;
 pub mod nn;

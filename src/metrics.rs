@@ -25,6 +25,8 @@ pub struct MetricsSource {
     pub bus: EventBus,
     pub started: Instant,
     pub main: Option<Arc<PipelineStats>>,
+    /// Event export to NATS (None when off).
+    pub export: Option<Arc<crate::export::ExportStats>>,
 }
 
 impl MetricsSource {
@@ -43,6 +45,25 @@ impl MetricsSource {
         }
         let _ = writeln!(s, "# TYPE hark_subscribers gauge");
         let _ = writeln!(s, "hark_subscribers {}", self.bus.subscriber_count());
+        if let Some(x) = &self.export {
+            let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+            for (name, kind, v) in [
+                (
+                    "hark_export_connected",
+                    "gauge",
+                    f64::from(u8::from(x.connected.load(Ordering::Relaxed))),
+                ),
+                ("hark_export_published_total", "counter", c(&x.published)),
+                ("hark_export_dropped_total", "counter", c(&x.dropped)),
+                ("hark_export_spooled_events", "gauge", c(&x.spooled_events)),
+                ("hark_export_spooled_bytes", "gauge", c(&x.spooled_bytes)),
+                ("hark_export_lag_events", "gauge", c(&x.lag_events)),
+                ("hark_export_lag_seconds", "gauge", x.lag_s()),
+            ] {
+                let _ = writeln!(s, "# TYPE {name} {kind}");
+                let _ = writeln!(s, "{name} {v}");
+            }
+        }
         if let Some(p) = &self.main {
             let _ = writeln!(s, "# TYPE hark_samples_total counter");
             let _ = writeln!(s, "hark_samples_total {}", p.clock.load(Ordering::Relaxed));

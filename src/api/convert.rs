@@ -287,6 +287,34 @@ pub fn pb_event_json(e: &pb::Event) -> String {
     })
 }
 
+/// An event as `[export.nats]` publishes it: the `hark.v1.Event` message Subscribe sends, or
+/// its JSON line.
+pub fn export_body(e: &Event, format: crate::export::ExportFormat) -> Vec<u8> {
+    use prost::Message as _;
+    let pb = event_to_pb(e);
+    match format {
+        crate::export::ExportFormat::Protobuf => pb.encode_to_vec(),
+        crate::export::ExportFormat::Json => pb_event_json(&pb).into_bytes(),
+    }
+}
+
+/// The exporter's counters as the status message carries them.
+pub fn export_status(s: &crate::export::ExportStats) -> pb::ExportStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    pb::ExportStatus {
+        url: s.url.clone(),
+        node: s.node.clone(),
+        connected: s.connected.load(Relaxed),
+        published: s.published.load(Relaxed),
+        spooled_events: s.spooled_events.load(Relaxed),
+        spooled_bytes: s.spooled_bytes.load(Relaxed),
+        dropped: s.dropped.load(Relaxed),
+        lag_events: s.lag_events.load(Relaxed),
+        lag_s: s.lag_s(),
+        last_error: s.last_error(),
+    }
+}
+
 /// Stable name of a protobuf event's kind (as in JSON lines and status counters).
 pub fn pb_kind_name(e: &pb::Event) -> String {
     #[derive(serde::Deserialize)]

@@ -78,6 +78,8 @@ pub struct ApiContext {
     pub limits: ApiLimits,
     /// Cancelled when the daemon shuts down: one-shot jobs in flight stop at their next window.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Event export to NATS (None when `[export.nats]` is off).
+    pub export: Option<Arc<crate::export::ExportStats>>,
 }
 
 /// Per-request limits from `[server]` (see [`crate::config::ServerConfig`]).
@@ -267,6 +269,7 @@ impl Hark for HarkService {
                 .asr
                 .as_ref()
                 .map(|a| whisper_status(a.shared().active())),
+            export: ctx.export.as_deref().map(super::convert::export_status),
             ..Default::default()
         };
         if let Some(p) = &ctx.main {
@@ -943,7 +946,7 @@ fn segment_to_pb(s: crate::nn::whisper::Segment) -> pb::TranscriptSegment {
 const MAX_PROMPT_BYTES: usize = 4096;
 
 /// A validated one-shot transcription, ready to run on a blocking thread.
-struct TranscribeJob {
+pub struct TranscribeJob {
     asr: Arc<crate::stages::asr::OneShot>,
     /// Requested model name (empty: the active one).
     model: String,
@@ -1088,16 +1091,50 @@ impl StopFlag {
     }
 }
 
-impl HarkService {
+impl std::fmt::Debug for TranscribeJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TranscribeJob")
+            .field("model", &self.model)
+            .field("audio_bytes", &self.audio.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The one-shot transcription path: request validation, decoding options, the upload reader
+/// and the Whisper call. The Transcribe RPCs and `harkd worker`'s batch jobs both go through
+/// it, so a batch result is exactly what Transcribe returns for the same audio and options.
+#[derive(Debug, Clone)]
+pub struct Transcriber {
+    /// Whisper (None when no model is installed: every request then fails with the fix).
+    pub asr: Option<Arc<crate::stages::asr::OneShot>>,
+    /// Decoding defaults from `[transcribe]`.
+    pub defaults: crate::stages::asr::TranscribeConfig,
+    /// `server.max_upload_s`.
+    pub max_upload_s: f64,
+}
+
+impl Transcriber {
+    /// Validates and runs a request on the calling (blocking) thread until it ends or `stop`
+    /// is set; the error is the status Transcribe would answer with.
+    pub fn run(
+        &self,
+        req: pb::TranscribeRequest,
+        stop: &StopFlag,
+    ) -> Result<pb::TranscribeResponse, Status> {
+        self.job(req)?
+            .run(stop, &mut |_| ControlFlow::Continue(()))
+            .map_err(|e| stop.status(e))
+    }
+
     /// Validates a Transcribe request into a job (nothing is decoded yet).
-    fn transcribe_job(&self, req: pb::TranscribeRequest) -> Result<TranscribeJob, Status> {
-        let asr = self.ctx.asr.clone().ok_or_else(|| {
+    pub fn job(&self, req: pb::TranscribeRequest) -> Result<TranscribeJob, Status> {
+        let asr = self.asr.clone().ok_or_else(|| {
             Status::failed_precondition(format!(
                 "no speech model installed: run `harkd models fetch {}`",
-                self.ctx.asr_defaults.model
+                self.defaults.model
             ))
         })?;
-        let mut opts = self.ctx.asr_defaults.decode_options();
+        let mut opts = self.defaults.decode_options();
         // 0: the configured beam (greedy by default: on held-out speech it was as accurate as
         // beam 5 and 1.5x faster; see benches/whisper.rs).
         opts.beam_size = match req.beam_size {
@@ -1150,8 +1187,20 @@ impl HarkService {
             opts,
             audio: req.audio,
             raw: req.raw,
-            max_upload_s: self.ctx.limits.max_upload_s,
+            max_upload_s: self.max_upload_s,
         })
+    }
+}
+
+impl HarkService {
+    /// Validates a Transcribe request into a job (nothing is decoded yet).
+    fn transcribe_job(&self, req: pb::TranscribeRequest) -> Result<TranscribeJob, Status> {
+        Transcriber {
+            asr: self.ctx.asr.clone(),
+            defaults: self.ctx.asr_defaults.clone(),
+            max_upload_s: self.ctx.limits.max_upload_s,
+        }
+        .job(req)
     }
 }
 

@@ -162,6 +162,40 @@ enum Command {
         #[command(subcommand)]
         what: ActionsCommand,
     },
+    /// Transcribe every recording in DIR on `harkd worker`s through a NATS JetStream work
+    /// queue (uploads, submits, waits with a progress bar, writes one file per recording).
+    /// Rerunning skips recordings whose result is already stored. Needs no daemon.
+    Batch {
+        dir: PathBuf,
+        /// NATS server URL(s), comma-separated.
+        #[arg(long, env = "HARK_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        #[arg(long, default_value = "json", value_parser = ["json", "srt", "vtt", "text"])]
+        format: String,
+        /// Where the output files go (default: DIR); named after the recording, with the
+        /// format's extension.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Language code, or "auto" to detect (default: the workers' model's language).
+        #[arg(long)]
+        language: Option<String>,
+        /// Custom vocabulary / context text.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Beam size (default: the workers' transcribe.beam_size).
+        #[arg(long)]
+        beam_size: Option<u32>,
+        /// An installed model or adapter on the workers.
+        #[arg(long)]
+        model: Option<String>,
+        /// Send paths instead of uploading: the workers see DIR at the same path (shared
+        /// storage) and were started with `--allow-path`.
+        #[arg(long)]
+        shared_paths: bool,
+        /// Give up after this many seconds (default: wait for every result).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Print text as it would be read aloud (the text-to-speech normaliser: numbers, dates,
     /// currency, units, abbreviations, mathematics), offline.
     Normalize {
@@ -302,6 +336,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } = &cli.command
     {
         return actions_test(text, config, *woken, json.to_owned());
+    }
+    if let Command::Batch {
+        dir,
+        nats,
+        format,
+        out,
+        language,
+        prompt,
+        beam_size,
+        model,
+        shared_paths,
+        timeout,
+    } = &cli.command
+    {
+        let options = pb::TranscribeRequest {
+            language: language.clone().unwrap_or_default(),
+            prompt: prompt.clone().unwrap_or_default(),
+            beam_size: beam_size.unwrap_or(0),
+            model: model.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        return batch(
+            dir,
+            nats,
+            format,
+            out.as_deref().unwrap_or(dir),
+            hark::fleet::batch::BatchOptions {
+                options,
+                shared_paths: *shared_paths,
+                timeout: timeout.map(Duration::from_secs),
+            },
+        )
+        .await;
     }
     if let Command::Normalize { text } = &cli.command {
         let text = if text == "-" {
@@ -518,7 +585,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Actions { .. } | Command::Normalize { .. } => {
+        Command::Actions { .. } | Command::Normalize { .. } | Command::Batch { .. } => {
             unreachable!("handled before connecting")
         }
         Command::Notes {
@@ -857,6 +924,12 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
                     "name": w.name, "description": w.description, "loaded": w.loaded,
                     "reloads": w.reloads, "last_reload_error": w.last_reload_error,
                 })),
+                "export": s.export.as_ref().map(|x| serde_json::json!({
+                    "url": x.url, "node": x.node, "connected": x.connected,
+                    "published": x.published, "spooled_events": x.spooled_events,
+                    "spooled_bytes": x.spooled_bytes, "dropped": x.dropped,
+                    "lag_events": x.lag_events, "lag_s": x.lag_s, "last_error": x.last_error,
+                })),
             })
         );
         return Ok(());
@@ -904,6 +977,30 @@ async fn status(client: &mut Client, json: bool) -> anyhow::Result<()> {
         "clients   {} subscribers, {} StreamAudio sessions, {} one-shot jobs running, {} queued",
         s.subscribers, s.sessions, s.jobs_running, s.jobs_queued
     );
+    if let Some(x) = &s.export {
+        println!(
+            "export    NATS {} as {}: {}, {} published, {} spooled ({:.1} kB), {} dropped, lag {} \
+             events / {:.1} s{}",
+            x.url,
+            x.node,
+            if x.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            x.published,
+            x.spooled_events,
+            x.spooled_bytes as f64 / 1e3,
+            x.dropped,
+            x.lag_events,
+            x.lag_s,
+            if x.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" (last error: {})", x.last_error)
+            }
+        );
+    }
     for st in &s.stages {
         println!(
             "stage     {:<10} queue {:>6}/{:<6} dropped {:>8} windows {:>9} {:>8.3} ms/window \
@@ -1046,6 +1143,100 @@ fn render_transcript(r: &pb::TranscribeResponse, format: &str) -> String {
         }
     }
     s
+}
+
+/// `hark batch`: see the command's help.
+async fn batch(
+    dir: &std::path::Path,
+    url: &str,
+    format: &str,
+    out: &std::path::Path,
+    opts: hark::fleet::batch::BatchOptions,
+) -> anyhow::Result<()> {
+    use hark::fleet::{self, batch::BatchEvent};
+    let files = fleet::batch::list_recordings(dir)?;
+    if files.is_empty() {
+        anyhow::bail!(
+            "no recordings in {} ({})",
+            dir.display(),
+            fleet::batch::AUDIO_EXTENSIONS.join(", ")
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let client = fleet::connect(url, "hark batch", Duration::from_secs(10)).await?;
+    let queue = fleet::queue::Queue::open(client).await?;
+    let bar = indicatif::ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} done  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let ext = if format == "text" { "txt" } else { format };
+    let (mut submitted, mut skipped, mut transcribed) = (0usize, 0usize, 0usize);
+    let (mut failed, mut audio_s) = (Vec::new(), 0.0);
+    let mut write_error = None;
+    let mut finish = |path: &std::path::Path, r: &pb::BatchResult| {
+        bar.inc(1);
+        let Some(resp) = &r.response else {
+            failed.push(format!("{}: {}", path.display(), r.error));
+            return;
+        };
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let target = out.join(format!("{stem}.{ext}"));
+        if let Err(e) = std::fs::write(&target, render_transcript(resp, format)) {
+            write_error = Some(anyhow::anyhow!("writing {}: {e}", target.display()));
+        }
+    };
+    let started = Instant::now();
+    fleet::batch::run(&queue, &files, &opts, |e| match e {
+        BatchEvent::Submitted { path, .. } => {
+            submitted += 1;
+            bar.set_message(format!(
+                "submitted {submitted}: {}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ));
+        }
+        BatchEvent::AlreadyDone { path, result } => {
+            skipped += 1;
+            finish(path, result);
+        }
+        BatchEvent::Done { path, result } => {
+            transcribed += usize::from(result.response.is_some());
+            audio_s += result.response.as_ref().map_or(0.0, |r| r.duration_s);
+            bar.set_message(format!(
+                "{} by {}",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                result.worker
+            ));
+            finish(path, result);
+        }
+    })
+    .await?;
+    bar.finish_and_clear();
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "{} recordings: {} transcribed now, {} already done (skipped), {} failed; {:.1} s of \
+         audio transcribed in {:.1} s ({:.1}x real time); output in {}",
+        files.len(),
+        transcribed,
+        skipped,
+        failed.len(),
+        audio_s,
+        wall,
+        audio_s / wall.max(1e-9),
+        out.display()
+    );
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    if !failed.is_empty() {
+        for f in &failed {
+            eprintln!("failed: {f}");
+        }
+        anyhow::bail!("{} of {} recordings failed", failed.len(), files.len());
+    }
+    Ok(())
 }
 
 /// `hark say`: streams the synthesis into a WAV file, standard output, or the speakers.

@@ -33,6 +33,37 @@ enum Command {
     /// Install, list and verify speech models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Transcribe batch jobs from a NATS JetStream work queue (`hark batch` submits them).
+    Worker(WorkerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HARK_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Jobs at once in this process. Each uses every core while Whisper runs, so more than 1
+    /// pays only where a job spends time waiting (slow downloads).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    concurrency: u32,
+    /// Config file: `[transcribe]` (model, language, beam), `[vad]` (the VAD gate) and
+    /// `server.max_upload_s` apply as they do to the Transcribe RPC.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Seconds a job may go without a sign of life before another worker gets it (only
+    /// when this worker creates the shared consumer; in-progress acks are sent every third).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    ack_wait: u64,
+    /// Deliveries of a job before it is given up (only when this worker creates the consumer).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=100))]
+    max_deliver: i64,
+    /// A directory whose files path jobs (`hark batch --shared-paths`) may name; repeatable.
+    /// Without it, only uploaded audio is read.
+    #[arg(long)]
+    allow_path: Vec<PathBuf>,
+    /// Log format: human or json.
+    #[arg(long, value_parser = ["human", "json"])]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,6 +197,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Worker(args) => match worker(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("harkd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -299,6 +337,48 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     // Dropping a runtime waits for every blocking task; a one-shot job still inside a window
     // must not hold the exit past the 5 s the unit allows (jobs were told to stop already).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let format = match args.log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Human,
+        None => cfg.log.format,
+    };
+    telemetry::init(format, &cfg.log.filter);
+    cfg.validate()?;
+    let transcriber = std::sync::Arc::new(daemon::one_shot_transcriber(&cfg)?);
+    let opts = hark::fleet::worker::WorkerOptions {
+        url: args.nats,
+        concurrency: args.concurrency as usize,
+        consumer: hark::fleet::queue::ConsumerSettings {
+            ack_wait: std::time::Duration::from_secs(args.ack_wait),
+            max_deliver: args.max_deliver,
+        },
+        allow_paths: args.allow_path,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("harkd-worker")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone())?;
+        hark::fleet::worker::run(opts, transcriber, shutdown, || {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        })
+        .await?;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        anyhow::Ok(())
+    });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }

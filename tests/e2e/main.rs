@@ -2,6 +2,7 @@
 
 mod adapt;
 mod device_loss;
+mod fleet;
 mod hardening;
 mod harness;
 mod mic;
