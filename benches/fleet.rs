@@ -155,7 +155,9 @@ fn make_batch(data: &Path, dir: &Path, total_s: f64, file_s: f64) -> (f64, usize
     let pause = vec![0.0f32; RATE / 2];
     let (mut written, mut n, mut k) = (0.0, 0, 0usize);
     while written < total_s {
-        let mut out = Vec::new();
+        // A lead-in of a different length per file: the clip order repeats every few files,
+        // and identical files would be one job (job ids are content hashes).
+        let mut out = vec![0.0f32; 160 * (n + 1)];
         while (out.len() as f64) < file_s * RATE as f64 {
             // A stride coprime with the clip count walks a different order for each file.
             k = (k + 7) % clips.len();
@@ -273,7 +275,16 @@ async fn main() {
         );
         let rate = audio_s / wall;
         let b = *base.get_or_insert(rate);
-        let per: Vec<String> = ws.iter().map(|w| w.count("Job done").to_string()).collect();
+        let per: Vec<String> = ws
+            .iter()
+            .map(|w| w.count("Job started").to_string())
+            .collect();
+        if std::env::var_os("HARK_FLEET_DUMP").is_some() {
+            for w in &ws {
+                eprintln!("{}", w.log.lock().unwrap().join("\n"));
+            }
+            eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+        }
         println!(
             "| {n} | {wall:.1} | {rate:.1} | {:.2}x | {} |",
             rate / b,

@@ -336,7 +336,8 @@ impl Spool {
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        if self.segments.is_empty() {
+        let first_segment = self.segments.is_empty();
+        if first_segment {
             self.head = Head {
                 offset: 0,
                 record: next,
@@ -348,6 +349,11 @@ impl Spool {
             records: 0,
         });
         self.writer = Some(f);
+        if first_segment {
+            // The saved position may describe a segment of the same name that was read to the
+            // end and deleted; it must not be applied to this one on the next open.
+            self.save_head()?;
+        }
         Ok(())
     }
 

@@ -86,8 +86,8 @@ pub async fn run(
         .await
         .map_err(|e| FleetError::js("subscribe to results", e))?;
     let mut done: Vec<Option<pb::BatchResult>> = vec![None; files.len()];
-    // Job id -> index in `files`, for the jobs still out.
-    let mut pending: HashMap<String, usize> = HashMap::new();
+    // Job id -> indices in `files` (copies of one recording are one job), for the jobs out.
+    let mut pending: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, path) in files.iter().enumerate() {
         let audio = tokio::fs::read(path)
             .await
@@ -100,6 +100,11 @@ pub async fn run(
         if let Some(r) = queue.result(&id).await? {
             on_event(BatchEvent::AlreadyDone { path, result: &r });
             done[i] = Some(r);
+            continue;
+        }
+        if let Some(copies) = pending.get_mut(&id) {
+            // The same audio as a file already submitted: its result serves both.
+            copies.push(i);
             continue;
         }
         let name = path
@@ -124,7 +129,7 @@ pub async fn run(
             job.object = object;
         }
         queue.submit(&job).await?;
-        pending.insert(id, i);
+        pending.insert(id, vec![i]);
         on_event(BatchEvent::Submitted { path, uploaded });
     }
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
@@ -169,12 +174,12 @@ pub async fn run(
             _ = tokio::time::sleep(left.min(Duration::from_secs(3600))) => continue,
         };
         for r in arrived {
-            if let Some(i) = pending.remove(&r.job_id) {
+            for i in pending.remove(&r.job_id).unwrap_or_default() {
                 on_event(BatchEvent::Done {
                     path: &files[i],
                     result: &r,
                 });
-                done[i] = Some(r);
+                done[i] = Some(r.clone());
             }
         }
     }
