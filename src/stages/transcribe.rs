@@ -887,6 +887,17 @@ mod tests {
         );
     }
 
+    /// Finals and utterances as "final ID TEXT" / "utterance ID TEXT".
+    fn describe(out: &[Emitted]) -> Vec<String> {
+        out.iter()
+            .map(|(_, e)| match e {
+                EventKind::Transcript(t) => format!("final {} {}", t.utterance_id, t.text),
+                EventKind::Utterance(u) => format!("utterance {} {}", u.id, u.text),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn long_utterances_close_at_a_pause_past_half_the_cap() {
         let mut st = TranscribeStage::new(
@@ -920,14 +931,7 @@ mod tests {
             ],
             &mut out,
         );
-        let texts: Vec<String> = out
-            .iter()
-            .map(|(_, e)| match e {
-                EventKind::Transcript(t) => format!("final {} {}", t.utterance_id, t.text),
-                EventKind::Utterance(u) => format!("utterance {} {}", u.id, u.text),
-                other => format!("{other:?}"),
-            })
-            .collect();
+        let texts = describe(&out);
         assert_eq!(texts, ["final 1 a b e", "utterance 1 a b e", "final 2 c d"]);
     }
 
@@ -983,14 +987,7 @@ mod tests {
             ],
             &mut out,
         );
-        let texts: Vec<String> = out
-            .iter()
-            .map(|(_, e)| match e {
-                EventKind::Transcript(t) => format!("final {} {}", t.utterance_id, t.text),
-                EventKind::Utterance(u) => format!("utterance {} {}", u.id, u.text),
-                other => format!("{other:?}"),
-            })
-            .collect();
+        let texts = describe(&out);
         assert_eq!(
             texts,
             ["final 2 so,", "utterance 2 la la so,", "final 3 then we"]
