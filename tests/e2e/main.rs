@@ -149,6 +149,17 @@ async fn stream_file(
     samples: Vec<f32>,
     speed: f32,
 ) -> Result<Vec<pb::Event>, tonic::Status> {
+    stream_file_kinds(daemon, samples, speed, vec![]).await
+}
+
+/// As [`stream_file`], asking for `kinds` only (empty: all); returns the session's events up to
+/// and including its `SourceEnded`.
+async fn stream_file_kinds(
+    daemon: &Daemon,
+    samples: Vec<f32>,
+    speed: f32,
+    kinds: Vec<i32>,
+) -> Result<Vec<pb::Event>, tonic::Status> {
     let mut client = daemon.client().await;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tx.send(pb::AudioChunk {
@@ -156,7 +167,7 @@ async fn stream_file(
             sample_rate: 16_000,
             channels: 1,
             encoding: pb::AudioEncoding::PcmS16le as i32,
-            kinds: vec![],
+            kinds,
         })),
     })
     .await

@@ -9,58 +9,30 @@ use std::time::Duration;
 use crate::harness::{Daemon, hark_cli, load_16k, normalise, shared_data, tiny_en};
 use hark::api::pb::{self, event::Kind};
 
-/// Streams `samples` (16 kHz) as one session; returns its finals, its utterances and the
+/// Streams `samples` (16 kHz) as one session, as fast as it takes them (StreamAudio is
+/// flow-controlled, so nothing is dropped); returns its finals, its utterances and the
 /// session's name.
 async fn stream(
-    client: &mut hark::api::client::Client,
+    daemon: &Daemon,
     samples: &[f32],
 ) -> (Vec<pb::Transcript>, Vec<pb::Utterance>, String) {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(pb::AudioChunk {
-        payload: Some(pb::audio_chunk::Payload::Config(pb::AudioConfig {
-            sample_rate: 16_000,
-            channels: 1,
-            encoding: pb::AudioEncoding::PcmS16le as i32,
-            kinds: vec![
-                pb::EventKind::Transcript as i32,
-                pb::EventKind::Utterance as i32,
-            ],
-        })),
-    })
+    let kinds = vec![
+        pb::EventKind::Transcript as i32,
+        pb::EventKind::Utterance as i32,
+    ];
+    let events = tokio::time::timeout(
+        Duration::from_secs(600),
+        crate::stream_file_kinds(daemon, samples.to_vec(), 0.0, kinds),
+    )
     .await
-    .unwrap();
-    let samples = samples.to_vec();
-    // As fast as the session takes it: StreamAudio is flow-controlled, so nothing is dropped.
-    tokio::spawn(async move {
-        for chunk in samples.chunks(8_000) {
-            let bytes: Vec<u8> = chunk
-                .iter()
-                .flat_map(|s| ((s * 32767.0) as i16).to_le_bytes())
-                .collect();
-            let msg = pb::AudioChunk {
-                payload: Some(pb::audio_chunk::Payload::Data(bytes)),
-            };
-            if tx.send(msg).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = client
-        .stream_audio(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    .expect("events stopped")
+    .expect("StreamAudio");
     let (mut finals, mut utterances, mut name) = (Vec::new(), Vec::new(), String::new());
-    while let Some(e) = tokio::time::timeout(Duration::from_secs(600), out.message())
-        .await
-        .expect("events stopped")
-        .unwrap()
-    {
+    for e in events {
         name = e.stream.clone();
         match e.kind {
             Some(Kind::Transcript(t)) if t.is_final => finals.push(t),
             Some(Kind::Utterance(u)) => utterances.push(u),
-            Some(Kind::SourceEnded(_)) => break,
             _ => {}
         }
     }
@@ -116,7 +88,7 @@ async fn utterances_tile_a_long_recording_and_phrase_search_finds_its_sentences(
     );
     let daemon = Daemon::start(&["--source", "none"], Some(&cfg));
     let mut client = daemon.client().await;
-    let (finals, utterances, session) = stream(&mut client, &samples).await;
+    let (finals, utterances, session) = stream(&daemon, &samples).await;
     assert!(finals.len() > 20, "{} finals", finals.len());
 
     // Utterances: ids 1, 2, ... in order, without gaps or overlaps, each the concatenation of
