@@ -323,12 +323,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(cfg.log.format, &cfg.log.filter);
     cfg.validate()?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("harkd-io")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime("harkd-io")?;
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone())?;
@@ -363,12 +358,7 @@ fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         },
         allow_paths: args.allow_path,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("harkd-worker")
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime("harkd-worker")?;
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone())?;
@@ -406,4 +396,15 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// The daemon's and the worker's async runtime: two threads (the machines are small, and the
+/// heavy work runs on the pipeline's and candle's own threads).
+fn runtime(thread_name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(thread_name)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
