@@ -20,6 +20,7 @@ use std::{
     time::Instant,
 };
 
+use hark::nn::onset::OnsetModel;
 use hark::notes::{
     Note,
     eval::{self, Aggregate, NoteScores, Tolerances},
@@ -79,17 +80,30 @@ struct SetScores {
     with_offset: Aggregate,
 }
 
-fn score_mono(files: &[(PathBuf, Vec<Note>)]) -> SetScores {
+fn score_mono(files: &[(PathBuf, Vec<Note>)], onsets: Option<Arc<OnsetModel>>) -> SetScores {
     let p = MonoParams::default();
     let (mut a, mut b): (Vec<NoteScores>, Vec<NoteScores>) = (Vec::new(), Vec::new());
     for (audio, refs) in files {
-        let est = track::transcribe_mono(&decode(audio), &p);
+        let est = track::transcribe_mono(&decode(audio), &p, onsets.clone());
         a.push(eval::evaluate(refs, &est, false));
         b.push(eval::evaluate(refs, &est, true));
     }
     SetScores {
         no_offset: Aggregate::of(&a),
         with_offset: Aggregate::of(&b),
+    }
+}
+
+/// The bundled onset detector (`HARK_NOTES_ONSET` names another model name or directory).
+fn onset_model() -> Option<Arc<OnsetModel>> {
+    let name =
+        std::env::var("HARK_NOTES_ONSET").unwrap_or_else(|_| hark::notes::ONSET_MODEL.into());
+    match hark::notes::load_onset_model(&name, None) {
+        Ok(m) => Some(Arc::new(m)),
+        Err(e) => {
+            println!("(onset detector {name} not loaded: {e}; rules only)\n");
+            None
+        }
     }
 }
 
@@ -139,20 +153,27 @@ fn mono_section(data: &Path) {
             );
             continue;
         }
-        let s = score_mono(&files);
-        let (a, b) = (s.no_offset, s.with_offset);
-        println!(
-            "| {name} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
-            a.files,
-            a.n_ref,
-            a.n_est,
-            a.micro_f1,
-            a.macro_f1,
-            a.micro_precision,
-            a.micro_recall,
-            b.micro_f1,
-            b.macro_f1
-        );
+        let model = onset_model();
+        let runs = [("rules", None), ("detector", model)];
+        for (how, m) in runs {
+            if how == "detector" && m.is_none() {
+                continue;
+            }
+            let s = score_mono(&files, m);
+            let (a, b) = (s.no_offset, s.with_offset);
+            println!(
+                "| {name}, {how} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                a.files,
+                a.n_ref,
+                a.n_est,
+                a.micro_f1,
+                a.macro_f1,
+                a.micro_precision,
+                a.micro_recall,
+                b.micro_f1,
+                b.macro_f1
+            );
+        }
     }
     println!();
 }
@@ -371,27 +392,34 @@ fn speed_section(data: &Path) {
     }
     let audio: Vec<(PathBuf, Vec<f32>)> = files.iter().map(|p| (p.clone(), decode(p))).collect();
     let total_s: f64 = audio.iter().map(|(_, x)| x.len() as f64 / SR as f64).sum();
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        for (_, x) in &audio {
-            let mut tr = MonoTracker::new(MonoParams::default());
-            for c in x.chunks(CHUNK) {
-                std::hint::black_box(tr.push(c));
-            }
-            std::hint::black_box(tr.finish());
+    let model = onset_model();
+    println!("| tracker | audio | files | real-time factor | share of one core |");
+    println!("|---|---|---|---|---|");
+    for (how, m) in [("rules", None), ("detector", model.clone())] {
+        if how == "detector" && m.is_none() {
+            continue;
         }
-        best = best.min(t.elapsed().as_secs_f64());
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for (_, x) in &audio {
+                let mut tr = MonoTracker::build(MonoParams::default(), m.clone());
+                for c in x.chunks(CHUNK) {
+                    std::hint::black_box(tr.push(c));
+                }
+                std::hint::black_box(tr.finish());
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let rtf = best / total_s;
+        println!(
+            "| {how} | {:.1} s | {} | {rtf:.4} | {:.2} % |",
+            total_s,
+            audio.len(),
+            rtf * 100.0
+        );
     }
-    let rtf = best / total_s;
-    println!("| audio | files | real-time factor | share of one core |");
-    println!("|---|---|---|---|");
-    println!(
-        "| {:.1} s | {} | {rtf:.4} | {:.2} % |\n",
-        total_s,
-        audio.len(),
-        rtf * 100.0
-    );
+    println!();
 
     // Latency: when (in stream time) each note came out, against the end of the reference note
     // it matches (onset and pitch).
@@ -403,7 +431,7 @@ fn speed_section(data: &Path) {
         let Some(refs) = reference(&p.parent().unwrap().join("notes"), p) else {
             continue;
         };
-        let mut tr = MonoTracker::new(MonoParams::default());
+        let mut tr = MonoTracker::build(MonoParams::default(), model.clone());
         let mut out: Vec<(Note, f64)> = Vec::new();
         let mut pos = 0usize;
         for c in x.chunks(CHUNK) {

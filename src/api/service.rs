@@ -506,7 +506,12 @@ impl Hark for HarkService {
                 return Err(Status::invalid_argument("the upload holds no audio"));
             }
             let notes = match mode {
-                Mode::Mono => crate::notes::track::transcribe_mono(&audio, &cfg.mono_params()),
+                Mode::Mono => {
+                    let model = cfg
+                        .onset_model(&resources)
+                        .map_err(|e| Status::failed_precondition(e))?;
+                    crate::notes::track::transcribe_mono(&audio, &cfg.mono_params(), model)
+                }
                 Mode::Poly => {
                     let model = resources
                         .shared(crate::notes::BASIC_PITCH, || {

@@ -28,6 +28,7 @@ use hark::{
     telemetry,
     train::{
         notes::{self as notes_eval, NotesEvalOptions},
+        onset,
         sound::{self, SoundTrainOptions},
         synth::Engine,
         wake::{self, WakeTrainOptions},
@@ -65,6 +66,10 @@ enum Command {
     /// Train a wake-word model for a phrase from synthetic voices (espeak-ng, flite, festival,
     /// Piper) and real background audio.
     Wake(Box<WakeArgs>),
+    /// Train the note-onset detector the monophonic note transcriber cuts notes at, from
+    /// audio files with reference notes of the same stem (e.g. renders made by
+    /// benches/notes_renders.py).
+    NotesOnset(Box<NotesOnsetArgs>),
     /// Teach Whisper new words (names, product words) from a few recordings, mixing in replay
     /// of speech it already handles and refusing adapters that worsen a regression set.
     WhisperAdapt(Box<AdaptArgs>),
@@ -235,6 +240,48 @@ struct SoundArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct NotesOnsetArgs {
+    /// Training audio files.
+    #[arg(long)]
+    audio: PathBuf,
+    /// Their reference notes (by stem; default AUDIO/notes).
+    #[arg(long)]
+    notes: Option<PathBuf>,
+    /// Development audio: chooses the threshold, reported every epoch.
+    #[arg(long)]
+    dev_audio: Option<PathBuf>,
+    /// Development notes (default DEV_AUDIO/notes).
+    #[arg(long)]
+    dev_notes: Option<PathBuf>,
+    /// Background-noise directories for augmentation (repeatable), e.g. ../shared/data/noise.
+    #[arg(long)]
+    noise: Vec<PathBuf>,
+    /// Output model directory, e.g. models/note-onset.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 12)]
+    epochs: usize,
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    #[arg(long, default_value_t = 24)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Versions of each training file: the first clean, the rest with noise and level changes.
+    #[arg(long, default_value_t = 2)]
+    copies: usize,
+    /// Hidden channels of each convolution.
+    #[arg(long, default_value_t = 32)]
+    channels: usize,
+    /// Hidden convolutions: the first has kernel 5, the others kernel 3 with dilation 2, 4,
+    /// 8, ...; 3 layers see 80 ms either side (4 layers, 160 ms, measured no better).
+    #[arg(long, default_value_t = 3)]
+    layers: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
 struct WakeArgs {
     /// The phrase, e.g. "hey jarvis".
     #[arg(long)]
@@ -359,6 +406,10 @@ enum EvalCommand {
         /// Score these note files (e.g. another transcriber's output) instead of transcribing.
         #[arg(long)]
         estimates: Option<PathBuf>,
+        /// Mono: the onset detector to cut notes at (a model name or directory), or `none` for
+        /// the spectral-flux and level rules alone.
+        #[arg(long, default_value = "note-onset")]
+        onset_model: String,
         #[arg(long)]
         json: bool,
     },
@@ -625,6 +676,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::NotesOnset(a) => {
+            let a = *a;
+            let mut o = onset::OnsetTrainOptions::new(a.audio, a.out.clone());
+            o.notes = a.notes;
+            let dev_notes = a.dev_notes;
+            o.dev = a.dev_audio.map(|d| {
+                let n = dev_notes.unwrap_or_else(|| d.join("notes"));
+                (d, n)
+            });
+            o.noise = a.noise;
+            o.epochs = a.epochs;
+            o.steps_per_epoch = a.steps;
+            o.batch = a.batch;
+            o.lr = a.lr;
+            o.copies = a.copies;
+            o.seed = a.seed;
+            o.config.channels = vec![a.channels; a.layers.max(1)];
+            o.config.kernels = (0..a.layers.max(1))
+                .map(|i| if i == 0 { 5 } else { 3 })
+                .collect();
+            o.config.dilations = (0..a.layers.max(1)).map(|i| 1 << i).collect();
+            let r = onset::train(&o).context("training failed")?;
+            let f = |v: Option<f32>| v.map_or("-".into(), |v| format!("{v:.3}"));
+            println!(
+                "wrote {} ({} parameters, threshold {:.2})\ndevelopment note F1 (macro): rules {}, detector {}",
+                a.out.display(),
+                r.parameters,
+                r.threshold,
+                f(r.dev_f1_rules),
+                f(r.dev_f1_model)
+            );
+            Ok(())
+        }
         Command::Eval {
             what:
                 EvalCommand::Wake {
@@ -651,6 +735,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     notes,
                     mode,
                     estimates,
+                    onset_model,
                     json,
                 },
         } => {
@@ -658,6 +743,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 audio,
                 notes,
                 estimates,
+                onset_model: Some(onset_model).filter(|m| m != "none"),
                 mode: match mode {
                     ModeArg::Mono => Mode::Mono,
                     ModeArg::Poly => Mode::Poly,

@@ -9,6 +9,7 @@
 //! - [`g2p`]: neural grapheme-to-phoneme for out-of-vocabulary words (g2p_en's GRU seq2seq).
 //! - [`vits`]: Piper VITS text-to-speech voices (phoneme ids to a waveform).
 //! - [`basic_pitch`]: Spotify's Basic Pitch (polyphonic note, onset and contour posteriors).
+//! - [`onset`]: the note-onset detector the monophonic note segmenter cuts at.
 //!
 //! # Threads
 //!
@@ -23,6 +24,7 @@
 
 pub mod basic_pitch;
 pub mod g2p;
+pub mod onset;
 pub mod sound;
 pub mod vits;
 pub mod wake;

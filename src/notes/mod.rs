@@ -93,7 +93,7 @@ pub enum NotesError {
     Unsupported(String),
     #[error(transparent)]
     Poly(#[from] poly::PolyError),
-    #[error("polyphonic model: {0}")]
+    #[error("notes model: {0}")]
     Model(String),
 }
 
@@ -111,14 +111,53 @@ pub fn load_basic_pitch(
         .map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
 }
 
-/// Transcribes an audio file (any format the daemon decodes) to notes with default settings.
+/// Name of the note-onset detector the monophonic transcriber cuts at (bundled in `models/`).
+pub const ONSET_MODEL: &str = "note-onset";
+
+/// Loads an onset detector: `name` is a model directory name (found like every model: `root`,
+/// the default models directory, then the bundled models) or a path to one.
+pub fn load_onset_model(
+    name: &str,
+    root: Option<&Path>,
+) -> Result<crate::nn::onset::OnsetModel, NotesError> {
+    let as_path = Path::new(name);
+    let dir = if as_path.join("config.json").is_file() {
+        as_path.to_path_buf()
+    } else {
+        crate::models::find("notes", name, root).map_err(|e| NotesError::Model(e.to_string()))?
+    };
+    crate::nn::onset::OnsetModel::load(&dir)
+        .map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
+}
+
+/// Transcribes an audio file (any format the daemon decodes) to notes with default settings
+/// (mono: with the bundled onset detector).
 pub fn transcribe_file(path: &Path, mode: Mode) -> Result<Vec<Note>, NotesError> {
+    let onsets = match mode {
+        Mode::Mono => Some(ONSET_MODEL),
+        Mode::Poly => None,
+    };
+    transcribe_file_with(path, mode, onsets)
+}
+
+/// [`transcribe_file`] with a chosen onset detector for mono (`None`: the flux and level rules).
+pub fn transcribe_file_with(
+    path: &Path,
+    mode: Mode,
+    onset_model: Option<&str>,
+) -> Result<Vec<Note>, NotesError> {
     let samples = crate::audio::file::decode_file_16k(path)?;
     match mode {
-        Mode::Mono => Ok(track::transcribe_mono(
-            &samples,
-            &track::MonoParams::default(),
-        )),
+        Mode::Mono => {
+            let model = onset_model
+                .map(|n| load_onset_model(n, None).map(std::sync::Arc::new))
+                .transpose()?;
+            Ok(track::transcribe_mono(
+                &samples,
+                &track::MonoParams::default(),
+                model,
+            ))
+        }
         Mode::Poly => {
             let model = std::sync::Arc::new(load_basic_pitch(None)?);
             Ok(poly::transcribe_poly(

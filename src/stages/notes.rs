@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{EventKind, NoteEvent, STREAM_RATE},
-    nn::basic_pitch::BasicPitch,
+    nn::{basic_pitch::BasicPitch, onset::OnsetModel},
     notes::{
         Mode, Note,
         poly::{PolyParams, PolyTranscriber},
@@ -33,6 +33,10 @@ pub struct NotesConfig {
     pub emit_pitch: bool,
     /// Mono: notes shorter than this are dropped (milliseconds, 20..=2000).
     pub min_note_ms: u32,
+    /// Mono: the note-onset detector notes are cut at (a model name in the models
+    /// directories, or a path; default the bundled `note-onset`, trained with `hark-train
+    /// notes-onset`). Empty: cut by the spectral-flux and level rules alone (no model).
+    pub onset_model: String,
 }
 
 impl Default for NotesConfig {
@@ -42,6 +46,7 @@ impl Default for NotesConfig {
             mode: Mode::Mono,
             emit_pitch: false,
             min_note_ms: (MonoParams::default().segment.min_note_s * 1000.0).round() as u32,
+            onset_model: crate::notes::ONSET_MODEL.into(),
         }
     }
 }
@@ -59,6 +64,23 @@ impl NotesConfig {
         let mut p = MonoParams::default();
         p.segment.min_note_s = f64::from(self.min_note_ms) / 1000.0;
         p
+    }
+
+    /// The onset detector this config names, loaded once per process (None: the rules).
+    pub fn onset_model(
+        &self,
+        resources: &crate::stages::StageResources,
+    ) -> Result<Option<Arc<OnsetModel>>, String> {
+        if self.onset_model.trim().is_empty() {
+            return Ok(None);
+        }
+        let name = self.onset_model.clone();
+        resources
+            .shared(&format!("onset:{name}"), || {
+                crate::notes::load_onset_model(&name, None)
+            })
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -119,7 +141,10 @@ pub fn enabled(cx: &StageContext<'_>) -> bool {
 pub fn build(cx: &StageContext<'_>) -> Result<Box<dyn Stage>, String> {
     let cfg = cx.config.notes.clone();
     let engine = match cfg.mode {
-        Mode::Mono => Engine::Mono(Box::new(MonoTracker::new(cfg.mono_params()))),
+        Mode::Mono => {
+            let model = cfg.onset_model(cx.resources)?;
+            Engine::Mono(Box::new(MonoTracker::build(cfg.mono_params(), model)))
+        }
         Mode::Poly => {
             let model = cx
                 .resources
@@ -193,7 +218,7 @@ impl NotesStage {
         let notes = match &mut self.engine {
             Engine::Mono(t) => {
                 let notes = t.finish().notes;
-                **t = MonoTracker::new(self.cfg.mono_params());
+                t.restart();
                 notes
             }
             Engine::Poly { t, .. } => match t.take().map(|t| t.finish()) {

@@ -4,6 +4,7 @@
 //! - [`data`]: data sets in standard layouts, real-noise augmentation, seeded randomness.
 //! - [`sound`]: the sound-event classifier (YAMNet trunk + head, or a from-scratch CNN).
 //! - [`notes`]: note transcription scored against reference notes (mir_eval's metrics).
+//! - [`onset`]: the note-onset detector the monophonic note segmenter cuts at.
 //! - [`whisper`]: Whisper adaptation to new words (LoRA / fine-tuning with replay and a
 //!   regression gate), and WER / new-word recall of any model on a clip directory.
 //! - [`report`]: accuracy, confusion matrices, PNG plots, model cards.
@@ -12,6 +13,7 @@
 
 pub mod data;
 pub mod notes;
+pub mod onset;
 pub mod report;
 pub mod sound;
 pub mod synth;

@@ -25,7 +25,7 @@ use crate::notes::{
     io::{self, NOTE_EXTENSIONS},
 };
 
-const AUDIO_EXTENSIONS: &[&str] = &["flac", "wav", "ogg", "mp3"];
+pub(crate) const AUDIO_EXTENSIONS: &[&str] = &["flac", "wav", "ogg", "mp3"];
 
 /// The basic-pitch package names its outputs `STEM_basic_pitch.csv` / `.mid`.
 const BASIC_PITCH_SUFFIX: &str = "_basic_pitch";
@@ -40,6 +40,8 @@ pub struct NotesEvalOptions {
     /// Already-transcribed note files to score instead of transcribing.
     pub estimates: Option<PathBuf>,
     pub mode: Mode,
+    /// Mono: the onset detector (model name or directory); None: the flux and level rules.
+    pub onset_model: Option<String>,
 }
 
 /// The scores of one file.
@@ -85,7 +87,10 @@ fn data_err(path: &Path, reason: impl Into<String>) -> TrainError {
 
 /// The files of `dir` with one of `exts`, by stem; when a stem has several, the earlier
 /// extension of `exts` wins.
-fn files_by_stem(dir: &Path, exts: &[&str]) -> Result<BTreeMap<String, PathBuf>, TrainError> {
+pub(crate) fn files_by_stem(
+    dir: &Path,
+    exts: &[&str],
+) -> Result<BTreeMap<String, PathBuf>, TrainError> {
     let rd = std::fs::read_dir(dir).map_err(|e| data_err(dir, e.to_string()))?;
     let mut out: BTreeMap<String, (usize, PathBuf)> = BTreeMap::new();
     for entry in rd.flatten() {
@@ -181,7 +186,7 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
             },
             None => {
                 let a = audio.as_deref().unwrap_or(&reference);
-                let notes = crate::notes::transcribe_file(a, o.mode)
+                let notes = crate::notes::transcribe_file_with(a, o.mode, o.onset_model.as_deref())
                     .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
                 (None, false, notes)
             }
@@ -310,6 +315,7 @@ mod tests {
             notes: notes.to_path_buf(),
             estimates: estimates.map(Path::to_path_buf),
             mode: Mode::Poly,
+            onset_model: None,
         }
     }
 
