@@ -509,7 +509,7 @@ impl Hark for HarkService {
                 Mode::Mono => {
                     let model = cfg
                         .onset_model(&resources)
-                        .map_err(|e| Status::failed_precondition(e))?;
+                        .map_err(Status::failed_precondition)?;
                     crate::notes::track::transcribe_mono(&audio, &cfg.mono_params(), model)
                 }
                 Mode::Poly => {

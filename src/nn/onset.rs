@@ -677,8 +677,10 @@ mod tests {
         assert_eq!(c.lookahead(), 8);
         c.kernels[0] = 4;
         assert!(c.validate().is_err());
-        let mut c = OnsetModelConfig::default();
-        c.threshold = 1.0;
+        let c = OnsetModelConfig {
+            threshold: 1.0,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
         let mut c = OnsetModelConfig::default();
         c.dilations.pop();
