@@ -75,12 +75,18 @@ impl NotesConfig {
             return Ok(None);
         }
         let name = self.onset_model.clone();
-        resources
-            .shared(&format!("onset:{name}"), || {
-                crate::notes::load_onset_model(&name, None)
-            })
-            .map(Some)
-            .map_err(|e| e.to_string())
+        match resources.shared(&format!("onset:{name}"), || {
+            crate::notes::load_onset_model(&name, None)
+        }) {
+            Ok(m) => Ok(Some(m)),
+            // The default detector missing (a models directory without the bundled models):
+            // notes still work, cut by the rules; a model the user named must exist.
+            Err(e) if name == crate::notes::ONSET_MODEL => {
+                tracing::warn!(error = %e, "Note-onset detector not found; cutting notes by the flux and level rules.");
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
