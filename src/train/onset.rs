@@ -329,22 +329,10 @@ fn best_threshold(items: &[Item], probs: &[Vec<f32>]) -> (f32, f32) {
 
 /// Copies of the variables' current values (the optimiser keeps updating the variables).
 fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>, TrainError> {
-    tensors_of(varmap)
+    super::wake::var_tensors(varmap)
         .into_iter()
         .map(|(k, t)| Ok((k, t.copy()?)))
         .collect()
-}
-
-fn tensors_of(varmap: &VarMap) -> HashMap<String, Tensor> {
-    varmap
-        .data()
-        .lock()
-        .map(|d| {
-            d.iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Runs one training job and writes the model directory (`config.json`, `model.safetensors`,
@@ -503,7 +491,7 @@ pub fn train(opts: &OnsetTrainOptions) -> Result<OnsetOutcome, TrainError> {
             dev_f1_rules = Some(note_f1(&dev, &vec![Vec::new(); dev.len()], None));
             tensors
         }
-        None => tensors_of(&varmap),
+        None => super::wake::var_tensors(&varmap),
     };
     std::fs::create_dir_all(&opts.out).map_err(write_err(&opts.out))?;
     // The saved model must load and agree with what was trained.

@@ -545,7 +545,8 @@ pub fn bce_with_logits(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     ((x.relu()? - (x * y)?)? + soft)?.mean_all()
 }
 
-fn var_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+/// The variables' tensors by name (shared by the trainers).
+pub(crate) fn var_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
     varmap
         .data()
         .lock()
