@@ -158,8 +158,13 @@ pub fn transcribe_model_dir(cfg: &Config) -> Result<Option<std::path::PathBuf>, 
 
 /// SIGHUP: swap the Whisper model for the one the config file now names (re-read; without a
 /// file, the active model is reloaded from disk). A model that fails to load is logged and the
-/// old one keeps serving.
-fn spawn_reload_on_hangup(asr: Arc<OneShot>, config: Option<PathBuf>, shutdown: CancellationToken) {
+/// old one keeps serving. Without transcription there is nothing to reload, but SIGHUP is
+/// still caught so that it never terminates the daemon.
+fn spawn_reload_on_hangup(
+    asr: Option<Arc<OneShot>>,
+    config: Option<PathBuf>,
+    shutdown: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -174,6 +179,10 @@ fn spawn_reload_on_hangup(asr: Arc<OneShot>, config: Option<PathBuf>, shutdown: 
                 _ = shutdown.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
+            let Some(asr) = &asr else {
+                tracing::info!("SIGHUP: transcription is off; nothing to reload.");
+                continue;
+            };
             let name = match &config {
                 Some(path) => match Config::load(path) {
                     Ok(c) => c.transcribe.model,
@@ -439,6 +448,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
         Some(p) => Some(String::from_utf8_lossy(&read(p)?).trim().to_string()),
         None => None,
     };
+    // The handler goes in before the socket accepts anyone: a client that connects and sends
+    // SIGHUP at once must not meet the default action, which kills the process.
+    spawn_reload_on_hangup(one_shot, cfg.loaded_from.clone(), shutdown.clone());
     let server_stop = CancellationToken::new();
     let served = api::serve(
         service.clone(),
@@ -470,10 +482,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<(), DaemonE
             export: export_stats.clone(),
         };
         metrics::spawn(addr, m, server_stop.clone()).await?;
-    }
-
-    if let Some(asr) = one_shot {
-        spawn_reload_on_hangup(asr, cfg.loaded_from.clone(), shutdown.clone());
     }
 
     spawn_systemd_notifier(

@@ -446,6 +446,24 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
+/// SIGHUP's default action kills a process: harkd catches it from before its socket accepts
+/// anyone, with or without a model to reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_never_kills_the_daemon() {
+    let mut daemon = Daemon::start(&["--source", "none"], None);
+    let mut client = daemon.client().await;
+    daemon.signal(libc::SIGHUP);
+    daemon.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(daemon.is_running(), "{}", daemon.log_text());
+    client.get_status(pb::GetStatusRequest {}).await.unwrap();
+    assert!(
+        daemon.log_text().contains("nothing to reload"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_health_and_reflection_work_without_the_proto_file() {
     let src = format!("file:{}", repo().join("tests/fixtures/jfk.flac").display());
