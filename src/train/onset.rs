@@ -336,7 +336,7 @@ fn snapshot(varmap: &VarMap) -> Result<HashMap<String, Tensor>, TrainError> {
 }
 
 /// Runs one training job and writes the model directory (`config.json`, `model.safetensors`,
-/// `report.md`, `curves.png`).
+/// `MODEL_CARD.md`, `curves.png`).
 pub fn train(opts: &OnsetTrainOptions) -> Result<OnsetOutcome, TrainError> {
     let cfg = opts.config.clone();
     cfg.validate().map_err(TrainError::Setting)?;
@@ -518,7 +518,7 @@ pub fn train(opts: &OnsetTrainOptions) -> Result<OnsetOutcome, TrainError> {
         &outcome.epochs,
     )?;
     let md = report_markdown(opts, &outcome);
-    let md_path = opts.out.join("report.md");
+    let md_path = opts.out.join("MODEL_CARD.md");
     std::fs::write(&md_path, md).map_err(write_err(&md_path))?;
     let name = opts
         .out
@@ -570,6 +570,10 @@ fn report_markdown(opts: &OnsetTrainOptions, o: &OnsetOutcome) -> String {
             f(e.test_accuracy)
         );
     }
+    s += "\n![training curves](curves.png)\n\n          The development set chose the epoch and the threshold, so its F1 is optimistic: judge \
+          the model on other audio with `hark-train eval notes --audio DIR --notes DIR \
+          --onset-model DIR` (real singing above all; a detector trained on rendered \
+          instruments cuts it alongside the flux and level rules, not instead of them).\n";
     s
 }
 
