@@ -78,7 +78,10 @@ impl NotesConfig {
         match resources.shared(&format!("onset:{name}"), || {
             crate::notes::load_onset_model(&name, None)
         }) {
-            Ok(m) => Ok(Some(m)),
+            Ok(m) => {
+                tracing::info!(model = %name, "Note onsets: the detector and the flux and level rules.");
+                Ok(Some(m))
+            }
             // The default detector missing (a models directory without the bundled models):
             // notes still work, cut by the rules; a model the user named must exist.
             Err(e) if name == crate::notes::ONSET_MODEL => {

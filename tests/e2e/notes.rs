@@ -77,6 +77,12 @@ async fn a_streamed_melody_yields_note_events_in_order() {
     let got = notes_of(&notes);
     let s = eval::evaluate(&reference, &got, false);
     assert!(s.f1 >= 0.9, "F1 {:.3}: {got:#?}", s.f1);
+    // The bundled note-onset detector cut these notes (not only the fallback rules).
+    assert!(
+        daemon.log_text().contains("Note onsets: the detector"),
+        "{}",
+        daemon.log_text()
+    );
     assert!(
         events
             .iter()
