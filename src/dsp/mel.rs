@@ -177,6 +177,77 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Natural-log mel energies of single windowed frames (`ln(mel + 1e-6)`), the front end the
+/// small always-on CNNs (wake word, note onsets) share; each picks its own frame length, band
+/// count and range. `Send + Sync`; the scratch is per caller, so a frame never allocates.
+#[derive(Clone)]
+pub struct FrameLogMel {
+    n_mels: usize,
+    stft: crate::dsp::Stft,
+    bank: MelBank,
+}
+
+impl fmt::Debug for FrameLogMel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameLogMel")
+            .field("n_mels", &self.n_mels)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Scratch buffers for [`FrameLogMel::frame`].
+pub struct FrameLogMelScratch {
+    stft: crate::dsp::StftScratch,
+    power: Vec<f32>,
+}
+
+impl fmt::Debug for FrameLogMelScratch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameLogMelScratch").finish_non_exhaustive()
+    }
+}
+
+impl FrameLogMel {
+    /// Hann-windowed frames of `frame` samples at `sample_rate`, `n_mels` bands over
+    /// `fmin..fmax` Hz.
+    pub fn new(
+        sample_rate: u32,
+        frame: usize,
+        hop: usize,
+        n_mels: usize,
+        fmin: f32,
+        fmax: f32,
+    ) -> Self {
+        Self {
+            n_mels,
+            stft: crate::dsp::Stft::new(frame, hop, crate::dsp::hann_window(frame)),
+            bank: MelBank::new(sample_rate, frame, n_mels, fmin, fmax),
+        }
+    }
+
+    pub fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+
+    pub fn make_scratch(&self) -> FrameLogMelScratch {
+        FrameLogMelScratch {
+            stft: self.stft.make_scratch(),
+            power: vec![0.0; self.stft.n_bins()],
+        }
+    }
+
+    /// One frame (the frame length given to [`new`](Self::new)) -> `n_mels` log energies in
+    /// `out`.
+    pub fn frame(&self, samples: &[f32], scratch: &mut FrameLogMelScratch, out: &mut [f32]) {
+        self.stft
+            .power_frame(samples, &mut scratch.power, &mut scratch.stft);
+        self.bank.apply(&scratch.power, out);
+        for v in out.iter_mut() {
+            *v = (*v + 1e-6).ln();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

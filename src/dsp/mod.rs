@@ -21,5 +21,5 @@ pub mod patches;
 pub mod stft;
 
 pub use logmel::{HOP, LogMel, LogMelScratch, N_FFT, SAMPLE_RATE};
-pub use mel::{MelBank, hz_to_mel, mel_filters, mel_to_hz};
+pub use mel::{FrameLogMel, FrameLogMelScratch, MelBank, hz_to_mel, mel_filters, mel_to_hz};
 pub use stft::{Stft, StftScratch, hann_window};

@@ -30,7 +30,12 @@ pub mod vits;
 pub mod wake;
 pub mod whisper;
 
-use std::path::PathBuf;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use candle_core::{DType, Device, Tensor};
 
 /// Errors of the neural models. Variants that concern a model directory name the file and the
 /// fix.
@@ -64,6 +69,47 @@ pub enum NnError {
     Voice { path: PathBuf, reason: String },
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+/// `NnError::InvalidFile` for `path`.
+pub(crate) fn invalid_file(path: &Path, reason: impl std::fmt::Display) -> NnError {
+    NnError::InvalidFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads a small model directory (the bundled CNNs: sound, wake word, note onsets): its
+/// `config.json`, checked by `validate`, and the tensors of `model.safetensors`, whose path
+/// comes back for the caller's errors about them.
+pub(crate) fn read_model_dir<C: serde::de::DeserializeOwned>(
+    dir: &Path,
+    validate: impl Fn(&C) -> Result<(), String>,
+) -> Result<(C, HashMap<String, Tensor>, PathBuf), NnError> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|_| NnError::MissingFile {
+        path: cfg_path.clone(),
+    })?;
+    let config: C = serde_json::from_str(&text).map_err(|e| invalid_file(&cfg_path, e))?;
+    validate(&config).map_err(|e| invalid_file(&cfg_path, e))?;
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        return Err(NnError::MissingFile { path: weights });
+    }
+    let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+        .map_err(|e| invalid_file(&weights, e))?;
+    Ok((config, tensors, weights))
+}
+
+/// The tensors as f32 (stored weights may be f16), for a `VarBuilder` on the CPU.
+pub(crate) fn tensors_f32(
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+) -> Result<HashMap<String, Tensor>, String> {
+    tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect::<candle_core::Result<HashMap<_, _>>>()
+        .map_err(|e| e.to_string())
 }
 
 /// Number of threads candle's CPU kernels use (see the module docs).

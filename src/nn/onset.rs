@@ -21,17 +21,14 @@
 //! per-layer history) compute the same function; `streaming_matches_the_training_network`
 //! checks it.
 
-use std::{collections::HashMap, collections::VecDeque, fmt, path::Path};
+use std::{collections::HashMap, collections::VecDeque, path::Path};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::NnError;
-use crate::dsp::{
-    mel::MelBank,
-    stft::{Stft, StftScratch, hann_window},
-};
+use crate::dsp::mel::{FrameLogMel, FrameLogMelScratch};
 
 /// Samples per second the model expects.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -112,71 +109,42 @@ impl OnsetModelConfig {
 }
 
 /// The log-mel front end (see the module docs). `Send + Sync`; scratch is per caller.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct OnsetFrontEnd {
-    n_mels: usize,
-    stft: Stft,
-    bank: MelBank,
-}
-
-impl fmt::Debug for OnsetFrontEnd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OnsetFrontEnd")
-            .field("n_mels", &self.n_mels)
-            .finish_non_exhaustive()
-    }
+    mel: FrameLogMel,
 }
 
 /// Scratch buffers for [`OnsetFrontEnd::frame`].
-pub struct FrontEndScratch {
-    stft: StftScratch,
-    power: Vec<f32>,
-}
-
-impl fmt::Debug for FrontEndScratch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FrontEndScratch").finish_non_exhaustive()
-    }
-}
+pub type FrontEndScratch = FrameLogMelScratch;
 
 impl OnsetFrontEnd {
     pub fn new(cfg: &OnsetModelConfig) -> Self {
         Self {
-            n_mels: cfg.n_mels,
-            stft: Stft::new(FRAME, HOP, hann_window(FRAME)),
-            bank: MelBank::new(SAMPLE_RATE, FRAME, cfg.n_mels, cfg.fmin, cfg.fmax),
+            mel: FrameLogMel::new(SAMPLE_RATE, FRAME, HOP, cfg.n_mels, cfg.fmin, cfg.fmax),
         }
     }
 
     pub fn n_mels(&self) -> usize {
-        self.n_mels
+        self.mel.n_mels()
     }
 
     pub fn make_scratch(&self) -> FrontEndScratch {
-        FrontEndScratch {
-            stft: self.stft.make_scratch(),
-            power: vec![0.0; self.stft.n_bins()],
-        }
+        self.mel.make_scratch()
     }
 
     /// One frame (`FRAME` samples) -> `n_mels` log energies in `out`.
     pub fn frame(&self, samples: &[f32], scratch: &mut FrontEndScratch, out: &mut [f32]) {
-        self.stft
-            .power_frame(samples, &mut scratch.power, &mut scratch.stft);
-        self.bank.apply(&scratch.power, out);
-        for v in out.iter_mut() {
-            *v = (*v + 1e-6).ln();
-        }
+        self.mel.frame(samples, scratch, out);
     }
 
     /// Frames of a whole clip, row-major `[frames][n_mels]`: frame `k` is centred on sample
     /// `k * HOP`, for every `k * HOP < samples.len()`.
     pub fn frames(&self, samples: &[f32]) -> Vec<f32> {
         let n = n_frames(samples.len());
-        let mut out = vec![0f32; n * self.n_mels];
+        let mut out = vec![0f32; n * self.n_mels()];
         let mut scratch = self.make_scratch();
         let mut window = vec![0f32; FRAME];
-        for (k, row) in out.chunks_exact_mut(self.n_mels).enumerate() {
+        for (k, row) in out.chunks_exact_mut(self.n_mels()).enumerate() {
             fill_window(samples, 0, k, &mut window);
             self.frame(&window, &mut scratch, row);
         }
@@ -348,29 +316,11 @@ pub struct OnsetModel {
     layers: Vec<Layer>,
 }
 
-fn invalid(path: &Path, e: impl fmt::Display) -> NnError {
-    NnError::InvalidFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
-}
-
 impl OnsetModel {
     /// Loads a model directory (`config.json` + `model.safetensors`).
     pub fn load(dir: &Path) -> Result<Self, NnError> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|_| NnError::MissingFile {
-            path: cfg_path.clone(),
-        })?;
-        let config: OnsetModelConfig =
-            serde_json::from_str(&text).map_err(|e| invalid(&cfg_path, e))?;
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(NnError::MissingFile { path: weights });
-        }
-        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
-            .map_err(|e| invalid(&weights, e))?;
-        Self::from_tensors(config, tensors).map_err(|e| invalid(&weights, e))
+        let (config, tensors, weights) = super::read_model_dir(dir, OnsetModelConfig::validate)?;
+        Self::from_tensors(config, tensors).map_err(|e| super::invalid_file(&weights, e))
     }
 
     /// Builds a model from named tensors (what `load` reads, or a trainer's variables).
@@ -379,11 +329,7 @@ impl OnsetModel {
         tensors: HashMap<String, Tensor>,
     ) -> Result<Self, String> {
         config.validate()?;
-        let f32s = tensors
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-            .collect::<candle_core::Result<HashMap<_, _>>>()
-            .map_err(|e| e.to_string())?;
+        let f32s = super::tensors_f32(tensors)?;
         let vb = VarBuilder::from_tensors(f32s, DType::F32, &Device::Cpu);
         let net = OnsetNet::new(vb, &config).map_err(|e| e.to_string())?;
         let build = || -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<Layer>)> {
@@ -456,7 +402,7 @@ impl OnsetDetector {
             received: 0,
             next_frame: 0,
             window: vec![0.0; FRAME],
-            mel: vec![0.0; model.frontend.n_mels],
+            mel: vec![0.0; model.frontend.n_mels()],
             scratch: model.frontend.make_scratch(),
             states: vec![LayerState::default(); model.layers.len()],
         }

@@ -14,17 +14,14 @@
 //! With the default channels `[48, 48, 64, 64]` on 150 frames it has ~60 k parameters and costs
 //! ~1.7 M multiply-adds per score; scored every 80 ms that is ~21 M multiply-adds a second.
 
-use std::{collections::HashMap, fmt, path::Path};
+use std::{collections::HashMap, path::Path};
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{NnError, sound::SeededDropout};
-use crate::dsp::{
-    mel::MelBank,
-    stft::{Stft, StftScratch, hann_window},
-};
+use crate::dsp::mel::{FrameLogMel, FrameLogMelScratch};
 
 /// Samples per second the model expects.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -135,70 +132,41 @@ pub fn normalise_phrase(s: &str) -> String {
 }
 
 /// The log-mel front end (see the module docs). `Send + Sync`; scratch is per caller.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct WakeFrontEnd {
-    n_mels: usize,
-    stft: Stft,
-    bank: MelBank,
-}
-
-impl fmt::Debug for WakeFrontEnd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WakeFrontEnd")
-            .field("n_mels", &self.n_mels)
-            .finish_non_exhaustive()
-    }
+    mel: FrameLogMel,
 }
 
 /// Scratch buffers for [`WakeFrontEnd::frame`].
-pub struct FrontEndScratch {
-    stft: StftScratch,
-    power: Vec<f32>,
-}
-
-impl fmt::Debug for FrontEndScratch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FrontEndScratch").finish_non_exhaustive()
-    }
-}
+pub type FrontEndScratch = FrameLogMelScratch;
 
 impl WakeFrontEnd {
     pub fn new(n_mels: usize) -> Self {
         Self {
-            n_mels,
-            stft: Stft::new(FRAME, HOP, hann_window(FRAME)),
-            bank: MelBank::new(SAMPLE_RATE, FRAME, n_mels, 60.0, 7600.0),
+            mel: FrameLogMel::new(SAMPLE_RATE, FRAME, HOP, n_mels, 60.0, 7600.0),
         }
     }
 
     pub fn n_mels(&self) -> usize {
-        self.n_mels
+        self.mel.n_mels()
     }
 
     pub fn make_scratch(&self) -> FrontEndScratch {
-        FrontEndScratch {
-            stft: self.stft.make_scratch(),
-            power: vec![0.0; self.stft.n_bins()],
-        }
+        self.mel.make_scratch()
     }
 
     /// One frame (`FRAME` samples) -> `n_mels` log energies in `out`.
     pub fn frame(&self, samples: &[f32], scratch: &mut FrontEndScratch, out: &mut [f32]) {
-        self.stft
-            .power_frame(samples, &mut scratch.power, &mut scratch.stft);
-        self.bank.apply(&scratch.power, out);
-        for v in out.iter_mut() {
-            *v = (*v + 1e-6).ln();
-        }
+        self.mel.frame(samples, scratch, out);
     }
 
     /// Frames of a whole clip, row-major `[frames][n_mels]`; frame `t` covers samples
     /// `t * HOP .. t * HOP + FRAME`.
     pub fn frames(&self, samples: &[f32]) -> Vec<f32> {
         let n = n_frames(samples.len());
-        let mut out = vec![0f32; n * self.n_mels];
+        let mut out = vec![0f32; n * self.n_mels()];
         let mut scratch = self.make_scratch();
-        for (t, row) in out.chunks_exact_mut(self.n_mels).enumerate() {
+        for (t, row) in out.chunks_exact_mut(self.n_mels()).enumerate() {
             self.frame(&samples[t * HOP..t * HOP + FRAME], &mut scratch, row);
         }
         out
@@ -379,20 +347,8 @@ pub struct WakeModel {
 impl WakeModel {
     /// Loads a model directory (`config.json` + `model.safetensors`).
     pub fn load(dir: &Path) -> Result<Self, NnError> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|_| NnError::MissingFile {
-            path: cfg_path.clone(),
-        })?;
-        let config: WakeModelConfig =
-            serde_json::from_str(&text).map_err(|e| invalid(&cfg_path, e))?;
-        config.validate().map_err(|e| invalid(&cfg_path, e))?;
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(NnError::MissingFile { path: weights });
-        }
-        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
-            .map_err(|e| invalid(&weights, e))?;
-        Self::from_tensors(config, tensors).map_err(|e| invalid(&weights, e))
+        let (config, tensors, weights) = super::read_model_dir(dir, WakeModelConfig::validate)?;
+        Self::from_tensors(config, tensors).map_err(|e| super::invalid_file(&weights, e))
     }
 
     /// Builds a model from named tensors (what `load` reads, or a trainer's variables).
@@ -401,11 +357,7 @@ impl WakeModel {
         tensors: HashMap<String, Tensor>,
     ) -> Result<Self, String> {
         config.validate()?;
-        let f32s = tensors
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-            .collect::<candle_core::Result<HashMap<_, _>>>()
-            .map_err(|e| e.to_string())?;
+        let f32s = super::tensors_f32(tensors)?;
         let vb = VarBuilder::from_tensors(f32s, DType::F32, &Device::Cpu);
         let net = WakeNet::new(vb, &config, 0).map_err(|e| e.to_string())?;
         Ok(Self {
@@ -475,13 +427,6 @@ pub fn pad_front(frames: &[f32], m: usize, context: usize) -> Vec<f32> {
     let mut v = vec![silence; (context - 1) * m];
     v.extend_from_slice(frames);
     v
-}
-
-fn invalid(path: &Path, reason: impl fmt::Display) -> NnError {
-    NnError::InvalidFile {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -186,13 +186,6 @@ pub struct SoundClassifier {
     net: Net,
 }
 
-fn invalid(path: &Path, reason: impl std::fmt::Display) -> NnError {
-    NnError::InvalidFile {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
 /// Reads backbone layer `i`'s tensors into [`ConvWeights`].
 pub fn conv_from_tensors(
     tensors: &HashMap<String, Tensor>,
@@ -230,20 +223,8 @@ pub fn conv_from_tensors(
 impl SoundClassifier {
     /// Loads a model directory (`config.json` + `model.safetensors`).
     pub fn load(dir: &Path) -> Result<Self, NnError> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|_| NnError::MissingFile {
-            path: cfg_path.clone(),
-        })?;
-        let config: SoundModelConfig =
-            serde_json::from_str(&text).map_err(|e| invalid(&cfg_path, e))?;
-        config.validate().map_err(|e| invalid(&cfg_path, e))?;
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(NnError::MissingFile { path: weights });
-        }
-        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
-            .map_err(|e| invalid(&weights, e))?;
-        Self::from_tensors(config, tensors).map_err(|e| invalid(&weights, e))
+        let (config, tensors, weights) = super::read_model_dir(dir, SoundModelConfig::validate)?;
+        Self::from_tensors(config, tensors).map_err(|e| super::invalid_file(&weights, e))
     }
 
     /// Builds a classifier from named tensors (what `load` reads, or a trainer's variables).
