@@ -209,6 +209,14 @@ fn micro(model: &mut WhisperModel, audio: &[f32]) -> (f64, f64, f64) {
     let mut padded = audio[..audio.len().min(N_SAMPLES)].to_vec();
     padded.resize(N_SAMPLES, 0.0);
     let mel = mel_plan.compute(&padded);
+    let mut enc_f32 = Vec::new();
+    model.set_q8_encoder(false).expect("f32 encoder");
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let _ = model.network().encode(&mel, N_FRAMES).expect("encode");
+        enc_f32.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    model.set_q8_encoder(true).expect("int8 encoder");
     let net = model.network();
     let mut enc = Vec::new();
     let mut xa = None;
@@ -276,7 +284,13 @@ fn micro(model: &mut WhisperModel, audio: &[f32]) -> (f64, f64, f64) {
     let _ = model.set_q8_output(true);
     println!(
         "decoder step breakdown: layers {layers_ms:.1} ms, output projection {f32_proj:.1} ms \
-         (f32) / {q8_proj:.1} ms (int8)"
+         (f32) / {q8_proj:.1} ms (int8{}); encoder {:.0} ms / 30 s window with f32 linear layers",
+        if hark::nn::whisper::qgemm::available() {
+            ", VNNI"
+        } else {
+            ""
+        },
+        median(enc_f32)
     );
     (median(enc), f32_ms, q8)
 }
@@ -557,11 +571,13 @@ fn heldout(model: &mut WhisperModel, dir: &Path, fw: Option<(PathBuf, PathBuf)>)
     }
     let audio: Vec<Vec<f32>> = files.iter().map(|f| load_16k(&f.path)).collect();
     let mut rows: Vec<(String, Score)> = Vec::new();
-    for (name, beam, q8_layers) in [
-        ("hark greedy (default)", 1, true),
-        ("hark greedy, f32 decoder layers", 1, false),
-        ("hark beam 5", 5, true),
+    for (name, beam, q8_encoder, q8_layers) in [
+        ("hark greedy (default)", 1, true, true),
+        ("hark greedy, f32 encoder", 1, false, true),
+        ("hark greedy, f32 encoder and decoder layers", 1, false, false),
+        ("hark beam 5", 5, true, true),
     ] {
+        model.set_q8_encoder(q8_encoder).expect("encoder");
         model.set_q8_layers(q8_layers).expect("decoder layers");
         let opts = DecodeOptions {
             beam_size: beam,
@@ -671,7 +687,15 @@ fn main() {
     let greedy = DecodeOptions::default();
     let mut rows = Vec::new();
     rows.push(run_engine(
-        "hark greedy, int8 decoder weights (default)",
+        "hark greedy, int8 encoder and decoder (default)",
+        &mut model,
+        &greedy,
+        &inp,
+        quick,
+    ));
+    model.set_q8_encoder(false).expect("f32 encoder");
+    rows.push(run_engine(
+        "hark greedy, f32 encoder, int8 decoder",
         &mut model,
         &greedy,
         &inp,
@@ -695,6 +719,7 @@ fn main() {
     ));
     model.set_q8_output(true).expect("q8");
     model.set_q8_layers(true).expect("q8 layers");
+    model.set_q8_encoder(true).expect("q8 encoder");
     if !quick {
         let short = DecodeOptions {
             min_encode_s: Some(10.0),

@@ -40,6 +40,9 @@
 //!   ([`model`]), cross-attention keys/values computed once per window, one-token steps through
 //!   vectorised dot products ([`gemv`]), optional int8 output projection
 //!   ([`LoadOptions::q8_output`]).
+//! - **Int8 on AVX-512 VNNI** ([`qgemm`]): where the CPU has it, the encoder's linear layers
+//!   ([`LoadOptions::q8_encoder`]), the decoder's on decode steps and the output projection run
+//!   as u8 x i8 products with per-row scales, as faster-whisper's int8 mode does.
 
 pub mod adapter;
 pub mod align;
@@ -47,6 +50,7 @@ pub mod decode;
 pub mod fastmath;
 pub mod gemv;
 pub mod model;
+pub mod qgemm;
 pub mod text;
 pub mod tokenizer;
 pub mod trainable;
@@ -210,6 +214,8 @@ pub struct LoadOptions {
     /// Give the decoder's linear layers int8 copies (per-row scales) for decode steps, which
     /// read every weight once per token; prompt prefill and the encoder stay f32.
     pub q8_layers: bool,
+    /// Run the encoder's linear layers in int8 on CPUs with AVX-512 VNNI (ignored elsewhere).
+    pub q8_encoder: bool,
     /// Encode every window padded to 30 s, as Whisper was trained (true), or only the mel
     /// frames holding audio (faster on short inputs, less accurate).
     pub pad_to_30s: bool,
@@ -220,6 +226,7 @@ impl Default for LoadOptions {
         Self {
             q8_output: true,
             q8_layers: true,
+            q8_encoder: true,
             pad_to_30s: true,
         }
     }
@@ -447,6 +454,9 @@ impl WhisperModel {
         if opts.q8_layers {
             net.decoder.quantize_layers(true)?;
         }
+        if opts.q8_encoder {
+            net.encoder.quantize_layers(true)?;
+        }
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -587,6 +597,11 @@ impl WhisperModel {
     /// Switches the int8 output projection on or off.
     pub fn set_q8_output(&mut self, on: bool) -> Result<(), NnError> {
         Ok(self.net.decoder.quantize_output(on)?)
+    }
+
+    /// Switches the encoder's int8 linear layers on or off (on needs AVX-512 VNNI).
+    pub fn set_q8_encoder(&mut self, on: bool) -> Result<(), NnError> {
+        Ok(self.net.encoder.quantize_layers(on)?)
     }
 
     /// Switches int8 copies of the decoder's linear layers (used by decode steps) on or off.

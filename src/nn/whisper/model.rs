@@ -19,6 +19,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use super::{
     fastmath,
     gemv::{I8Rows, matmul_f32, matmul_i8},
+    qgemm::{self, PackedI8},
 };
 
 /// Rows (B*T) up to which a linear layer runs as dot products ([`super::gemv`]) rather than
@@ -74,21 +75,48 @@ fn lin(l: &Linear, x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// A linear layer that can also hold an int8 copy of its weight for decode steps: a decoder
-/// step reads every weight once for one row (per beam), so it is bound by memory traffic, and
-/// int8 reads a quarter of the bytes. Many rows (the encoder, prompt prefill) stay f32.
+/// A linear layer that can also hold an int8 copy of its weight. A decoder step reads every
+/// weight once for one row (per beam), so it is bound by memory traffic, and int8 reads a
+/// quarter of the bytes; the encoder's 1500-row products are bound by arithmetic, which
+/// [`qgemm`]'s VNNI kernel does four times as wide as f32.
 #[derive(Debug, Clone)]
 struct Dense {
     f32: Linear,
+    /// Per-row int8 weights with f32 activations, for decode steps on CPUs without VNNI.
     i8: Option<I8Rows>,
+    /// VNNI-packed int8 weights (activations quantised per row on each call).
+    packed: Option<PackedI8>,
+    /// Calls with at most this many rows use `packed`: decode steps only in the decoder
+    /// (prompt prefill stays f32), every call in the encoder.
+    packed_max_rows: usize,
 }
 
 impl Dense {
     fn new(f32: Linear) -> Self {
-        Self { f32, i8: None }
+        Self {
+            f32,
+            i8: None,
+            packed: None,
+            packed_max_rows: 0,
+        }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(q) = &self.packed {
+            let rows = x.elem_count() / q.k.max(1);
+            if rows > 0 && rows <= self.packed_max_rows && x.dtype() == DType::F32 {
+                let x = x.contiguous()?;
+                let out = with_f32(&x, |xs| match self.f32.bias() {
+                    Some(b) => with_f32(b, |bs| qgemm::matmul(xs, q, Some(bs))),
+                    None => Ok(qgemm::matmul(xs, q, None)),
+                })??;
+                let mut shape = x.dims().to_vec();
+                if let Some(last) = shape.last_mut() {
+                    *last = q.n;
+                }
+                return Tensor::from_vec(out, shape, x.device());
+            }
+        }
         let Some(q) = &self.i8 else {
             return lin(&self.f32, x);
         };
@@ -111,14 +139,28 @@ impl Dense {
         }
     }
 
-    fn quantize(&mut self, int8: bool) -> Result<()> {
-        self.i8 = if int8 {
-            let (n, k) = self.f32.weight().dims2()?;
-            let w = self.f32.weight().contiguous()?;
-            Some(with_f32(&w, |w| I8Rows::quantize(w, n, k))?)
-        } else {
-            None
-        };
+    /// Int8 weights for calls of at most `max_rows` rows (0: none): VNNI-packed where the
+    /// CPU has it, else per-row int8 for decode steps only (without VNNI, int8 pays only
+    /// where memory traffic is the bound).
+    fn quantize(&mut self, max_rows: usize) -> Result<()> {
+        self.i8 = None;
+        self.packed = None;
+        self.packed_max_rows = 0;
+        if max_rows == 0 {
+            return Ok(());
+        }
+        let (n, k) = self.f32.weight().dims2()?;
+        let w = self.f32.weight().contiguous()?;
+        if qgemm::available() {
+            if let Some(p) = with_f32(&w, |w| PackedI8::quantize(w, n, k))? {
+                self.packed = Some(p);
+                self.packed_max_rows = max_rows;
+                return Ok(());
+            }
+        }
+        if max_rows <= GEMV_MAX_ROWS {
+            self.i8 = Some(with_f32(&w, |w| I8Rows::quantize(w, n, k))?);
+        }
         Ok(())
     }
 }
@@ -257,10 +299,67 @@ impl Attention {
         self.out.forward(&o)
     }
 
+    /// [`Self::forward_full`] with both products of each head in int8 ([`qgemm`]): scores
+    /// from queries (per row) and keys (per key), outputs from probabilities (per row) and
+    /// values (per channel). Used when the layer's projections are int8 (the encoder on a
+    /// VNNI CPU); `None` when a head's shape does not pack (positions not a multiple of 4).
+    fn forward_full_int8(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let (q, k, v) = self.project_qkv(x)?;
+        let (b, h, t, dh) = q.dims4()?;
+        let d = h * dh;
+        if b != 1 || t % 4 != 0 || dh % 4 != 0 {
+            return Ok(None);
+        }
+        let mut merged = vec![0f32; t * d];
+        // One scores buffer and one set of quantisation buffers for all heads.
+        let mut w = vec![0f32; t * t];
+        let mut o = vec![0f32; t * dh];
+        let mut vt = vec![0f32; t * dh];
+        let mut scratch = qgemm::Scratch::default();
+        let ok = with_f32(&q, |q| {
+            with_f32(&k, |k| {
+                with_f32(&v, |v| {
+                    for i in 0..h {
+                        let head = i * t * dh..(i + 1) * t * dh;
+                        let Some(keys) = PackedI8::quantize(&k[head.clone()], t, dh) else {
+                            return false;
+                        };
+                        qgemm::matmul_into(&q[head.clone()], &keys, None, &mut scratch, &mut w);
+                        drop(keys);
+                        fastmath::softmax_rows(&mut w, t);
+                        for (p, row) in v[head].chunks_exact(dh).enumerate() {
+                            for (c, &x) in row.iter().enumerate() {
+                                vt[c * t + p] = x;
+                            }
+                        }
+                        let Some(values) = PackedI8::quantize(&vt, dh, t) else {
+                            return false;
+                        };
+                        qgemm::matmul_into(&w, &values, None, &mut scratch, &mut o);
+                        for (dst, src) in merged.chunks_exact_mut(d).zip(o.chunks_exact(dh)) {
+                            dst[i * dh..(i + 1) * dh].copy_from_slice(src);
+                        }
+                    }
+                    true
+                })
+            })
+        })???;
+        if !ok {
+            return Ok(None);
+        }
+        let o = Tensor::from_vec(merged, (b, t, d), x.device())?;
+        self.out.forward(&o).map(Some)
+    }
+
     /// Self-attention without cache or mask (the encoder), one head at a time: a 30 s window
     /// has 1500 x 1500 scores per head (9 MB), all heads at once would be 54 MB, twice over
     /// with the softmax output.
     fn forward_full(&self, x: &Tensor) -> Result<Tensor> {
+        if self.qkv.packed.is_some() {
+            if let Some(out) = self.forward_full_int8(x)? {
+                return Ok(out);
+            }
+        }
         let (q, k, v) = self.project_qkv(x)?;
         let (b, h, t, _) = q.dims4()?;
         let mut heads = Vec::with_capacity(h);
@@ -464,6 +563,28 @@ impl Encoder {
         })
     }
 
+    /// Switches the linear layers to VNNI int8 (weights per output, activations per row) or
+    /// back to f32. A no-op on CPUs without AVX-512 VNNI, where int8 would be slower.
+    pub fn quantize_layers(&mut self, int8: bool) -> Result<()> {
+        let rows = if int8 && qgemm::available() {
+            usize::MAX
+        } else {
+            0
+        };
+        for l in &mut self.layers {
+            l.attn.qkv.quantize(rows)?;
+            l.attn.out.quantize(rows)?;
+            l.mlp.fc1.quantize(rows)?;
+            l.mlp.fc2.quantize(rows)?;
+        }
+        Ok(())
+    }
+
+    /// True when the linear layers run in int8.
+    pub fn layers_are_int8(&self) -> bool {
+        self.layers.iter().any(|l| l.mlp.fc1.packed.is_some())
+    }
+
     /// Encodes a log-mel window (1, n_mels, n_frames), n_frames even and at most
     /// 2 * n_audio_ctx, into (1, n_frames / 2, D).
     pub fn forward(&self, mel: &Tensor) -> Result<Tensor> {
@@ -534,6 +655,8 @@ pub struct CrossKv {
 enum OutputProjection {
     F32,
     I8(I8Rows),
+    /// VNNI-packed (int8 activations too).
+    Packed(PackedI8),
 }
 
 /// Whisper's `TextDecoder`.
@@ -598,7 +721,17 @@ impl Decoder {
     pub fn quantize_output(&mut self, int8: bool) -> Result<()> {
         self.output = if int8 {
             let (v, d) = self.embed_tokens.dims2()?;
-            OutputProjection::I8(with_f32(&self.embed_tokens, |w| I8Rows::quantize(w, v, d))?)
+            let packed = if qgemm::available() {
+                with_f32(&self.embed_tokens, |w| PackedI8::quantize(w, v, d))?
+            } else {
+                None
+            };
+            match packed {
+                Some(p) => OutputProjection::Packed(p),
+                None => OutputProjection::I8(with_f32(&self.embed_tokens, |w| {
+                    I8Rows::quantize(w, v, d)
+                })?),
+            }
         } else {
             OutputProjection::F32
         };
@@ -607,21 +740,22 @@ impl Decoder {
 
     /// Gives every decoder linear layer an int8 copy for decode steps (or drops them).
     pub fn quantize_layers(&mut self, int8: bool) -> Result<()> {
+        let rows = if int8 { GEMV_MAX_ROWS } else { 0 };
         for l in &mut self.layers {
             for a in [&mut l.attn, &mut l.cross] {
-                a.qkv.quantize(int8)?;
-                a.q.quantize(int8)?;
-                a.out.quantize(int8)?;
+                a.qkv.quantize(rows)?;
+                a.q.quantize(rows)?;
+                a.out.quantize(rows)?;
             }
-            l.mlp.fc1.quantize(int8)?;
-            l.mlp.fc2.quantize(int8)?;
+            l.mlp.fc1.quantize(rows)?;
+            l.mlp.fc2.quantize(rows)?;
         }
         Ok(())
     }
 
     /// True when the output projection is int8.
     pub fn output_is_int8(&self) -> bool {
-        matches!(self.output, OutputProjection::I8(_))
+        !matches!(self.output, OutputProjection::F32)
     }
 
     /// Cross-attention keys/values of the encoder output `xa` (1, S, D).
@@ -707,6 +841,7 @@ impl Decoder {
         let out = with_f32(&h, |x| match &self.output {
             OutputProjection::F32 => with_f32(&self.embed_tokens, |w| matmul_f32(x, d, w, v, None)),
             OutputProjection::I8(q) => Ok(matmul_i8(x, q)),
+            OutputProjection::Packed(q) => Ok(qgemm::matmul(x, q, None)),
         })??;
         Tensor::from_vec(out, (n, v), hidden.device())
     }

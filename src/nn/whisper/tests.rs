@@ -116,6 +116,7 @@ fn tiny_model(seed: u64) -> WhisperModel {
         &LoadOptions {
             q8_output: false,
             q8_layers: false,
+            q8_encoder: false,
             pad_to_30s: true,
         },
     )
@@ -228,6 +229,29 @@ fn int8_output_projection_is_close() {
     let q = net.decoder.logits(&h).unwrap();
     let d = max_abs_diff(&exact, &q);
     assert!(d < 0.05, "{d}");
+}
+
+#[test]
+fn int8_encoder_is_close_where_the_cpu_has_vnni() {
+    let mut net = tiny_net(6);
+    let mel: Vec<f32> = (0..8 * 200)
+        .map(|i| ((i * 31 % 89) as f32 / 44.0) - 1.0)
+        .collect();
+    let f32_out = net.encode(&mel, 200).unwrap();
+    net.encoder.quantize_layers(true).unwrap();
+    let q_out = net.encode(&mel, 200).unwrap();
+    let d = max_abs_diff(&f32_out, &q_out);
+    if super::qgemm::available() {
+        assert!(net.encoder.layers_are_int8());
+        // The final layer norm brings outputs to unit scale: ~0.1 is int8 rounding of every
+        // product (attention included) through two random layers; a wrong product is O(1).
+        assert!(d > 0.0 && d < 0.25, "int8 encoder differs by {d}");
+    } else {
+        assert!(!net.encoder.layers_are_int8());
+        assert_eq!(d, 0.0, "no VNNI: the encoder must stay f32");
+    }
+    net.encoder.quantize_layers(false).unwrap();
+    assert!(max_abs_diff(&f32_out, &net.encode(&mel, 200).unwrap()) < 1e-6);
 }
 
 #[test]
