@@ -156,7 +156,7 @@ async fn main() {
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(10)).await;
         tick += 1;
-        if tick % 2 == 0 {
+        if tick.is_multiple_of(2) {
             // A subscriber joins, reads for a while in the background, and leaves.
             let mut c = client.clone();
             tokio::spawn(async move {
@@ -175,7 +175,7 @@ async fn main() {
             });
             cycled += 1;
         }
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             let r = client
                 .transcribe(pb::TranscribeRequest {
                     audio: jfk.clone(),
@@ -186,7 +186,7 @@ async fn main() {
                 oneshot_ok += 1;
             }
         }
-        if tick % 60 == 0 {
+        if tick.is_multiple_of(60) {
             println!(
                 "| {} | {:.0} | {} | {} | {oneshot_ok} | {cycled} |",
                 tick / 6,

@@ -574,7 +574,12 @@ fn heldout(model: &mut WhisperModel, dir: &Path, fw: Option<(PathBuf, PathBuf)>)
     for (name, beam, q8_encoder, q8_layers) in [
         ("hark greedy (default)", 1, true, true),
         ("hark greedy, f32 encoder", 1, false, true),
-        ("hark greedy, f32 encoder and decoder layers", 1, false, false),
+        (
+            "hark greedy, f32 encoder and decoder layers",
+            1,
+            false,
+            false,
+        ),
         ("hark beam 5", 5, true, true),
     ] {
         model.set_q8_encoder(q8_encoder).expect("encoder");

@@ -376,7 +376,7 @@ impl Upload16k {
     ) -> Result<Self, SourceError> {
         let format = format.validate()?;
         let frame_bytes = encoding.bytes_per_sample() * usize::from(format.channels);
-        if bytes.len() % frame_bytes != 0 {
+        if !bytes.len().is_multiple_of(frame_bytes) {
             return Err(SourceError::Format(
                 "raw audio is not a whole number of frames".into(),
             ));

@@ -723,15 +723,15 @@ pub fn convert_whisper(
             "positions start at 0",
         ),
     ] {
-        if let Some(found) = model.scalar(name) {
-            if found != expected {
-                return Err(Ct2Error::UnsupportedSetting {
-                    name: name.into(),
-                    found,
-                    expected,
-                    meaning,
-                });
-            }
+        if let Some(found) = model.scalar(name)
+            && found != expected
+        {
+            return Err(Ct2Error::UnsupportedSetting {
+                name: name.into(),
+                found,
+                expected,
+                meaning,
+            });
         }
     }
 

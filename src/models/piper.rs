@@ -178,7 +178,7 @@ fn decoder_arch(graph: &Graph) -> Result<VitsArch, ModelError> {
             }
         }
     }
-    if ups.is_empty() || blocks.is_empty() || blocks.len() % ups.len() != 0 {
+    if ups.is_empty() || blocks.is_empty() || !blocks.len().is_multiple_of(ups.len()) {
         return Err(bad(format!(
             "decoder: {} upsamplers and {} resblocks",
             ups.len(),

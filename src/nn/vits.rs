@@ -816,7 +816,7 @@ impl ConvTranspose {
     fn load(w: &mut Weights, prefix: &str, stride: usize) -> Result<Self, NnError> {
         let (dims, data) = w.take(&format!("{prefix}.weight"), 3)?;
         let (cin, cout, k) = (dims[0], dims[1], dims[2]);
-        if k != 2 * stride || stride % 2 != 0 {
+        if k != 2 * stride || !stride.is_multiple_of(2) {
             return Err(w.err(format!(
                 "{prefix}: kernel {k} with stride {stride}; only kernel = 2 x stride (even) is \
                  supported"

@@ -96,7 +96,7 @@ impl WakeModelConfig {
         if self.channels.iter().any(|&c| c == 0 || c > 512) {
             return Err("every channel count must be within 1..=512".into());
         }
-        if !(1..=15).contains(&self.kernel) || self.kernel % 2 == 0 {
+        if !(1..=15).contains(&self.kernel) || self.kernel.is_multiple_of(2) {
             return Err("kernel must be odd, 1..=15".into());
         }
         if !(0.0..=1.0).contains(&self.threshold) {

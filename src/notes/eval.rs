@@ -192,15 +192,15 @@ fn average_overlap_ratio(reference: &[Note], estimate: &[Note], m: &[(usize, usi
 }
 
 fn is_hit(r: &Note, e: &Note, r_log2: f64, e_log2: f64, c: &Criteria) -> bool {
-    if let Some(tol) = c.onset_s {
-        if round_distance((r.start - e.start).abs()) > tol {
-            return false;
-        }
+    if let Some(tol) = c.onset_s
+        && round_distance((r.start - e.start).abs()) > tol
+    {
+        return false;
     }
-    if let Some(tol) = c.pitch_cents {
-        if (1200.0 * (r_log2 - e_log2)).abs() > tol {
-            return false;
-        }
+    if let Some(tol) = c.pitch_cents
+        && (1200.0 * (r_log2 - e_log2)).abs() > tol
+    {
+        return false;
     }
     if let Some((ratio, min_s)) = c.offset {
         // util.intervals_to_durations takes the absolute difference.

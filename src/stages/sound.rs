@@ -253,18 +253,18 @@ impl EventTracker {
     }
 
     fn close(&mut self, c: usize, out: &mut Vec<Emitted>) {
-        if let Some(a) = self.active[c].take() {
-            if a.end - a.start >= self.min_samples {
-                out.push((
-                    a.end,
-                    EventKind::Sound(SoundEvent {
-                        class: self.labels[c].clone(),
-                        p: a.p_sum / a.windows as f32,
-                        start_sample: a.start,
-                        end_sample: a.end,
-                    }),
-                ));
-            }
+        if let Some(a) = self.active[c].take()
+            && a.end - a.start >= self.min_samples
+        {
+            out.push((
+                a.end,
+                EventKind::Sound(SoundEvent {
+                    class: self.labels[c].clone(),
+                    p: a.p_sum / a.windows as f32,
+                    start_sample: a.start,
+                    end_sample: a.end,
+                }),
+            ));
         }
     }
 

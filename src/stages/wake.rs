@@ -320,7 +320,7 @@ impl Stage for WakeStage {
             self.pending.drain(..HOP);
             self.pending_start += HOP as u64;
             // Same schedule as `WakeModel::score_frames`: after frames 1, 1 + step, ...
-            if (self.frames - 1) % self.step as u64 != 0 {
+            if !(self.frames - 1).is_multiple_of(self.step as u64) {
                 continue;
             }
             for p in &mut self.phrases {

@@ -35,7 +35,7 @@ const SCALES: [(u64, &str); 4] = [
 fn below_100(n: u64) -> String {
     if n < 20 {
         ONES[n as usize].to_string()
-    } else if n % 10 == 0 {
+    } else if n.is_multiple_of(10) {
         TENS[(n / 10) as usize].to_string()
     } else {
         format!("{}-{}", TENS[(n / 10) as usize], ONES[(n % 10) as usize])
@@ -110,7 +110,7 @@ pub fn year(n: u64) -> String {
         return cardinal(n);
     }
     let (hi, lo) = (n / 100, n % 100);
-    if (2000..2010).contains(&n) || n % 1000 == 0 {
+    if (2000..2010).contains(&n) || n.is_multiple_of(1000) {
         return cardinal(n);
     }
     match lo {

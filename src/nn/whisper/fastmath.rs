@@ -165,7 +165,9 @@ mod avx2 {
                 // SAFETY: `c` holds 8 floats.
                 vm = _mm256_max_ps(vm, unsafe { _mm256_loadu_ps(c.as_ptr()) });
             }
-            let m = tail.iter().fold(hmax(vm), |m, &x| if x > m { x } else { m });
+            let m = tail
+                .iter()
+                .fold(hmax(vm), |m, &x| if x > m { x } else { m });
             let vmax = _mm256_set1_ps(m);
             let mut vs = _mm256_setzero_ps();
             for c in body.chunks_exact_mut(8) {
@@ -211,10 +213,7 @@ mod avx2 {
                 // erf(x / sqrt 2), Abramowitz & Stegun 7.1.26 as in `super::erf`.
                 let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
                 let a = _mm256_andnot_ps(sign, z);
-                let t = _mm256_div_ps(
-                    one,
-                    _mm256_fmadd_ps(_mm256_set1_ps(0.327_591_1), a, one),
-                );
+                let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.327_591_1), a, one));
                 let mut p = _mm256_set1_ps(1.061_405_4);
                 for c in [-1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
                     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c));
@@ -239,7 +238,10 @@ const PER_TASK: usize = 1 << 16;
 
 /// Softmax over each run of `n` values of `data`, in place, split over rayon's pool.
 pub fn softmax_rows(data: &mut [f32], n: usize) {
-    assert!(n > 0 && data.len() % n == 0, "softmax over rows of {n}");
+    assert!(
+        n > 0 && data.len().is_multiple_of(n),
+        "softmax over rows of {n}"
+    );
     let rows_per_task = (PER_TASK / n).max(1);
     data.par_chunks_mut(rows_per_task * n).for_each(|rows| {
         #[cfg(target_arch = "x86_64")]

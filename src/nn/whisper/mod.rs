@@ -402,8 +402,12 @@ impl WhisperModel {
         if config.d_model == 0
             || config.decoder_attention_heads == 0
             || config.encoder_attention_heads == 0
-            || config.d_model % config.decoder_attention_heads != 0
-            || config.d_model % config.encoder_attention_heads != 0
+            || !config
+                .d_model
+                .is_multiple_of(config.decoder_attention_heads)
+            || !config
+                .d_model
+                .is_multiple_of(config.encoder_attention_heads)
         {
             return Err(NnError::InvalidFile {
                 path: config_path,

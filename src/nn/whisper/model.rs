@@ -89,6 +89,10 @@ struct Dense {
     /// Calls with at most this many rows use `packed`: decode steps only in the decoder
     /// (prompt prefill stays f32), every call in the encoder.
     packed_max_rows: usize,
+    /// Bias of `packed` when it differs from the f32 layer's: a preceding layer norm's gain
+    /// and shift folded in ([`Self::quantize_folded`]); the input is then the bare
+    /// normalised activation.
+    packed_bias: Option<Vec<f32>>,
 }
 
 impl Dense {
@@ -98,7 +102,65 @@ impl Dense {
             i8: None,
             packed: None,
             packed_max_rows: 0,
+            packed_bias: None,
         }
+    }
+
+    /// True when `packed` expects the layer norm's input normalised without its gain and
+    /// shift.
+    fn folded(&self) -> bool {
+        self.packed_bias.is_some()
+    }
+
+    /// Int8 weights for every call, with the preceding layer norm's gain and shift folded in:
+    /// W (g x + b) + c = (W diag g) x + (W b + c). Whisper's layer norms have a few channels
+    /// with gains and shifts 5-20x the median, which set the per-row int8 scale of their
+    /// output and crush the other channels; the normalised activation has no such offsets.
+    /// The product is the same in exact arithmetic. Falls back to [`Self::quantize`] when
+    /// the weights do not pack.
+    fn quantize_folded(&mut self, ln: &LayerNorm) -> Result<()> {
+        self.quantize(0)?;
+        if !qgemm::available() {
+            return Ok(());
+        }
+        let (n, k) = self.f32.weight().dims2()?;
+        let w = self.f32.weight().contiguous()?;
+        let gain = ln.weight().contiguous()?;
+        let shift = match ln.bias() {
+            Some(b) => b.contiguous()?,
+            None => Tensor::zeros(k, DType::F32, gain.device())?,
+        };
+        let bias = match self.f32.bias() {
+            Some(b) => b.contiguous()?,
+            None => Tensor::zeros(n, DType::F32, gain.device())?,
+        };
+        let folded = with_f32(&w, |w| {
+            with_f32(&gain, |g| {
+                with_f32(&shift, |sh| {
+                    with_f32(&bias, |c| {
+                        let mut wg = vec![0f32; n * k];
+                        let mut b = c.to_vec();
+                        for ((row, out), bj) in
+                            w.chunks_exact(k).zip(wg.chunks_exact_mut(k)).zip(&mut b)
+                        {
+                            for ((o, &wv), (&gv, &sv)) in
+                                out.iter_mut().zip(row).zip(g.iter().zip(sh))
+                            {
+                                *o = wv * gv;
+                                *bj += wv * sv;
+                            }
+                        }
+                        PackedI8::quantize(&wg, n, k).map(|p| (p, b))
+                    })
+                })
+            })
+        })????;
+        if let Some((p, b)) = folded {
+            self.packed = Some(p);
+            self.packed_max_rows = usize::MAX;
+            self.packed_bias = Some(b);
+        }
+        Ok(())
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -106,9 +168,10 @@ impl Dense {
             let rows = x.elem_count() / q.k.max(1);
             if rows > 0 && rows <= self.packed_max_rows && x.dtype() == DType::F32 {
                 let x = x.contiguous()?;
-                let out = with_f32(&x, |xs| match self.f32.bias() {
-                    Some(b) => with_f32(b, |bs| qgemm::matmul(xs, q, Some(bs))),
-                    None => Ok(qgemm::matmul(xs, q, None)),
+                let out = with_f32(&x, |xs| match (&self.packed_bias, self.f32.bias()) {
+                    (Some(b), _) => Ok(qgemm::matmul(xs, q, Some(b))),
+                    (None, Some(b)) => with_f32(b, |bs| qgemm::matmul(xs, q, Some(bs))),
+                    (None, None) => Ok(qgemm::matmul(xs, q, None)),
                 })??;
                 let mut shape = x.dims().to_vec();
                 if let Some(last) = shape.last_mut() {
@@ -146,17 +209,18 @@ impl Dense {
         self.i8 = None;
         self.packed = None;
         self.packed_max_rows = 0;
+        self.packed_bias = None;
         if max_rows == 0 {
             return Ok(());
         }
         let (n, k) = self.f32.weight().dims2()?;
         let w = self.f32.weight().contiguous()?;
-        if qgemm::available() {
-            if let Some(p) = with_f32(&w, |w| PackedI8::quantize(w, n, k))? {
-                self.packed = Some(p);
-                self.packed_max_rows = max_rows;
-                return Ok(());
-            }
+        if qgemm::available()
+            && let Some(p) = with_f32(&w, |w| PackedI8::quantize(w, n, k))?
+        {
+            self.packed = Some(p);
+            self.packed_max_rows = max_rows;
+            return Ok(());
         }
         if max_rows <= GEMV_MAX_ROWS {
             self.i8 = Some(with_f32(&w, |w| I8Rows::quantize(w, n, k))?);
@@ -324,7 +388,8 @@ impl Attention {
                         let Some(keys) = PackedI8::quantize(&k[head.clone()], t, dh) else {
                             return false;
                         };
-                        qgemm::matmul_into(&q[head.clone()], &keys, None, &mut scratch, &mut w);
+                        let signed = qgemm::Activations::Signed;
+                        qgemm::matmul_into(&q[head.clone()], &keys, signed, &mut scratch, &mut w);
                         drop(keys);
                         fastmath::softmax_rows(&mut w, t);
                         for (p, row) in v[head].chunks_exact(dh).enumerate() {
@@ -335,7 +400,8 @@ impl Attention {
                         let Some(values) = PackedI8::quantize(&vt, dh, t) else {
                             return false;
                         };
-                        qgemm::matmul_into(&w, &values, None, &mut scratch, &mut o);
+                        let probs = qgemm::Activations::NonNegative;
+                        qgemm::matmul_into(&w, &values, probs, &mut scratch, &mut o);
                         for (dst, src) in merged.chunks_exact_mut(d).zip(o.chunks_exact(dh)) {
                             dst[i * dh..(i + 1) * dh].copy_from_slice(src);
                         }
@@ -355,10 +421,10 @@ impl Attention {
     /// has 1500 x 1500 scores per head (9 MB), all heads at once would be 54 MB, twice over
     /// with the softmax output.
     fn forward_full(&self, x: &Tensor) -> Result<Tensor> {
-        if self.qkv.packed.is_some() {
-            if let Some(out) = self.forward_full_int8(x)? {
-                return Ok(out);
-            }
+        if self.qkv.packed.is_some()
+            && let Some(out) = self.forward_full_int8(x)?
+        {
+            return Ok(out);
         }
         let (q, k, v) = self.project_qkv(x)?;
         let (b, h, t, _) = q.dims4()?;
@@ -472,6 +538,17 @@ struct Mlp {
     fc1: Dense,
     fc2: Dense,
     ln: LayerNorm,
+    /// `ln` without gain and shift, for a `fc1` they are folded into.
+    plain: LayerNorm,
+}
+
+/// A layer norm with unit gain and no shift: the normalisation alone.
+fn plain_norm(d: usize, dev: &Device) -> Result<LayerNorm> {
+    Ok(LayerNorm::new(
+        Tensor::ones(d, DType::F32, dev)?,
+        Tensor::zeros(d, DType::F32, dev)?,
+        1e-5,
+    ))
 }
 
 impl Mlp {
@@ -480,12 +557,18 @@ impl Mlp {
             fc1: Dense::new(linear(&vb.pp("fc1"), d, 4 * d, true)?),
             fc2: Dense::new(linear(&vb.pp("fc2"), 4 * d, d, true)?),
             ln: layer_norm(&vb.pp("final_layer_norm"), d)?,
+            plain: plain_norm(d, vb.device())?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // nn.GELU() in openai/whisper is the exact (erf) form.
-        let h = self.fc1.forward(&self.ln.forward(x)?)?;
+        let ln = if self.fc1.folded() {
+            &self.plain
+        } else {
+            &self.ln
+        };
+        let h = self.fc1.forward(&ln.forward(x)?)?;
         let mut g = with_f32(&h, <[f32]>::to_vec)?;
         fastmath::gelu(&mut g);
         let h = Tensor::from_vec(g, h.shape(), h.device())?;
@@ -497,6 +580,8 @@ impl Mlp {
 struct EncoderLayer {
     attn: Attention,
     attn_ln: LayerNorm,
+    /// `attn_ln` without gain and shift, for a `qkv` they are folded into.
+    plain: LayerNorm,
     mlp: Mlp,
 }
 
@@ -547,6 +632,7 @@ impl Encoder {
                 Ok(EncoderLayer {
                     attn: Attention::load(vb.pp("self_attn"), d, cfg.encoder_attention_heads)?,
                     attn_ln: layer_norm(&vb.pp("self_attn_layer_norm"), d)?,
+                    plain: plain_norm(d, vb.device())?,
                     mlp: Mlp::load(&vb, d)?,
                 })
             })
@@ -572,9 +658,14 @@ impl Encoder {
             0
         };
         for l in &mut self.layers {
-            l.attn.qkv.quantize(rows)?;
+            if rows > 0 {
+                l.attn.qkv.quantize_folded(&l.attn_ln)?;
+                l.mlp.fc1.quantize_folded(&l.mlp.ln)?;
+            } else {
+                l.attn.qkv.quantize(0)?;
+                l.mlp.fc1.quantize(0)?;
+            }
             l.attn.out.quantize(rows)?;
-            l.mlp.fc1.quantize(rows)?;
             l.mlp.fc2.quantize(rows)?;
         }
         Ok(())
@@ -608,7 +699,12 @@ impl Encoder {
         let n = x.dim(1)?;
         let mut x = x.broadcast_add(&self.positions.narrow(0, 0, n)?)?;
         for layer in &self.layers {
-            x = (&x + layer.attn.forward_full(&layer.attn_ln.forward(&x)?)?)?;
+            let ln = if layer.attn.qkv.folded() {
+                &layer.plain
+            } else {
+                &layer.attn_ln
+            };
+            x = (&x + layer.attn.forward_full(&ln.forward(&x)?)?)?;
             x = layer.mlp.forward(&x)?;
         }
         self.ln_post.forward(&x)

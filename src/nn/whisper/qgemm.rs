@@ -61,7 +61,7 @@ impl PackedI8 {
     /// Quantises and packs a row-major (n, k) f32 matrix (`nn.Linear` layout: one row per
     /// output). `None` when k is not a multiple of 4 or too large for exact accumulation.
     pub fn quantize(w: &[f32], n: usize, k: usize) -> Option<Self> {
-        if k == 0 || k % 4 != 0 || k > MAX_K || w.len() != n * k {
+        if k == 0 || !k.is_multiple_of(4) || k > MAX_K || w.len() != n * k {
             return None;
         }
         let blocks = n.div_ceil(NB);
@@ -71,7 +71,9 @@ impl PackedI8 {
         let mut corr = vec![0i32; padded];
         let k4 = k / 4;
         for (j, row) in w.chunks_exact(k).enumerate() {
-            let max = row.iter().fold(0f32, |m, &x| if x.abs() > m { x.abs() } else { m });
+            let max = row
+                .iter()
+                .fold(0f32, |m, &x| if x.abs() > m { x.abs() } else { m });
             let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
             scales[j] = scale;
             let inv = 1.0 / scale;
@@ -115,32 +117,62 @@ impl PackedI8 {
     }
 }
 
-/// One row of activations as `u8` with zero point 128; returns its scale.
-fn quantize_row(row: &[f32], q: &mut [u8]) -> f32 {
+/// How activations become bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// Any sign: `round(x / s) + 128` with s = max|x| / 127 (the zero point is removed
+    /// through [`PackedI8::corr`]).
+    Signed,
+    /// Known to be >= 0 (attention probabilities): `round(x / s)` with s = max / 255, twice
+    /// the resolution and no zero point.
+    NonNegative,
+}
+
+impl Activations {
+    /// (levels on one side of zero, value added before truncation)
+    fn params(self) -> (f32, f32) {
+        match self {
+            Activations::Signed => (127.0, 128.5),
+            Activations::NonNegative => (255.0, 0.5),
+        }
+    }
+}
+
+/// One row of activations as bytes (see [`Activations`]); returns its scale.
+fn quantize_row(row: &[f32], q: &mut [u8], kind: Activations) -> f32 {
+    let (levels, offset) = kind.params();
     let max = row
         .iter()
         .fold(0f32, |m, &v| if v.abs() > m { v.abs() } else { m });
     // A zero row stays zero whatever the scale.
-    let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+    let scale = if max > 0.0 { max / levels } else { 1.0 };
     let inv = 1.0 / scale;
     for (o, &v) in q.iter_mut().zip(row) {
-        // v * inv is within [-127, 127]: adding 128.5 and truncating rounds to nearest.
-        // One rounding (fused), as the AVX-512 version does, so both give the same bytes.
-        *o = v.mul_add(inv, 128.5) as u8;
+        // v * inv is within [-127, 127] (or [0, 255]): adding the offset and truncating
+        // rounds to nearest and saturates. One rounding (fused), as the AVX-512 version
+        // does, so both give the same bytes.
+        *o = v.mul_add(inv, offset) as u8;
     }
     scale
 }
 
 /// Rows of `x` (M, K) as `u8` with zero point 128 and one scale per row, into `q`/`scales`.
-fn quantize_rows(x: &[f32], k: usize, q: &mut [u8], scales: &mut [f32], vnni: bool) {
+fn quantize_rows(
+    x: &[f32],
+    k: usize,
+    q: &mut [u8],
+    scales: &mut [f32],
+    kind: Activations,
+    vnni: bool,
+) {
     let one = |row: &[f32], qrow: &mut [u8]| -> f32 {
         #[cfg(target_arch = "x86_64")]
         if vnni {
             // SAFETY: AVX-512 F/BW are part of what `available` checked.
-            return unsafe { vnni::quantize_row(row, qrow) };
+            return unsafe { vnni::quantize_row(row, qrow, kind) };
         }
         let _ = vnni;
-        quantize_row(row, qrow)
+        quantize_row(row, qrow, kind)
     };
     if x.len() >= 1 << 16 {
         x.par_chunks_exact(k)
@@ -159,6 +191,8 @@ struct Out<'a> {
     buf: &'a mut [f32],
     ldo: usize,
     col0: usize,
+    /// The activations carry the zero point 128 ([`Activations::Signed`]).
+    zero_point: bool,
 }
 
 /// Scalar version of one tile (CPUs without VNNI, and the reference the tests hold the
@@ -181,7 +215,8 @@ fn tile_scalar(
             for kk in 0..k {
                 acc += i32::from(a[r * k + kk]) * i32::from(w.weight(j, kk));
             }
-            let v = (acc - w.corr[j]) as f32 * (w.scales[j] * sa[r]);
+            let corr = if out.zero_point { w.corr[j] } else { 0 };
+            let v = (acc - corr) as f32 * (w.scales[j] * sa[r]);
             out.buf[r * out.ldo + j - out.col0] = v + bias.map_or(0.0, |b| b[j]);
         }
     }
@@ -191,26 +226,27 @@ fn tile_scalar(
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{NB, Out, PackedI8};
+    use super::{Activations, NB, Out, PackedI8};
 
     /// [`super::quantize_row`] sixteen lanes at a time.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F/BW; `q` is as long as `row`.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize_row(row: &[f32], q: &mut [u8]) -> f32 {
+    pub(super) unsafe fn quantize_row(row: &[f32], q: &mut [u8], kind: Activations) -> f32 {
+        let (levels, offset) = kind.params();
         let n16 = row.len() - row.len() % 16;
         let mut vmax = _mm512_setzero_ps();
         for c in row[..n16].chunks_exact(16) {
             // SAFETY: `c` holds 16 floats.
             vmax = _mm512_max_ps(vmax, _mm512_abs_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }));
         }
-        let max = row[n16..]
-            .iter()
-            .fold(_mm512_reduce_max_ps(vmax), |m, &v| if v.abs() > m { v.abs() } else { m });
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let max = row[n16..].iter().fold(_mm512_reduce_max_ps(vmax), |m, &v| {
+            if v.abs() > m { v.abs() } else { m }
+        });
+        let scale = if max > 0.0 { max / levels } else { 1.0 };
         let inv = _mm512_set1_ps(1.0 / scale);
-        let half = _mm512_set1_ps(128.5);
+        let half = _mm512_set1_ps(offset);
         for (c, o) in row[..n16].chunks_exact(16).zip(q.chunks_exact_mut(16)) {
             // SAFETY: `c` holds 16 floats and `o` 16 bytes.
             unsafe {
@@ -224,7 +260,7 @@ mod vnni {
         }
         let inv = 1.0 / scale;
         for (o, &v) in q[n16..].iter_mut().zip(&row[n16..]) {
-            *o = v.mul_add(inv, 128.5) as u8;
+            *o = v.mul_add(inv, offset) as u8;
         }
         scale
     }
@@ -259,9 +295,8 @@ mod vnni {
                 let b0 = _mm512_loadu_si512(b.add(kk * NB * 4).cast());
                 let b1 = _mm512_loadu_si512(b.add(kk * NB * 4 + 64).cast());
                 for r in 0..R {
-                    let av = _mm512_set1_epi32(
-                        ap.add(r * k + kk * 4).cast::<i32>().read_unaligned(),
-                    );
+                    let av =
+                        _mm512_set1_epi32(ap.add(r * k + kk * 4).cast::<i32>().read_unaligned());
                     acc0[r] = _mm512_dpbusd_epi32(acc0[r], av, b0);
                     acc1[r] = _mm512_dpbusd_epi32(acc1[r], av, b1);
                 }
@@ -280,8 +315,14 @@ mod vnni {
             } else {
                 0
             };
-            let c0 = _mm512_loadu_si512(w.corr.as_ptr().add(n0).cast());
-            let c1 = _mm512_loadu_si512(w.corr.as_ptr().add(n0 + 16).cast());
+            let (c0, c1) = if out.zero_point {
+                (
+                    _mm512_loadu_si512(w.corr.as_ptr().add(n0).cast()),
+                    _mm512_loadu_si512(w.corr.as_ptr().add(n0 + 16).cast()),
+                )
+            } else {
+                (_mm512_setzero_si512(), _mm512_setzero_si512())
+            };
             let s0 = _mm512_loadu_ps(w.scales.as_ptr().add(n0));
             let s1 = _mm512_loadu_ps(w.scales.as_ptr().add(n0 + 16));
             let (bi0, bi1) = match bias {
@@ -332,6 +373,7 @@ fn run_blocks(
                 buf: &mut out.buf[r0 * out.ldo..],
                 ldo: out.ldo,
                 col0: out.col0,
+                zero_point: out.zero_point,
             };
             #[cfg(target_arch = "x86_64")]
             if vnni {
@@ -362,7 +404,16 @@ fn run_blocks(
 /// `x` (M, K) times the packed weight's transpose, plus `bias` (N): (M, N), row-major.
 pub fn matmul(x: &[f32], w: &PackedI8, bias: Option<&[f32]>) -> Vec<f32> {
     let mut out = vec![0f32; x.len() / w.k * w.n];
-    matmul_with(x, w, bias, available(), &mut Scratch::default(), &mut out);
+    let scratch = &mut Scratch::default();
+    matmul_with(
+        x,
+        w,
+        bias,
+        Activations::Signed,
+        available(),
+        scratch,
+        &mut out,
+    );
     out
 }
 
@@ -375,25 +426,28 @@ pub struct Scratch {
     scales: Vec<f32>,
 }
 
-/// [`matmul`] into `out` (M * N, overwritten), with reusable buffers.
+/// [`matmul`] into `out` (M * N, overwritten), with reusable buffers and a choice of how
+/// the activations are quantised.
 pub fn matmul_into(
     x: &[f32],
     w: &PackedI8,
-    bias: Option<&[f32]>,
+    kind: Activations,
     scratch: &mut Scratch,
     out: &mut [f32],
 ) {
-    matmul_with(x, w, bias, available(), scratch, out)
+    matmul_with(x, w, None, kind, available(), scratch, out)
 }
 
 fn matmul_with(
     x: &[f32],
     w: &PackedI8,
     bias: Option<&[f32]>,
+    kind: Activations,
     vnni: bool,
     scratch: &mut Scratch,
     out: &mut [f32],
 ) {
+    let zero_point = kind == Activations::Signed;
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len() % k, 0, "activations are not rows of {k}");
     if let Some(b) = bias {
@@ -407,7 +461,7 @@ fn matmul_with(
     scratch.q.resize(m * k, 0);
     scratch.scales.resize(m, 0.0);
     let (a, sa) = (&mut scratch.q[..m * k], &mut scratch.scales[..m]);
-    quantize_rows(x, k, a, sa, vnni);
+    quantize_rows(x, k, a, sa, kind, vnni);
     let (a, sa) = (&*a, &*sa);
     let threads = rayon::current_num_threads().max(1);
     if m >= 4 * MR * threads {
@@ -419,7 +473,12 @@ fn matmul_with(
             .zip(sa.par_chunks(per))
             .for_each(|((buf, a), sa)| {
                 let rows = sa.len();
-                let mut o = Out { buf, ldo: n, col0: 0 };
+                let mut o = Out {
+                    buf,
+                    ldo: n,
+                    col0: 0,
+                    zero_point,
+                };
                 run_blocks(a, sa, rows, w, 0..w.blocks(), bias, &mut o, vnni);
             });
     } else {
@@ -438,6 +497,7 @@ fn matmul_with(
                     buf: &mut buf,
                     ldo: c1 - c0,
                     col0: c0,
+                    zero_point,
                 };
                 run_blocks(a, sa, m, w, b0..b1, bias, &mut o, vnni);
                 (c0, c1, buf)
@@ -502,7 +562,10 @@ mod tests {
             let (xmax, wmax) = (1.0f32, 0.1f32);
             let tol = (k as f32).sqrt() * (wmax * xmax / 127.0 + xmax * wmax / 127.0);
             for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                assert!((g - e).abs() <= tol, "{m}x{k}x{n} [{i}]: {g} vs {e} (tol {tol})");
+                assert!(
+                    (g - e).abs() <= tol,
+                    "{m}x{k}x{n} [{i}]: {g} vs {e} (tol {tol})"
+                );
             }
             let nb = matmul(&x, &q, None);
             for ((g, e), bb) in nb.iter().zip(&got).zip(b.iter().cycle()) {
@@ -525,11 +588,18 @@ mod tests {
             let q = PackedI8::quantize(&w, n, k).expect("k % 4 == 0");
             let mut fast = vec![0f32; m * n];
             let mut slow = vec![0f32; m * n];
-            matmul_with(&x, &q, Some(&b), true, &mut Scratch::default(), &mut fast);
-            matmul_with(&x, &q, Some(&b), false, &mut Scratch::default(), &mut slow);
-            // Same integers; only the order of the final f32 multiply-add differs.
-            for (f, s) in fast.iter().zip(&slow) {
-                assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0), "{f} vs {s}");
+            for kind in [Activations::Signed, Activations::NonNegative] {
+                let x: Vec<f32> = match kind {
+                    Activations::Signed => x.clone(),
+                    Activations::NonNegative => x.iter().map(|v| v.abs()).collect(),
+                };
+                let s = &mut Scratch::default();
+                matmul_with(&x, &q, Some(&b), kind, true, s, &mut fast);
+                matmul_with(&x, &q, Some(&b), kind, false, s, &mut slow);
+                // Same integers; only the order of the final f32 multiply-add differs.
+                for (f, s) in fast.iter().zip(&slow) {
+                    assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0), "{f} vs {s}");
+                }
             }
         }
     }

@@ -51,19 +51,19 @@ fn number_words(n: u64, out: &mut Vec<String>) {
         out.push(ONES[n as usize].into());
     } else if n < 100 {
         out.push(TENS[(n / 10) as usize].into());
-        if n % 10 != 0 {
+        if !n.is_multiple_of(10) {
             out.push(ONES[(n % 10) as usize].into());
         }
     } else if n < 1000 {
         out.push(ONES[(n / 100) as usize].into());
         out.push("hundred".into());
-        if n % 100 != 0 {
+        if !n.is_multiple_of(100) {
             number_words(n % 100, out);
         }
     } else if n < 1_000_000 {
         number_words(n / 1000, out);
         out.push("thousand".into());
-        if n % 1000 != 0 {
+        if !n.is_multiple_of(1000) {
             number_words(n % 1000, out);
         }
     } else {
