@@ -212,7 +212,7 @@ pub struct LoadOptions {
     /// bytes per decode step; see the bench for the accuracy check).
     pub q8_output: bool,
     /// Give the decoder's linear layers int8 copies (per-row scales) for decode steps, which
-    /// read every weight once per token; prompt prefill and the encoder stay f32.
+    /// read every weight once per token (and, with AVX-512 VNNI, for prompt prefill too).
     pub q8_layers: bool,
     /// Run the encoder's linear layers in int8 on CPUs with AVX-512 VNNI (ignored elsewhere).
     pub q8_encoder: bool,

@@ -86,8 +86,8 @@ struct Dense {
     i8: Option<I8Rows>,
     /// VNNI-packed int8 weights (activations quantised per row on each call).
     packed: Option<PackedI8>,
-    /// Calls with at most this many rows use `packed`: decode steps only in the decoder
-    /// (prompt prefill stays f32), every call in the encoder.
+    /// Calls with at most this many rows use `packed` (every call, as set today: packed
+    /// weights exist only on VNNI CPUs, where prefill and the encoder pay too).
     packed_max_rows: usize,
     /// Bias of `packed` when it differs from the f32 layer's: a preceding layer norm's gain
     /// and shift folded in ([`Self::quantize_folded`]); the input is then the bare
@@ -836,7 +836,16 @@ impl Decoder {
 
     /// Gives every decoder linear layer an int8 copy for decode steps (or drops them).
     pub fn quantize_layers(&mut self, int8: bool) -> Result<()> {
-        let rows = if int8 { GEMV_MAX_ROWS } else { 0 };
+        // With VNNI, prompt prefill (up to 224 rows per window) runs in int8 too: held-out
+        // WER is unchanged (9.6 %) and long-form is ~10 % faster. Without it, int8 pays only
+        // on decode steps, where memory traffic is the bound. (The cross-attention key and
+        // value projections stay f32: in int8 held-out WER rose to 11.3 %, the encoder's
+        // final layer norm has the outlier channels folding removes elsewhere.)
+        let rows = match (int8, qgemm::available()) {
+            (false, _) => 0,
+            (true, true) => usize::MAX,
+            (true, false) => GEMV_MAX_ROWS,
+        };
         for l in &mut self.layers {
             for a in [&mut l.attn, &mut l.cross] {
                 a.qkv.quantize(rows)?;

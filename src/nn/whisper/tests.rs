@@ -255,7 +255,7 @@ fn int8_encoder_is_close_where_the_cpu_has_vnni() {
 }
 
 #[test]
-fn int8_decoder_layers_are_close_and_leave_prefill_alone() {
+fn int8_decoder_layers_are_close_and_prefill_only_with_vnni() {
     let mut net = tiny_net(4);
     let mel: Vec<f32> = (0..8 * 200)
         .map(|i| ((i * 53 % 97) as f32 / 48.0) - 1.0)
@@ -274,8 +274,15 @@ fn int8_decoder_layers_are_close_and_leave_prefill_alone() {
     let (step_f32, prefill_f32) = (run(&net, &long[..1]), run(&net, &long));
     net.decoder.quantize_layers(true).unwrap();
     let (step_i8, prefill_i8) = (run(&net, &long[..1]), run(&net, &long));
-    // Prefill (20 rows) stays on the f32 weights; a step uses the int8 copies.
-    assert!(max_abs_diff(&prefill_f32, &prefill_i8) < 1e-5);
+    // Prefill (20 rows) stays on the f32 weights unless the CPU has VNNI (then int8 too);
+    // a step uses the int8 copies.
+    let dp = max_abs_diff(&prefill_f32, &prefill_i8);
+    if super::qgemm::available() {
+        // Rounding over 20 rows of a random model; a wrong product is O(1).
+        assert!(dp > 0.0 && dp < 0.15, "int8 prefill differs by {dp}");
+    } else {
+        assert!(dp < 1e-5, "prefill must stay f32 without VNNI: {dp}");
+    }
     let d = max_abs_diff(&step_f32, &step_i8);
     assert!(d > 0.0 && d < 0.05, "int8 step differs by {d}");
 }
