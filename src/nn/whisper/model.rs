@@ -84,11 +84,9 @@ struct Dense {
     f32: Linear,
     /// Per-row int8 weights with f32 activations, for decode steps on CPUs without VNNI.
     i8: Option<I8Rows>,
-    /// VNNI-packed int8 weights (activations quantised per row on each call).
+    /// VNNI-packed int8 weights, used for every call (activations quantised per row on each
+    /// call): on VNNI CPUs int8 pays for many rows (encoder, prefill) as well as few.
     packed: Option<PackedI8>,
-    /// Calls with at most this many rows use `packed` (every call, as set today: packed
-    /// weights exist only on VNNI CPUs, where prefill and the encoder pay too).
-    packed_max_rows: usize,
     /// Bias of `packed` when it differs from the f32 layer's: a preceding layer norm's gain
     /// and shift folded in ([`Self::quantize_folded`]); the input is then the bare
     /// normalised activation.
@@ -101,7 +99,6 @@ impl Dense {
             f32,
             i8: None,
             packed: None,
-            packed_max_rows: 0,
             packed_bias: None,
         }
     }
@@ -119,7 +116,7 @@ impl Dense {
     /// The product is the same in exact arithmetic. Falls back to [`Self::quantize`] when
     /// the weights do not pack.
     fn quantize_folded(&mut self, ln: &LayerNorm) -> Result<()> {
-        self.quantize(0)?;
+        self.quantize(false)?;
         if !qgemm::available() {
             return Ok(());
         }
@@ -157,7 +154,6 @@ impl Dense {
         })????;
         if let Some((p, b)) = folded {
             self.packed = Some(p);
-            self.packed_max_rows = usize::MAX;
             self.packed_bias = Some(b);
         }
         Ok(())
@@ -166,7 +162,7 @@ impl Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(q) = &self.packed {
             let rows = x.elem_count() / q.k.max(1);
-            if rows > 0 && rows <= self.packed_max_rows && x.dtype() == DType::F32 {
+            if rows > 0 && x.dtype() == DType::F32 {
                 let x = x.contiguous()?;
                 let out = with_f32(&x, |xs| match (&self.packed_bias, self.f32.bias()) {
                     (Some(b), _) => Ok(qgemm::matmul(xs, q, Some(b))),
@@ -202,15 +198,14 @@ impl Dense {
         }
     }
 
-    /// Int8 weights for calls of at most `max_rows` rows (0: none): VNNI-packed where the
-    /// CPU has it, else per-row int8 for decode steps only (without VNNI, int8 pays only
-    /// where memory traffic is the bound).
-    fn quantize(&mut self, max_rows: usize) -> Result<()> {
+    /// Int8 weights (or back to f32): VNNI-packed for every call where the CPU has it, else
+    /// per-row int8 for decode steps only (without VNNI, int8 pays only where memory
+    /// traffic is the bound).
+    fn quantize(&mut self, int8: bool) -> Result<()> {
         self.i8 = None;
         self.packed = None;
-        self.packed_max_rows = 0;
         self.packed_bias = None;
-        if max_rows == 0 {
+        if !int8 {
             return Ok(());
         }
         let (n, k) = self.f32.weight().dims2()?;
@@ -219,12 +214,9 @@ impl Dense {
             && let Some(p) = with_f32(&w, |w| PackedI8::quantize(w, n, k))?
         {
             self.packed = Some(p);
-            self.packed_max_rows = max_rows;
             return Ok(());
         }
-        if max_rows <= GEMV_MAX_ROWS {
-            self.i8 = Some(with_f32(&w, |w| I8Rows::quantize(w, n, k))?);
-        }
+        self.i8 = Some(with_f32(&w, |w| I8Rows::quantize(w, n, k))?);
         Ok(())
     }
 }
@@ -652,21 +644,17 @@ impl Encoder {
     /// Switches the linear layers to VNNI int8 (weights per output, activations per row) or
     /// back to f32. A no-op on CPUs without AVX-512 VNNI, where int8 would be slower.
     pub fn quantize_layers(&mut self, int8: bool) -> Result<()> {
-        let rows = if int8 && qgemm::available() {
-            usize::MAX
-        } else {
-            0
-        };
+        let on = int8 && qgemm::available();
         for l in &mut self.layers {
-            if rows > 0 {
+            if on {
                 l.attn.qkv.quantize_folded(&l.attn_ln)?;
                 l.mlp.fc1.quantize_folded(&l.mlp.ln)?;
             } else {
-                l.attn.qkv.quantize(0)?;
-                l.mlp.fc1.quantize(0)?;
+                l.attn.qkv.quantize(false)?;
+                l.mlp.fc1.quantize(false)?;
             }
-            l.attn.out.quantize(rows)?;
-            l.mlp.fc2.quantize(rows)?;
+            l.attn.out.quantize(on)?;
+            l.mlp.fc2.quantize(on)?;
         }
         Ok(())
     }
@@ -841,19 +829,14 @@ impl Decoder {
         // on decode steps, where memory traffic is the bound. (The cross-attention key and
         // value projections stay f32: in int8 held-out WER rose to 11.3 %, the encoder's
         // final layer norm has the outlier channels folding removes elsewhere.)
-        let rows = match (int8, qgemm::available()) {
-            (false, _) => 0,
-            (true, true) => usize::MAX,
-            (true, false) => GEMV_MAX_ROWS,
-        };
         for l in &mut self.layers {
             for a in [&mut l.attn, &mut l.cross] {
-                a.qkv.quantize(rows)?;
-                a.q.quantize(rows)?;
-                a.out.quantize(rows)?;
+                a.qkv.quantize(int8)?;
+                a.q.quantize(int8)?;
+                a.out.quantize(int8)?;
             }
-            l.mlp.fc1.quantize(rows)?;
-            l.mlp.fc2.quantize(rows)?;
+            l.mlp.fc1.quantize(int8)?;
+            l.mlp.fc2.quantize(int8)?;
         }
         Ok(())
     }
