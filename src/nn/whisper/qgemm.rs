@@ -101,11 +101,6 @@ impl PackedI8 {
         })
     }
 
-    /// Bytes held.
-    pub fn size_bytes(&self) -> usize {
-        self.data.len() + 4 * (self.scales.len() + self.corr.len())
-    }
-
     fn blocks(&self) -> usize {
         self.n.div_ceil(NB)
     }
