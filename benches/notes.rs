@@ -478,6 +478,8 @@ fn speed_section(data: &Path) {
 }
 
 fn main() {
+    // SAFETY: no other thread exists yet.
+    unsafe { hark::nn::prepare_process() };
     let data = data_dir();
     println!("# hark note transcription bench\n");
     mono_section(&data);

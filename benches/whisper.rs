@@ -620,6 +620,8 @@ fn heldout(model: &mut WhisperModel, dir: &Path, fw: Option<(PathBuf, PathBuf)>)
 }
 
 fn main() {
+    // SAFETY: no other thread exists yet.
+    unsafe { hark::nn::prepare_process() };
     if std::env::args().any(|a| a == "--list") {
         return;
     }

@@ -23,6 +23,8 @@ use hark::train::{
 };
 
 fn main() {
+    // SAFETY: no other thread exists yet.
+    unsafe { hark::nn::prepare_process() };
     let Ok(base_dir) = hark::models::find(hark::models::WHISPER_KIND, "tiny.en", None) else {
         eprintln!("SKIP: tiny.en is not installed (harkd models fetch tiny.en)");
         return;

@@ -416,6 +416,8 @@ enum EvalCommand {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet.
+    unsafe { hark::nn::prepare_process() };
     let cli = Cli::parse();
     telemetry::init(LogFormat::Human, "warn,hark=info");
     match run(cli) {

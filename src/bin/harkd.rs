@@ -127,14 +127,8 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    // glibc gives each thread that allocates its own arena (up to 8 per core); the pipeline,
-    // tokio and candle's rayon pool then keep freed Whisper buffers in many arenas at once.
-    // Two arenas hold the daemon's peak resident memory down at no measurable speed cost.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
+    // SAFETY: no other thread exists yet.
+    unsafe { hark::nn::prepare_process() };
     let cli = Cli::parse();
     match cli.command {
         Command::PrintConfig => {
