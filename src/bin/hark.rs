@@ -304,8 +304,6 @@ fn actions_test(
 }
 
 fn main() -> ExitCode {
-    // SAFETY: no other thread exists yet.
-    unsafe { hark::nn::prepare_process() };
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -118,8 +118,8 @@ pub fn num_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
-/// Process-wide settings for running the models; the binaries and the benches call it first
-/// thing in `main`.
+/// Process-wide settings for running the models; `harkd`, `hark-train` and the model benches
+/// call it first thing in `main` (the `hark` CLI runs no model).
 ///
 /// - **Thread count.** candle asks for its thread count on every f32 matmul. With
 ///   `RAYON_NUM_THREADS` unset it counts the physical cores by reading `/proc/cpuinfo` each
@@ -129,16 +129,16 @@ pub fn num_threads() -> usize {
 ///   layer. Above glibc's default thresholds those are fresh `mmap`s, zeroed page by page on
 ///   first touch. Serving them from the heap up to 32 MB, and returning free heap to the
 ///   system only past 64 MB, took a two-minute transcription from 536,000 page faults to
-///   95,000 (`perf stat`) for ~5 MB more peak resident memory. Two arenas, not up to 8 per core: the
-///   pipeline, tokio and candle's pool would otherwise keep freed Whisper buffers in many
-///   arenas at once, which held the daemon's peak resident memory up.
+///   95,000 (`perf stat`) for ~5 MB more peak resident memory. Two arenas, not up to 8 per
+///   core: the pipeline, tokio and candle's pool would otherwise keep freed Whisper buffers
+///   in many arenas at once, which held the daemon's peak resident memory up.
 ///
 /// # Safety
 ///
 /// Call before any other thread exists: it sets an environment variable.
 pub unsafe fn prepare_process() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = candle_core::utils::get_num_threads();
+        let n = num_threads();
         // SAFETY: the caller guarantees no other thread reads the environment.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }

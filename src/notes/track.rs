@@ -370,14 +370,8 @@ impl Segmenter {
     /// Where a pitch change that was confirmed at `first` really started: the strongest flux
     /// peak just before it (the old note's release masks the new pitch for a few frames).
     fn change_start(&self, first: u64, now: u64, abrupt: bool) -> u64 {
-        if let Some(t) = self.onset_threshold {
-            let lo = first.saturating_sub(CHANGE_LOOKBACK);
-            if let Some(i) = (lo..=now)
-                .filter(|&i| self.onset_peak(i, CHANGE_ONSET_FRACTION * t))
-                .max_by(|&a, &b| self.prob(a).total_cmp(&self.prob(b)))
-            {
-                return i;
-            }
+        if let Some(i) = self.strongest_peak(first.saturating_sub(CHANGE_LOOKBACK)..now + 1) {
+            return i;
         }
         if !abrupt {
             return first;
@@ -397,9 +391,6 @@ impl Segmenter {
     /// Held-out-instrument renders: note F1 0.796 -> 0.800 (dev), 0.791 -> 0.796 (dev_seen);
     /// lookbacks of 12-20 frames and peak fractions of 0.05-0.25 all gave the same.
     fn attack_start(&self, first: u64) -> u64 {
-        let Some(t) = self.onset_threshold else {
-            return first;
-        };
         let after_voiced = self
             .behind
             .iter()
@@ -407,10 +398,16 @@ impl Segmenter {
             .find(|g| g.voiced)
             .map_or(0, |g| g.index + 1);
         let lo = first.saturating_sub(CHANGE_LOOKBACK).max(after_voiced);
-        (lo..first)
-            .filter(|&i| self.onset_peak(i, CHANGE_ONSET_FRACTION * t))
+        self.strongest_peak(lo..first).unwrap_or(first)
+    }
+
+    /// The frame in `frames` with the highest detector peak of at least
+    /// [`CHANGE_ONSET_FRACTION`] of the threshold (none without a detector).
+    fn strongest_peak(&self, frames: std::ops::Range<u64>) -> Option<u64> {
+        let t = CHANGE_ONSET_FRACTION * self.onset_threshold?;
+        frames
+            .filter(|&i| self.onset_peak(i, t))
             .max_by(|&a, &b| self.prob(a).total_cmp(&self.prob(b)))
-            .unwrap_or(first)
     }
 
     fn step(&mut self, out: &mut Vec<Note>) {
@@ -784,7 +781,7 @@ mod tests {
 
     #[test]
     fn a_note_after_silence_starts_at_the_detector_onset_in_its_noisy_attack() {
-        // A note, 40 unvoiced frames, then a note whose pitch shows 9 frames after the
+        // A note, 60 unvoiced frames, then a note whose pitch shows 9 frames after the
         // detector fired at frame 111 (a bowed or breathy attack).
         let mut frames = flat_frames(&[69.0; 160]);
         for f in &mut frames[60..120] {
