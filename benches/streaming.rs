@@ -95,11 +95,36 @@ async fn main() {
     report(&file, &results);
 }
 
+/// Seconds of silence put in front of the file for the offline spread: the same words in
+/// windows placed differently. Whisper's 30 s windows and its prompt then change, which is
+/// what live decoding changes too, so the spread is the noise floor of "x offline".
+const PADS_S: [f32; 4] = [0.5, 1.0, 2.0, 3.0];
+
+/// 16 kHz mono 16-bit WAV bytes.
+fn wav_bytes(samples: &[f32]) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut w = hound::WavWriter::new(&mut out, spec).expect("wav header");
+    for s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)
+            .expect("wav sample");
+    }
+    w.finalize().expect("wav end");
+    out.into_inner()
+}
+
 /// What one run measured.
 struct RunResult {
     /// Streaming and offline WER (%); the offline transcript is taken in the first run only.
     swer: f64,
     ower: Option<f64>,
+    /// Offline WER (%) of the same audio behind each of [`PADS_S`] of silence (first run only).
+    padded_wer: Vec<f64>,
     offline_s: f64,
     duration_s: f64,
     to_first: Vec<f64>,
@@ -160,9 +185,22 @@ fn report(file: &Path, results: &[RunResult]) {
         first.stages
     );
     println!(
-        "offline WER (Transcribe RPC, {:.1} s): {ower:.1}%\n",
+        "offline WER (Transcribe RPC, {:.1} s): {ower:.1}%",
         first.offline_s
     );
+    if !first.padded_wer.is_empty() {
+        let shown: Vec<String> = PADS_S
+            .iter()
+            .zip(&first.padded_wer)
+            .map(|(p, w)| format!("{p} s: {w:.1}%"))
+            .collect();
+        let mean = first.padded_wer.iter().sum::<f64>() / first.padded_wer.len() as f64;
+        println!(
+            "offline WER with silence in front (window placement alone): {} (mean {mean:.1}%)",
+            shown.join(", ")
+        );
+    }
+    println!();
     println!(
         "| run | streaming WER | x offline | first shown p50 / p90 | final p50 / p90 | utterance p50 / p90 | finals | utterances | dropped | CPU | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
@@ -327,6 +365,24 @@ async fn run(
         .map(str::to_string)
         .or_else(|| offline_text.clone())
         .unwrap_or_default();
+    let mut padded_wer = Vec::new();
+    if offline_text.is_some() {
+        let samples = hark::audio::file::decode_file_16k(file).map_err(|e| e.to_string())?;
+        for pad in PADS_S {
+            let mut audio = vec![0.0f32; (pad * 16_000.0) as usize];
+            audio.extend_from_slice(&samples);
+            let r = client
+                .transcribe(pb::TranscribeRequest {
+                    audio: wav_bytes(&audio),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let (e, n) = text::word_errors(&reference, &r.text);
+            padded_wer.push(100.0 * e as f64 / n.max(1) as f64);
+        }
+    }
 
     // Latency per final word: to its final, and to the first event showing the same word
     // (same text, end within 0.8 s: re-decodes move word times by a few hundred ms).
@@ -352,6 +408,7 @@ async fn run(
     Ok(RunResult {
         swer: 100.0 * se as f64 / sn.max(1) as f64,
         ower,
+        padded_wer,
         offline_s,
         duration_s,
         to_first,
