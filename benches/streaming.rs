@@ -371,9 +371,13 @@ async fn run(
         for pad in PADS_S {
             let mut audio = vec![0.0f32; (pad * 16_000.0) as usize];
             audio.extend_from_slice(&samples);
+            let wav = wav_bytes(&audio);
+            if let Some(dir) = std::env::var_os("HARK_STREAM_DUMP") {
+                let _ = std::fs::write(Path::new(&dir).join(format!("pad{pad}.wav")), &wav);
+            }
             let r = client
                 .transcribe(pb::TranscribeRequest {
-                    audio: wav_bytes(&audio),
+                    audio: wav,
                     ..Default::default()
                 })
                 .await

@@ -11,7 +11,8 @@
 //! the word).
 //!
 //! `cargo bench --profile dev --config 'profile.dev.opt-level=3' --bench whisper_adapt`
-//! (`HARK_ADAPT_SETS=bess` picks sets; needs tiny.en, the synthesisers and
+//! (`HARK_ADAPT_SETS=bess` picks sets; `HARK_ADAPT_REPLAY_LOSS=ce` replays with cross-entropy
+//! instead of distillation; needs tiny.en, the synthesisers and
 //! `../shared/data/speech` for the default replay and regression sets).
 
 use std::{path::Path, time::Instant};
@@ -104,6 +105,11 @@ fn main() {
             steps: 20,
             batch: 8,
             replay_ratio: 0.5,
+            replay_loss: if std::env::var("HARK_ADAPT_REPLAY_LOSS").as_deref() == Ok("ce") {
+                hark::train::whisper::ReplayLoss::Ce
+            } else {
+                hark::train::whisper::ReplayLoss::Kl
+            },
             holdout: 0.25,
             words: vec![word.clone()],
             augment: 2,

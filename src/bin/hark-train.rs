@@ -32,7 +32,7 @@ use hark::{
         sound::{self, SoundTrainOptions},
         synth::Engine,
         wake::{self, WakeTrainOptions},
-        whisper::{self, AdaptOptions},
+        whisper::{self, AdaptOptions, ReplayLoss},
     },
 };
 
@@ -117,6 +117,14 @@ enum FreezeArg {
     None,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReplayLossArg {
+    /// Distil the base model's next-token distributions.
+    Kl,
+    /// Cross-entropy on the base model's transcripts.
+    Ce,
+}
+
 #[derive(Debug, clap::Args)]
 struct AdaptArgs {
     /// Base Whisper model: an installed name (tiny.en) or a directory.
@@ -155,6 +163,10 @@ struct AdaptArgs {
     /// Share of each batch drawn from replay (0 = no replay).
     #[arg(long, default_value_t = 0.5)]
     replay_ratio: f32,
+    /// What replay clips teach: kl = the base model's whole next-token distribution at each
+    /// position (distillation), ce = only its transcript.
+    #[arg(long, value_enum, default_value = "kl")]
+    replay_loss: ReplayLossArg,
     /// Share of the examples held back to measure generalisation (none below 4 examples).
     #[arg(long, default_value_t = 0.25)]
     holdout: f32,
@@ -458,6 +470,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 steps: a.steps,
                 batch: a.batch,
                 replay_ratio: a.replay_ratio,
+                replay_loss: match a.replay_loss {
+                    ReplayLossArg::Kl => ReplayLoss::Kl,
+                    ReplayLossArg::Ce => ReplayLoss::Ce,
+                },
                 holdout: a.holdout,
                 words: a.words,
                 augment: a.augment,

@@ -39,7 +39,7 @@ use std::{
     time::Instant,
 };
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 use candle_nn::Optimizer;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::Serialize;
@@ -60,6 +60,24 @@ const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "ogg", "mp3"];
 
 /// Replay clips the base model transcribes with more than this WER are not replayed.
 const REPLAY_MAX_WER: f32 = 0.10;
+
+/// What the model learns from replay clips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayLoss {
+    /// The base model's whole next-token distribution at each position (distillation).
+    Kl,
+    /// Cross-entropy on the base model's transcript (its top token only).
+    Ce,
+}
+
+impl ReplayLoss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kl => "kl",
+            Self::Ce => "ce",
+        }
+    }
+}
 
 /// What `hark-train whisper-adapt` was asked to do.
 #[derive(Debug, Clone)]
@@ -82,6 +100,8 @@ pub struct AdaptOptions {
     pub batch: usize,
     /// Share of each batch drawn from replay (0 = no replay).
     pub replay_ratio: f32,
+    /// How replay clips are learnt.
+    pub replay_loss: ReplayLoss,
     /// Share of the examples held back from training (none when there are fewer than 4).
     pub holdout: f32,
     /// The words the adaptation is for; empty: derived from the examples.
@@ -501,6 +521,9 @@ impl EncInput {
 struct Prepared {
     inputs: [EncInput; 2],
     samples: [Sample; 2],
+    /// Replay with [`ReplayLoss::Kl`]: the base model's log-probabilities (T, V) for each
+    /// encoding and sample, `[encoding * 2 + sample]`, detached.
+    teacher: Option<Vec<Tensor>>,
 }
 
 fn prepare(
@@ -513,7 +536,24 @@ fn prepare(
     Ok(Prepared {
         inputs: encodings(model, net, &clip.audio, freeze)?,
         samples: samples_for(model, target, clip.audio.len() as f32 / 16_000.0)?,
+        teacher: None,
     })
+}
+
+/// The teacher distributions of a replay clip: what `net` (still the base model: LoRA starts
+/// at zero, full fine-tuning at the base weights) predicts at each position.
+fn teacher_logp(net: &TrainableWhisper, p: &Prepared) -> Result<Vec<Tensor>, TrainError> {
+    let mut out = Vec::with_capacity(4);
+    for input in &p.inputs {
+        for s in &p.samples {
+            let tokens = Tensor::from_vec(s.input.clone(), (1, s.input.len()), &Device::Cpu)?;
+            let logits = decode_group(net, &[input], &tokens)?;
+            let (_, t, v) = logits.dims3()?;
+            let logp = candle_nn::ops::log_softmax(&logits.reshape((t, v))?, D::Minus1)?;
+            out.push(logp.detach());
+        }
+    }
+    Ok(out)
 }
 
 /// The two encodings of `audio` the daemon decodes with, as far as training allows.
@@ -611,7 +651,30 @@ fn batch_loss(
         let mask = Tensor::from_vec(mask, (b, t), &dev)?;
         let inputs: Vec<&EncInput> = items.iter().map(|(p, e, _)| &p.inputs[*e]).collect();
         let logits = decode_group(net, &inputs, &input)?;
-        let l = TrainableWhisper::loss_sum(&logits, &target, &mask)?;
+        let teachers: Option<Vec<&Tensor>> = items
+            .iter()
+            .map(|(p, e, f)| p.teacher.as_ref().map(|ts| &ts[e * 2 + f]))
+            .collect();
+        let l = match teachers {
+            Some(ts) => {
+                // Pad each (T_i, V) to (t, V); padded rows are masked out.
+                let v = logits.dim(2)?;
+                let rows = ts
+                    .iter()
+                    .map(|x| {
+                        let n = x.dim(0)?;
+                        if n == t {
+                            Ok((*x).clone())
+                        } else {
+                            Tensor::cat(&[*x, &Tensor::zeros((t - n, v), DType::F32, &dev)?], 0)
+                        }
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let teacher = Tensor::stack(&rows, 0)?;
+                TrainableWhisper::kl_sum(&logits, &teacher, &mask)?
+            }
+            None => TrainableWhisper::loss_sum(&logits, &target, &mask)?,
+        };
         total = add(total, l)?;
         if let Some(ns) = no_speech {
             // Every sample starts with <|startoftranscript|>: no prompt precedes it in training.
@@ -824,6 +887,8 @@ pub struct AdaptReport {
     pub steps: usize,
     pub batch: usize,
     pub replay_ratio: f32,
+    /// "kl" or "ce" (see [`ReplayLoss`]).
+    pub replay_loss: String,
     /// Weight of the no-speech term (0: off, or the tokenizer has no no-speech token).
     pub no_speech_weight: f32,
     pub trained_values: usize,
@@ -994,7 +1059,11 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
     }
     let mut rep_prep = Vec::new();
     for (c, t) in replay.iter().zip(&replay_targets) {
-        rep_prep.push(prepare(&base_model, &net, c, t, opts.freeze)?);
+        let mut p = prepare(&base_model, &net, c, t, opts.freeze)?;
+        if opts.replay_loss == ReplayLoss::Kl && opts.replay_ratio > 0.0 {
+            p.teacher = Some(teacher_logp(&net, &p)?);
+        }
+        rep_prep.push(p);
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -1257,6 +1326,7 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
         } else {
             n_rep as f32 / opts.batch as f32
         },
+        replay_loss: opts.replay_loss.as_str().into(),
         no_speech_weight: if ns_token.is_some() {
             opts.no_speech_weight
         } else {
@@ -1369,14 +1439,15 @@ fn write_outputs(
     );
     let _ = writeln!(
         md,
-        "- frozen: {}; trained values: {}; lr {}; {} steps of {} clips ({:.0}% replay); \
-         no-speech weight {}",
+        "- frozen: {}; trained values: {}; lr {}; {} steps of {} clips ({:.0}% replay, \
+         learnt by {}); no-speech weight {}",
         r.freeze,
         r.trained_values,
         r.lr,
         r.steps,
         r.batch,
         r.replay_ratio * 100.0,
+        r.replay_loss,
         r.no_speech_weight
     );
     let _ = writeln!(

@@ -31,6 +31,9 @@ pub(crate) struct DecodeSetup {
     pub max_timestamp_index: Option<u32>,
     /// Maximum number of sampled tokens (n_text_ctx / 2).
     pub sample_len: usize,
+    /// Conditioned on previous text: an empty decode that hears speech ends the fallback early,
+    /// and the caller decodes again without that text.
+    pub has_previous_text: bool,
     pub beam_size: usize,
     /// Number of samples drawn at temperature > 0 (the best is kept).
     pub best_of: usize,
@@ -558,6 +561,16 @@ pub(crate) fn decode_with_fallback(
             "Decoded window."
         );
         if silent || !(too_repetitive || too_unlikely) {
+            return Ok(r);
+        }
+        // A prompted decode that ends at once while the model hears speech: the previous text
+        // is what stops it, and sampling hotter under the same prompt only picks worse words
+        // (the long-form window that came back empty got "an invention ..." at 0.8). The
+        // caller decodes it again without the prompt.
+        let hears_speech = fallback
+            .no_speech_threshold
+            .is_none_or(|th| r.no_speech_prob <= th);
+        if setup.has_previous_text && hears_speech && !super::has_words(&r.text) {
             return Ok(r);
         }
         attempts.push(r);

@@ -828,6 +828,7 @@ impl WhisperModel {
                 .then(|| (opts.max_initial_timestamp / TIME_PRECISION).round() as u32),
             max_timestamp_index,
             sample_len: half,
+            has_previous_text: !prompt.is_empty(),
             beam_size,
             best_of: beam_size,
         }

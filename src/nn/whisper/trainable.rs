@@ -448,6 +448,28 @@ impl TrainableWhisper {
         (picked * mask)?.sum_all()?.neg()
     }
 
+    /// Summed KL divergence from the teacher's distribution to the model's, over the masked
+    /// positions: `sum_i mask_i sum_v p_t(v) (ln p_t(v) - ln p(v))`. `teacher_logp` (B, T, V)
+    /// holds log-probabilities (rows where the mask is 0 may hold anything finite).
+    /// Distilling replay from the base model keeps its whole distribution at each position,
+    /// where cross-entropy on its transcript keeps only the top token.
+    pub fn kl_sum(logits: &Tensor, teacher_logp: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, v) = logits.dims3()?;
+        if teacher_logp.dims3()? != (b, t, v) {
+            candle_core::bail!(
+                "teacher {:?} does not match logits {:?}",
+                teacher_logp.dims(),
+                logits.dims()
+            );
+        }
+        let logp = candle_nn::ops::log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
+        let tl = teacher_logp.reshape((b * t, v))?;
+        let kl = (tl.exp()? * (tl - logp)?)?
+            .sum(D::Minus1)?
+            .reshape((b, t))?;
+        (kl * mask)?.sum_all()
+    }
+
     /// Summed `-ln(1 - p)` over the batch, where `p` is the probability of `token` (the
     /// `<|nocaptions|>` / `<|nospeech|>` token) at position `position` of `logits` (B, T, V):
     /// the binary cross-entropy of "this is speech" at the start-of-transcript position, the
@@ -515,6 +537,35 @@ impl TrainableWhisper {
 mod tests {
     use super::*;
     use candle_nn::{Optimizer, VarBuilder};
+
+    #[test]
+    fn kl_is_zero_for_the_teacher_itself_and_positive_elsewhere_on_masked_rows_only() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[[1.0f32, 2.0, 0.5], [0.0, 0.0, 3.0]]], &dev).unwrap();
+        let own = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+        let mask = Tensor::new(&[[1.0f32, 1.0]], &dev).unwrap();
+        let kl = |t: &Tensor, m: &Tensor| {
+            TrainableWhisper::kl_sum(&logits, t, m)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(kl(&own, &mask).abs() < 1e-6);
+        let other = candle_nn::ops::log_softmax(
+            &Tensor::new(&[[[0.0f32, 0.0, 0.0], [3.0, 0.0, 0.0]]], &dev).unwrap(),
+            D::Minus1,
+        )
+        .unwrap();
+        assert!(kl(&other, &mask) > 0.1);
+        // A masked row contributes nothing, whatever the teacher holds there.
+        let first_only = Tensor::new(&[[1.0f32, 0.0]], &dev).unwrap();
+        let mixed = Tensor::cat(
+            &[own.narrow(1, 0, 1).unwrap(), other.narrow(1, 1, 1).unwrap()],
+            1,
+        )
+        .unwrap();
+        assert!(kl(&mixed, &first_only).abs() < 1e-6);
+    }
 
     /// A random 2-layer Whisper small enough to train in a unit test.
     pub(crate) fn tiny_random() -> (Config, HashMap<String, Tensor>) {
