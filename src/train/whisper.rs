@@ -19,7 +19,11 @@
 //!    text-only or timestamped (the daemon always decodes with timestamps; the lecture's recipe
 //!    uses `<|notimestamps|>`), and encoded as the one-shot path does (padded to 30 s) or as the
 //!    live stream does (the clip plus 2 s, at least 10 s). Every batch mixes examples and
-//!    replay (`--replay-ratio`). LoRA (`--lora RANK`) or full fine-tuning (`--lora 0`); the
+//!    replay (`--replay-ratio`). Replay is learnt by distillation (`--replay-loss kl`, the
+//!    default): the adapted model is pulled towards the base model's whole next-token
+//!    distribution at each position of the replay transcript, computed once before training,
+//!    rather than only its top token (`ce`). On the bench's two words this halved or removed
+//!    the drift on the shared speech set at the same recall (docs/adaptation.md). LoRA (`--lora RANK`) or full fine-tuning (`--lora 0`); the
 //!    encoder, the decoder, or neither frozen (`--freeze`). With the encoder frozen (the
 //!    default) its outputs are computed once per clip.
 //! 3. **Measurement and gate.** Before/after WER on the training examples, the held-back

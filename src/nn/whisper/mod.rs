@@ -828,7 +828,7 @@ impl WhisperModel {
                 .then(|| (opts.max_initial_timestamp / TIME_PRECISION).round() as u32),
             max_timestamp_index,
             sample_len: half,
-            has_previous_text: !prompt.is_empty(),
+            has_previous_text: false,
             beam_size,
             best_of: beam_size,
         }
@@ -887,8 +887,9 @@ impl WhisperModel {
         openai || (!prompted && (suspect || likely_silent))
     }
 
-    /// Decodes one encoded window with the temperature fallback, conditioned on `prompt`
-    /// (previous text) and the hotwords. Returns the result and whether the previous text was
+    /// Decodes one encoded window with the temperature fallback, conditioned on `prompt` and the
+    /// hotwords. `previous_text`: the prompt holds text decoded before (not only the user's
+    /// `initial_prompt`, which is never dropped). Returns the result and whether the prompt was
     /// kept.
     ///
     /// A decode conditioned on previous text sometimes ends at once: the long-form reading
@@ -904,6 +905,7 @@ impl WhisperModel {
         opts: &DecodeOptions,
         sot_sequence: &[u32],
         prompt: &[u32],
+        previous_text: bool,
         hotwords: &[u32],
         max_timestamp_index: Option<u32>,
         sample_len: usize,
@@ -914,6 +916,7 @@ impl WhisperModel {
         let run = |prompt: &[u32], rng: &mut Rng| {
             let mut setup = self.setup(opts, sot_sequence, prompt, hotwords, max_timestamp_index);
             setup.sample_len = setup.sample_len.min(sample_len);
+            setup.has_previous_text = previous_text && !prompt.is_empty();
             decode_with_fallback(
                 &self.net,
                 &self.tokenizer,
@@ -928,7 +931,7 @@ impl WhisperModel {
         let hears_speech = opts
             .no_speech_threshold
             .is_none_or(|th| r.no_speech_prob <= th);
-        if prompt.is_empty() || has_words(&r.text) || !hears_speech {
+        if !previous_text || prompt.is_empty() || has_words(&r.text) || !hears_speech {
             return Ok((r, !prompt.is_empty()));
         }
         tracing::debug!(
@@ -1096,6 +1099,7 @@ impl WhisperModel {
             opts,
             &sot_sequence,
             &prompt_tokens,
+            !prompt.is_empty(),
             &hotwords,
             max_ts,
             token_budget(frames),
@@ -1176,6 +1180,8 @@ impl WhisperModel {
         {
             all_tokens = self.tokenizer.encode(&format!(" {p}"))?;
         }
+        // The user's initial prompt; tokens after it are decoded text.
+        let n_initial = all_tokens.len();
         let mut prompt_reset_since = 0;
         let mut language: Option<(String, Vec<(String, f32)>)> = None;
         let mut segments: Vec<Segment> = Vec::new();
@@ -1242,6 +1248,7 @@ impl WhisperModel {
                 opts,
                 &sot_sequence,
                 &all_tokens[prompt_reset_since..],
+                all_tokens.len() > prompt_reset_since.max(n_initial),
                 &tok_hotwords,
                 max_ts,
                 token_budget(segment_frames),
