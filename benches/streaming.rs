@@ -15,6 +15,8 @@
 //! ```
 //!
 //! `HARK_STREAM_CONFIG` is added to the `[transcribe]` table of the daemon's config.
+//! `HARK_STREAM_DUMP=DIR` writes the offline runs' silence-padded WAVs there (`padS.wav`), to
+//! replay one with `hark transcribe`.
 //!
 //! Needs an installed model (`harkd models fetch tiny.en`) and `../shared/data`; skips with a
 //! message otherwise. Targets: streaming WER <= offline WER x 1.10 in every run; median latency

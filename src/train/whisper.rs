@@ -23,9 +23,10 @@
 //!    default): the adapted model is pulled towards the base model's whole next-token
 //!    distribution at each position of the replay transcript, computed once before training,
 //!    rather than only its top token (`ce`). On the bench's two words this halved or removed
-//!    the drift on the shared speech set at the same recall (docs/adaptation.md). LoRA (`--lora RANK`) or full fine-tuning (`--lora 0`); the
-//!    encoder, the decoder, or neither frozen (`--freeze`). With the encoder frozen (the
-//!    default) its outputs are computed once per clip.
+//!    the drift on the shared speech set at the same recall (docs/adaptation.md). LoRA
+//!    (`--lora RANK`) or full fine-tuning (`--lora 0`); the encoder, the decoder, or neither
+//!    frozen (`--freeze`). With the encoder frozen (the default) its outputs are computed once
+//!    per clip.
 //! 3. **Measurement and gate.** Before/after WER on the training examples, the held-back
 //!    examples, the replay set and the regression set (`--regression DIR`; default: the half of
 //!    `../shared/data/speech` not used for replay, plus the whole of it reported apart), and

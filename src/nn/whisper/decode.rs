@@ -514,6 +514,12 @@ pub(crate) fn is_loop(text: &str) -> bool {
 /// running, decoders stuck on noise do it for as long as they are let.
 const LOOP_RUN: usize = 5;
 
+/// A decode with no words although its no-speech probability (at most `no_speech_threshold`)
+/// says the window holds speech.
+pub(crate) fn empty_but_speech(r: &DecodingResult, no_speech_threshold: Option<f32>) -> bool {
+    no_speech_threshold.is_none_or(|th| r.no_speech_prob <= th) && !super::has_words(&r.text)
+}
+
 /// `decode_with_fallback`: decodes at increasing temperatures until the result is neither too
 /// repetitive (compression ratio) nor too unlikely (average log probability), unless the
 /// window is judged silent. When every temperature fails, keeps the attempt with the best
@@ -567,10 +573,7 @@ pub(crate) fn decode_with_fallback(
         // is what stops it, and sampling hotter under the same prompt only picks worse words
         // (the long-form window that came back empty got "an invention ..." at 0.8). The
         // caller decodes it again without the prompt.
-        let hears_speech = fallback
-            .no_speech_threshold
-            .is_none_or(|th| r.no_speech_prob <= th);
-        if setup.has_previous_text && hears_speech && !super::has_words(&r.text) {
+        if setup.has_previous_text && empty_but_speech(&r, fallback.no_speech_threshold) {
             return Ok(r);
         }
         attempts.push(r);

@@ -928,10 +928,10 @@ impl WhisperModel {
             )
         };
         let r = run(prompt, rng)?;
-        let hears_speech = opts
-            .no_speech_threshold
-            .is_none_or(|th| r.no_speech_prob <= th);
-        if !previous_text || prompt.is_empty() || has_words(&r.text) || !hears_speech {
+        if !previous_text
+            || prompt.is_empty()
+            || !decode::empty_but_speech(&r, opts.no_speech_threshold)
+        {
             return Ok((r, !prompt.is_empty()));
         }
         tracing::debug!(
