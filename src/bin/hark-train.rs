@@ -422,6 +422,9 @@ enum EvalCommand {
         /// the spectral-flux and level rules alone.
         #[arg(long, default_value = "note-onset")]
         onset_model: String,
+        /// Write each transcription to DIR/<stem>.tsv (scored again later with --estimates).
+        #[arg(long, value_name = "DIR", conflicts_with = "estimates")]
+        save_estimates: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -754,10 +757,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     mode,
                     estimates,
                     onset_model,
+                    save_estimates,
                     json,
                 },
         } => {
+            if let Some(d) = &save_estimates {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            }
             let o = NotesEvalOptions {
+                save_estimates,
                 audio,
                 notes,
                 estimates,

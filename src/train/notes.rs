@@ -42,6 +42,9 @@ pub struct NotesEvalOptions {
     pub mode: Mode,
     /// Mono: the onset detector (model name or directory); None: the flux and level rules.
     pub onset_model: Option<String>,
+    /// Write each transcription here as `<stem>.tsv` (to inspect errors, or to score again
+    /// with `estimates` without transcribing).
+    pub save_estimates: Option<PathBuf>,
 }
 
 /// The scores of one file.
@@ -188,7 +191,15 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                 let a = audio.as_deref().unwrap_or(&reference);
                 let notes = crate::notes::transcribe_file_with(a, o.mode, o.onset_model.as_deref())
                     .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
-                (None, false, notes)
+                let saved = match &o.save_estimates {
+                    Some(dir) => {
+                        let p = dir.join(format!("{name}.tsv"));
+                        io::write_notes(&p, &notes)?;
+                        Some(p)
+                    }
+                    None => None,
+                };
+                (saved, false, notes)
             }
         };
         let (scores, pitch_only) = if r.timed {
@@ -316,6 +327,7 @@ mod tests {
             estimates: estimates.map(Path::to_path_buf),
             mode: Mode::Poly,
             onset_model: None,
+            save_estimates: None,
         }
     }
 
@@ -386,6 +398,42 @@ mod tests {
         let err = evaluate(&options(refs.path(), None, Some(audio.path()))).unwrap_err();
         assert!(err.to_string().contains("a.flac"), "{err}");
         assert!(evaluate(&options(refs.path(), None, None)).is_err());
+    }
+
+    #[test]
+    fn saved_estimates_score_as_the_transcription_did() {
+        let (audio, refs, saved) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let tune: Vec<Note> = [60u8, 64, 67, 72, 67]
+            .iter()
+            .enumerate()
+            .map(|(i, &midi)| Note {
+                midi,
+                cents: 0.0,
+                start: 0.3 + 0.5 * i as f64,
+                end: 0.7 + 0.5 * i as f64,
+                velocity: 90,
+                confidence: 1.0,
+            })
+            .collect();
+        let x = crate::notes::synth::render(&tune, 16_000, &Default::default());
+        crate::train::data::write_wav(&audio.path().join("t.wav"), &x).unwrap();
+        io::write_notes(&refs.path().join("t.tsv"), &tune).unwrap();
+        let mut o = options(refs.path(), None, Some(audio.path()));
+        o.mode = Mode::Mono;
+        o.save_estimates = Some(saved.path().to_path_buf());
+        let first = evaluate(&o).unwrap();
+        let path = saved.path().join("t.tsv");
+        assert_eq!(first.files[0].estimate.as_deref(), Some(path.as_path()));
+        assert!(first.no_offset.micro_f1 > 0.5, "{}", first.to_text());
+        let mut again = options(refs.path(), Some(saved.path()), None);
+        again.mode = Mode::Mono;
+        let second = evaluate(&again).unwrap();
+        assert_eq!(second.no_offset.matched, first.no_offset.matched);
+        assert_eq!(second.no_offset.n_est, first.no_offset.n_est);
     }
 
     #[test]
