@@ -12,7 +12,7 @@
 //!
 //! `cargo bench --profile dev --config 'profile.dev.opt-level=3' --bench whisper_adapt`
 //! (`HARK_ADAPT_SETS=bess` picks sets; `HARK_ADAPT_REPLAY_LOSS=ce` replays with cross-entropy
-//! instead of distillation; needs tiny.en, the synthesisers and
+//! instead of distillation; `HARK_ADAPT_LORA_SCOPE=cross` adapts cross-attention only; needs tiny.en, the synthesisers and
 //! `../shared/data/speech` for the default replay and regression sets).
 
 use std::{path::Path, time::Instant};
@@ -101,6 +101,11 @@ fn main() {
             freeze: hark::nn::whisper::trainable::Freeze::Encoder,
             lora: 8,
             alpha: None,
+            lora_scope: if std::env::var("HARK_ADAPT_LORA_SCOPE").as_deref() == Ok("cross") {
+                hark::nn::whisper::trainable::LoraScope::CrossAttention
+            } else {
+                hark::nn::whisper::trainable::LoraScope::All
+            },
             lr: None,
             steps: 20,
             batch: 8,

@@ -23,7 +23,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hark::{
     config::LogFormat,
     models,
-    nn::{sound::Arch, whisper::trainable::Freeze},
+    nn::{
+        sound::Arch,
+        whisper::trainable::{Freeze, LoraScope},
+    },
     notes::Mode,
     telemetry,
     train::{
@@ -118,6 +121,15 @@ enum FreezeArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum LoraScopeArg {
+    /// Self-attention, the MLP, and cross-attention's query and output.
+    All,
+    /// Cross-attention's query and output only (how the text reads the audio; the decoder's
+    /// language model stays as it was).
+    CrossAttention,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum ReplayLossArg {
     /// Distil the base model's next-token distributions.
     Kl,
@@ -150,6 +162,9 @@ struct AdaptArgs {
     /// LoRA alpha (default: twice the rank).
     #[arg(long)]
     alpha: Option<f32>,
+    /// The decoder matrices LoRA adapts.
+    #[arg(long, value_enum, default_value = "all")]
+    lora_scope: LoraScopeArg,
     /// Learning rate (default: 1e-3 for LoRA, 1e-5 for full fine-tuning).
     #[arg(long)]
     lr: Option<f64>,
@@ -469,6 +484,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 lora: a.lora,
                 alpha: a.alpha,
+                lora_scope: match a.lora_scope {
+                    LoraScopeArg::All => LoraScope::All,
+                    LoraScopeArg::CrossAttention => LoraScope::CrossAttention,
+                },
                 lr: a.lr,
                 steps: a.steps,
                 batch: a.batch,

@@ -55,7 +55,7 @@ use crate::nn::whisper::{
     adapter::{self, AdapterMeta, Method},
     model::Config,
     text::{normalize, word_errors},
-    trainable::{Cross, Freeze, TrainSpec, TrainableWhisper},
+    trainable::{Cross, Freeze, LoraScope, TrainSpec, TrainableWhisper},
 };
 
 /// Model kind of adapter directories in `hark-model.json`.
@@ -99,6 +99,8 @@ pub struct AdaptOptions {
     pub lora: usize,
     /// LoRA alpha (None: twice the rank).
     pub alpha: Option<f32>,
+    /// The decoder matrices LoRA adapts.
+    pub lora_scope: LoraScope,
     /// None: 1e-3 for LoRA, 1e-5 for full fine-tuning.
     pub lr: Option<f64>,
     pub steps: usize,
@@ -1046,6 +1048,7 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
     let spec = TrainSpec {
         freeze: opts.freeze,
         method,
+        scope: opts.lora_scope,
         rank: opts.lora,
         alpha,
         seed: opts.seed,
@@ -1318,7 +1321,14 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
     let report = AdaptReport {
         base: base_name,
         method: match method {
-            Method::Lora => format!("lora r{} alpha {alpha}", opts.lora),
+            Method::Lora if opts.lora_scope == LoraScope::All => {
+                format!("lora r{} alpha {alpha}", opts.lora)
+            }
+            Method::Lora => format!(
+                "lora r{} alpha {alpha} on {}",
+                opts.lora,
+                opts.lora_scope.as_str()
+            ),
             Method::Full => "full".into(),
         },
         freeze: opts.freeze.as_str().into(),
