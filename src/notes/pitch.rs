@@ -620,6 +620,37 @@ mod tests {
     }
 
     #[test]
+    fn the_threshold_prior_is_beta_2_b_with_the_asked_mean() {
+        let prior = |mean: f32| {
+            PitchTracker::new(PitchParams {
+                threshold_mean: mean,
+                ..PitchParams::default()
+            })
+            .beta
+        };
+        // Mean 0.1 is pYIN's Beta(2, 18), whose CDF is 1 - (1-x)^19 - 19 x (1-x)^18.
+        let cdf18 = |x: f64| 1.0 - (1.0 - x).powi(19) - 19.0 * x * (1.0 - x).powi(18);
+        for (i, &m) in prior(0.1).iter().enumerate() {
+            let want = cdf18((i + 1) as f64 / 100.0) - cdf18(i as f64 / 100.0);
+            assert!(
+                (f64::from(m) - want).abs() < 1e-6,
+                "threshold {i}: {m} vs {want}"
+            );
+        }
+        for mean in [0.1f32, 0.15, 0.2] {
+            let p = prior(mean);
+            let total: f32 = p.iter().sum();
+            let got: f32 = p
+                .iter()
+                .enumerate()
+                .map(|(i, m)| m * (i as f32 + 0.5) / 100.0)
+                .sum();
+            assert!((total - 1.0).abs() < 1e-4, "mass {total}");
+            assert!((got - mean).abs() < 0.005, "mean {got} for {mean}");
+        }
+    }
+
+    #[test]
     fn silence_and_white_noise_are_unvoiced() {
         let silence = track(&vec![0.0; 16_000], PitchParams::default());
         assert!(silence.iter().all(|f| !f.voiced));
