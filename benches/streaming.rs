@@ -102,24 +102,6 @@ async fn main() {
 /// what live decoding changes too, so the spread is the noise floor of "x offline".
 const PADS_S: [f32; 4] = [0.5, 1.0, 2.0, 3.0];
 
-/// 16 kHz mono 16-bit WAV bytes.
-fn wav_bytes(samples: &[f32]) -> Vec<u8> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut out = std::io::Cursor::new(Vec::new());
-    let mut w = hound::WavWriter::new(&mut out, spec).expect("wav header");
-    for s in samples {
-        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .expect("wav sample");
-    }
-    w.finalize().expect("wav end");
-    out.into_inner()
-}
-
 /// What one run measured.
 struct RunResult {
     /// Streaming and offline WER (%); the offline transcript is taken in the first run only.
@@ -373,7 +355,7 @@ async fn run(
         for pad in PADS_S {
             let mut audio = vec![0.0f32; (pad * 16_000.0) as usize];
             audio.extend_from_slice(&samples);
-            let wav = wav_bytes(&audio);
+            let wav = hark::audio::file::wav_bytes(&audio, 16_000).expect("wav");
             if let Some(dir) = std::env::var_os("HARK_STREAM_DUMP") {
                 let _ = std::fs::write(Path::new(&dir).join(format!("pad{pad}.wav")), &wav);
             }

@@ -34,23 +34,6 @@ struct Row {
     worst: Vec<(usize, String, String)>,
 }
 
-fn wav_bytes(rate: u32, samples: &[f32]) -> Vec<u8> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut w = hound::WavWriter::new(&mut buf, spec).unwrap();
-    for s in samples {
-        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .unwrap();
-    }
-    w.finalize().unwrap();
-    buf.into_inner()
-}
-
 async fn transcribe(client: &mut Client, wav: Vec<u8>) -> String {
     client
         .transcribe(pb::TranscribeRequest {
@@ -174,7 +157,7 @@ async fn main() {
         row.synth_s += secs;
         row.audio_s += samples.len() as f64 / f64::from(rate);
         row.first_audio.push(first.unwrap_or(secs));
-        let wav = wav_bytes(rate, &samples);
+        let wav = hark::audio::file::wav_bytes(&samples, rate).expect("wav");
         std::fs::write(out.join(format!("hark/{i:03}.wav")), &wav).unwrap();
         hark_audio.push(wav);
     }

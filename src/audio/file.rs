@@ -303,6 +303,26 @@ pub fn decode_file_16k(path: &Path) -> Result<Vec<f32>, SourceError> {
     to_16k_mono(d.format, &d.samples)
 }
 
+/// Mono 16-bit PCM WAV of `samples` (clamped to -1..1) at `rate` Hz, in memory: what `hark`
+/// sends and saves, what the trainer writes, and what benches upload.
+pub fn wav_bytes(samples: &[f32], rate: u32) -> Result<Vec<u8>, SourceError> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let err = |e: hound::Error| SourceError::Format(format!("writing WAV: {e}"));
+    let mut buf = std::io::Cursor::new(Vec::with_capacity(44 + 2 * samples.len()));
+    let mut w = hound::WavWriter::new(&mut buf, spec).map_err(err)?;
+    for s in samples {
+        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
+            .map_err(err)?;
+    }
+    w.finalize().map_err(err)?;
+    Ok(buf.into_inner())
+}
+
 /// Converts interleaved samples of any supported format to 16 kHz mono.
 pub fn to_16k_mono(format: Format, interleaved: &[f32]) -> Result<Vec<f32>, SourceError> {
     let mut conv = super::resample::ToMono16k::new(format)?;

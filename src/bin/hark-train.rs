@@ -780,9 +780,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     json,
                 },
         } => {
-            if let Some(d) = &save_estimates {
-                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            }
             let o = NotesEvalOptions {
                 save_estimates,
                 audio,

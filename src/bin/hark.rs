@@ -736,24 +736,6 @@ fn render_hit(h: &pb::SearchHit, colour: bool) -> String {
     out
 }
 
-/// `hark classify` output: JSON (`top` sorted by p, `events`) or a short text view.
-/// Mono 16-bit PCM WAV of `samples` (clamped to -1..1).
-fn wav_bytes(samples: &[f32], sample_rate: u32) -> anyhow::Result<Vec<u8>> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut buf = std::io::Cursor::new(Vec::new());
-    let mut w = hound::WavWriter::new(&mut buf, spec)?;
-    for s in samples {
-        w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)?;
-    }
-    w.finalize()?;
-    Ok(buf.into_inner())
-}
-
 /// Prints (or writes) what `hark notes` asked for.
 fn notes_output(
     r: &pb::TranscribeNotesResponse,
@@ -823,7 +805,7 @@ fn notes_output(
     if let Some(path) = render {
         const RATE: u32 = 22_050;
         let samples = synth::render(&out_notes, RATE, &synth::Voice::default());
-        std::fs::write(path, wav_bytes(&samples, RATE)?)
+        std::fs::write(path, hark::audio::file::wav_bytes(&samples, RATE)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!(
             "wrote {} ({:.2} s{})",
@@ -835,6 +817,7 @@ fn notes_output(
     Ok(())
 }
 
+/// `hark classify` output: JSON (`top` sorted by p, `events`) or a short text view.
 fn render_classify(r: &pb::ClassifyResponse, json: bool, top: usize) -> String {
     if json {
         #[derive(serde::Serialize)]
@@ -1306,7 +1289,7 @@ async fn say(
         return Ok(());
     };
     anyhow::ensure!(sample_rate > 0, "the daemon sent no audio format");
-    let wav = wav_bytes(&samples, sample_rate)?;
+    let wav = hark::audio::file::wav_bytes(&samples, sample_rate)?;
     if path.as_os_str() == "-" {
         std::io::stdout().write_all(&wav)?;
     } else {

@@ -166,6 +166,9 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
             "no audio file has a reference note file of the same stem",
         ));
     }
+    if let Some(dir) = &o.save_estimates {
+        std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e.to_string()))?;
+    }
     let mut files = Vec::with_capacity(items.len());
     for (name, reference, audio) in items {
         let r = io::read_notes(&reference)?;
@@ -424,12 +427,13 @@ mod tests {
         io::write_notes(&refs.path().join("t.tsv"), &tune).unwrap();
         let mut o = options(refs.path(), None, Some(audio.path()));
         o.mode = Mode::Mono;
-        o.save_estimates = Some(saved.path().to_path_buf());
+        let out = saved.path().join("new");
+        o.save_estimates = Some(out.clone());
         let first = evaluate(&o).unwrap();
-        let path = saved.path().join("t.tsv");
+        let path = out.join("t.tsv");
         assert_eq!(first.files[0].estimate.as_deref(), Some(path.as_path()));
         assert!(first.no_offset.micro_f1 > 0.5, "{}", first.to_text());
-        let mut again = options(refs.path(), Some(saved.path()), None);
+        let mut again = options(refs.path(), Some(&out), None);
         again.mode = Mode::Mono;
         let second = evaluate(&again).unwrap();
         assert_eq!(second.no_offset.matched, first.no_offset.matched);
