@@ -31,8 +31,12 @@ pub struct NotesConfig {
     pub mode: Mode,
     /// Also publish a `pitch` event per 10 ms frame (F0 and voicing), e.g. for karaoke.
     pub emit_pitch: bool,
-    /// Mono: notes shorter than this are dropped (milliseconds, 20..=2000).
+    /// Mono: notes shorter than this are dropped (milliseconds, 20..=2000) ...
     pub min_note_ms: u32,
+    /// ... except notes the onset detector marks at both ends with a steady pitch (fast runs,
+    /// ornaments), kept down to this length (milliseconds, 20..=2000; at or above
+    /// `min_note_ms` the exception is off; no effect without the detector).
+    pub min_struck_note_ms: u32,
     /// Mono: the note-onset detector notes are cut at (a model name in the models
     /// directories, or a path; default the bundled `note-onset`, trained with `hark-train
     /// notes-onset`). Empty: cut by the spectral-flux and level rules alone (no model).
@@ -46,6 +50,8 @@ impl Default for NotesConfig {
             mode: Mode::Mono,
             emit_pitch: false,
             min_note_ms: (MonoParams::default().segment.min_note_s * 1000.0).round() as u32,
+            min_struck_note_ms: (MonoParams::default().segment.min_onset_note_s * 1000.0).round()
+                as u32,
             onset_model: crate::notes::ONSET_MODEL.into(),
         }
     }
@@ -56,6 +62,9 @@ impl NotesConfig {
         if !(20..=2000).contains(&self.min_note_ms) {
             return Err("notes.min_note_ms must be within 20..=2000".into());
         }
+        if !(20..=2000).contains(&self.min_struck_note_ms) {
+            return Err("notes.min_struck_note_ms must be within 20..=2000".into());
+        }
         Ok(())
     }
 
@@ -63,6 +72,8 @@ impl NotesConfig {
     pub fn mono_params(&self) -> MonoParams {
         let mut p = MonoParams::default();
         p.segment.min_note_s = f64::from(self.min_note_ms) / 1000.0;
+        p.segment.min_onset_note_s =
+            f64::from(self.min_struck_note_ms.min(self.min_note_ms)) / 1000.0;
         p
     }
 
