@@ -14,6 +14,9 @@
 //! HARK_BENCH_LOG=hark::stages::transcribe=trace HARK_STREAM_TRACE=1 cargo bench --bench streaming
 //! ```
 //!
+//! `benches/heldout/README.md` builds a second long-form file (3.4 min of real speech that is
+//! not in `../shared`) to pass as `HARK_STREAM_FILE`.
+//!
 //! `HARK_STREAM_CONFIG` is added to the `[transcribe]` table of the daemon's config.
 //! `HARK_STREAM_DUMP=DIR` writes the offline runs' silence-padded WAVs there (`padS.wav`), to
 //! replay one with `hark transcribe`.
