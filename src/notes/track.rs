@@ -29,8 +29,8 @@ pub struct SegmentParams {
     pub min_note_s: f64,
     /// ... unless the onset detector fires where they start and where they end (or silence
     /// follows) and their pitch holds: those are kept down to this length. Fast fiddle tunes
-    /// and ornaments have 50-120 ms notes, and 100 of the ~460 reference notes missed on the
-    /// held-out-instrument renders were that short; with the detector's say, 0.06 raised
+    /// and ornaments have 50-120 ms notes: 100 of the ~540 misses on the held-out-instrument
+    /// renders, sorted by cause, were notes that short. With the detector's say, 0.06 raised
     /// note F1 0.823 -> 0.825 there and 0.817 -> 0.828 on the training-instrument renders,
     /// with the shared synth melodies (0.913) and the noise-bed false notes (11) unchanged.
     pub min_onset_note_s: f64,
