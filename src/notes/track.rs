@@ -158,6 +158,11 @@ fn median(v: &[f32]) -> f32 {
     }
 }
 
+/// Lowest and highest of some pitches.
+fn span(v: impl Iterator<Item = f32>) -> (f32, f32) {
+    v.fold((f32::MAX, f32::MIN), |a, m| (a.0.min(m), a.1.max(m)))
+}
+
 /// Frames of lookahead the onset test needs (a peak must beat its right neighbours too).
 const ONSET_AHEAD: usize = 6;
 /// How far before a confirmed pitch change its onset is looked for (frames). 12 (was 8) and a
@@ -445,10 +450,7 @@ impl Segmenter {
                             b.first_deviant = Some(f.index);
                             b.first_deviant_midi = midi;
                         }
-                        let (lo, hi) = b
-                            .deviants
-                            .iter()
-                            .fold((f32::MAX, f32::MIN), |a, d| (a.0.min(d.1), a.1.max(d.1)));
+                        let (lo, hi) = span(b.deviants.iter().map(|d| d.1));
                         if hi - lo > 1.0 {
                             // Still moving (a glide): keep only the latest frames.
                             let keep = b.deviants.len().min(2);
@@ -540,16 +542,19 @@ impl Segmenter {
         };
         let mut nb = Building::new(start);
         for (i, m) in dev {
-            let g = self
-                .behind
-                .iter()
-                .chain(self.ahead.iter())
-                .find(|g| g.index == i)
-                .copied()
-                .unwrap_or(*f);
+            let g = self.frame(i).unwrap_or(*f);
             nb.add(&g, m);
         }
         self.cur = Some(nb);
+    }
+
+    /// Frame `i`, if it is still held (behind or ahead of the current one).
+    fn frame(&self, i: u64) -> Option<PitchFrame> {
+        self.behind
+            .iter()
+            .chain(self.ahead.iter())
+            .find(|g| g.index == i)
+            .copied()
     }
 
     /// Whether a short note `b` ending at frame `end` was played, not passed through: the
@@ -560,16 +565,8 @@ impl Segmenter {
         let Some(t) = self.onset_threshold else {
             return false;
         };
-        let silence_after = self
-            .behind
-            .iter()
-            .chain(self.ahead.iter())
-            .find(|g| g.index == end)
-            .is_none_or(|g| !g.voiced);
-        let (lo, hi) = b
-            .midis
-            .iter()
-            .fold((f32::MAX, f32::MIN), |a, &m| (a.0.min(m), a.1.max(m)));
+        let silence_after = self.frame(end).is_none_or(|g| !g.voiced);
+        let (lo, hi) = span(b.midis.iter().copied());
         self.onset_peak(b.start, t)
             && (silence_after || self.onset_peak(end, t))
             && hi - lo <= STRUCK_SPREAD

@@ -329,22 +329,12 @@ pub fn change_speed(x: &[f32], factor: f32) -> Vec<f32> {
 
 /// Writes 16 kHz mono 16-bit WAV (clipped to [-1, 1]).
 pub fn write_wav(path: &Path, x: &[f32]) -> Result<(), TrainError> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let err = |e: hound::Error| TrainError::Write {
+    let err = |reason: String| TrainError::Write {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason,
     };
-    let mut w = hound::WavWriter::create(path, spec).map_err(err)?;
-    for &v in x {
-        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .map_err(err)?;
-    }
-    w.finalize().map_err(err)
+    let bytes = file::wav_bytes(x, 16_000).map_err(|e| err(e.to_string()))?;
+    std::fs::write(path, bytes).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
