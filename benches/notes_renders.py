@@ -3,7 +3,7 @@
 monophonic note-onset model.
 
     python3 benches/notes_renders.py [--out /work/data/notes] [--splits train,dev,dev_seen]
-                                     [--only-first N] [--force] [--check]
+                                     [--only-first N] [--force] [--check] [--relabel]
 
 Same recipe as ../shared/data/music/synth (see its manifest_synth.tsv): a music21 corpus melody
 -> MIDI (pretty_midi) -> fluidsynth + /usr/share/sounds/sf2/FluidR3_GM.sf2 with reverb and chorus
@@ -12,7 +12,8 @@ bounded with `timeout`. Per file:
 
     SPLIT/NAME.flac
     SPLIT/notes/NAME.tsv   onset_s offset_s midi_pitch velocity gm_program (header line; offsets
-                           are MIDI note-offs, the audible release is longer)
+                           are MIDI note-offs, the audible release is longer; midi_pitch is the
+                           sounding pitch, see below)
     SPLIT/midi/NAME.mid    the exact MIDI that was rendered
     SPLIT/manifest.tsv     file, tune, program, tempo, n_notes, then the other render parameters
 
@@ -37,6 +38,13 @@ Variation so that a model generalises:
   * long rests are shortened to 0.3-1.5 s, notes longer than 4 s to 2-4 s; a lead-in of
     0.15-1.0 s of silence; the output is peak-normalised to -1..-12 dBFS (sox -R: repeatable
     dither, so a re-run is bit-identical).
+Labels are the pitch that sounds, which is the MIDI key except where the soundfont's patch sounds
+an octave or two below it: FluidR3's drawbar organ (16) has its strongest partials at a quarter
+and a half of the key's frequency, so every pitch tracker (and every listener) hears it two
+octaves down; its percussive organ (17) one octave down. `sounding_shift` measures this per
+program by rendering a probe note (the MIDI files keep the keys that were played), and
+`--relabel` rewrites the TSVs of splits rendered before it existed. The ranges below are
+sounding ranges, so those patches are played that much higher.
 Monophonic only: chords keep their top note, notes starting together keep the highest, and a
 note is cut at the next onset so no two notes overlap.
 
@@ -423,8 +431,8 @@ def perform(notes_ql, bar_ql, program, rng):
     ends = [e + (jit[i + 1] if contiguous[i] else jit[i]) for i, e in enumerate(ends)]
     for i in range(1, len(ons)):  # keep onsets ordered, >= 35 ms apart
         ons[i] = max(ons[i], ons[i - 1] + 0.035)
-    # transposition into the instrument's comfortable range
-    lo, hi = RANGES[program]
+    # transposition into the instrument's comfortable (sounding) range
+    lo, hi = (x - sounding_shift(program) for x in RANGES[program])
     pmin, pmax = min(pitches), max(pitches)
     if hi - lo >= pmax - pmin:
         tr = rng.randint(lo - pmin, hi - pmax)
@@ -484,11 +492,71 @@ def render(mid, flac, length, peak_db, tmpdir):
     wav.unlink()
 
 
+_SHIFTS = {}
+
+
+def sounding_shift(program):
+    """Semitones from the MIDI key to the pitch the FluidR3 patch sounds: -12 * k for the
+    largest k in 1..2 whose sub-octave (key frequency / 2**k) is within 6 dB of the probe
+    note's strongest partial, else 0. Only the organs have such partials: the drawbar organ's
+    quarter and half (-1 and 0 dB, the key's own frequency -5 dB), the percussive organ's half
+    (0 dB, the key -8 dB). The rock organ's half is 8 dB under the key: a single partial, not
+    the base of a series, so the key is its pitch (other programs: 18 dB down or less). The
+    probe is the middle of the program's range, 0.6 s of it after a 0.3 s attack."""
+    if program in _SHIFTS:
+        return _SHIFTS[program]
+    key = sum(RANGES[program]) // 2
+    m = pretty_midi.PrettyMIDI(resolution=960, initial_tempo=120.0)
+    inst = pretty_midi.Instrument(program=program)
+    inst.notes.append(pretty_midi.Note(velocity=100, pitch=key, start=0.0, end=1.0))
+    m.instruments.append(inst)
+    with tempfile.TemporaryDirectory() as tmp:
+        mid, wav = Path(tmp) / "probe.mid", Path(tmp) / "probe.wav"
+        m.write(str(mid))
+        subprocess.run(["timeout", "60", "fluidsynth", "-ni", "-q", "-R", "0", "-C", "0",
+                        "-r", "44100", "-T", "wav", "-F", str(wav), SF2, str(mid)],
+                       check=True, stdout=subprocess.DEVNULL)
+        x, sr = sf.read(str(wav))
+    x = x.mean(axis=1) if x.ndim > 1 else x
+    seg = x[int(0.3 * sr): int(0.9 * sr)]
+    spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg)), 1 << 17))
+    freqs = np.fft.rfftfreq(1 << 17, 1 / sr)
+    spec /= spec.max() + 1e-12
+    f0 = 440.0 * 2 ** ((key - 69) / 12)
+
+    def level_db(hz):  # strongest bin within a quarter tone of hz
+        band = (freqs > hz * 2 ** (-1 / 24)) & (freqs < hz * 2 ** (1 / 24))
+        return 20 * math.log10(float(spec[band].max()) + 1e-12)
+
+    shift = 0
+    for k in (1, 2):
+        if level_db(f0 / 2 ** k) > -6.0:
+            shift = -12 * k
+    _SHIFTS[program] = shift
+    return shift
+
+
 def write_tsv(notes, program, path):
+    shift = sounding_shift(program)
     with open(path, "w") as f:
         f.write(HEADER)
         for on, off, pitch, vel in notes:
-            f.write(f"{on:.4f}\t{off:.4f}\t{pitch}\t{vel}\t{program}\n")
+            f.write(f"{on:.4f}\t{off:.4f}\t{pitch + shift}\t{vel}\t{program}\n")
+
+
+def relabel_split(d):
+    """Rewrites a rendered split's TSVs from its MIDI files with the sounding pitch."""
+    rows = [l.rstrip("\n").split("\t") for l in open(d / "manifest.tsv")]
+    head, rows = rows[0], rows[1:]
+    changed = 0
+    for r in rows:
+        rec = dict(zip(head, r))
+        name, program = rec["file"][:-5], int(rec["program"])
+        notes = sorted((n.start, n.end, n.pitch, n.velocity) for n in
+                       pretty_midi.PrettyMIDI(str(d / "midi" / f"{name}.mid")).instruments[0].notes)
+        write_tsv(notes, program, d / "notes" / f"{name}.tsv")
+        changed += sounding_shift(program) != 0
+    print(f"{d.name}: {len(rows)} files relabelled, {changed} with a shifted pitch")
 
 
 def slug(s, n=40):
@@ -517,8 +585,10 @@ def check_split(d):
             bad.append("overlap")
         mid = pretty_midi.PrettyMIDI(str(d / "midi" / f"{name}.mid")).instruments[0].notes
         mid = sorted((round(n.start, 4), round(n.end, 4), n.pitch, n.velocity) for n in mid)
+        shift = sounding_shift(int(rec["program"]))
         if len(mid) != len(notes) or any(abs(a[0] - b[0]) > 2e-4 or abs(a[1] - b[1]) > 2e-4
-                                         or a[2] != b[2] or a[3] != b[3] for a, b in zip(mid, notes)):
+                                         or a[2] + shift != b[2] or a[3] != b[3]
+                                         for a, b in zip(mid, notes)):
             bad.append("midi!=tsv")
         x, sr = sf.read(str(d / rec["file"]))
         secs += len(x) / sr
@@ -557,8 +627,14 @@ def main():
     ap.add_argument("--only-first", type=int, default=None, help="render only the first N files of each split")
     ap.add_argument("--force", action="store_true", help="re-render files that exist")
     ap.add_argument("--check", action="store_true", help="only check the rendered splits")
+    ap.add_argument("--relabel", action="store_true",
+                    help="only rewrite the rendered splits' TSVs from their MIDI (sounding pitch)")
     args = ap.parse_args()
     render_splits = set(args.splits.split(","))
+    if args.relabel:
+        for s in sorted(render_splits):
+            relabel_split(args.out / s)
+        return
     if args.check:
         sys.exit(1 if sum(check_split(args.out / s) for s in sorted(render_splits)) else 0)
     for tool in ("fluidsynth", "sox", "timeout"):
