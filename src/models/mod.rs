@@ -1106,6 +1106,25 @@ mod tests {
         );
     }
 
+    /// The models shipped in `models/` must pass `harkd models verify`: a model card edited
+    /// after training without rewriting the manifest once made `harkd models list` report the
+    /// bundled onset detector as damaged.
+    #[test]
+    fn every_bundled_model_verifies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let dir = entry.unwrap().path();
+            if !dir.join(MANIFEST_FILE).is_file() {
+                continue;
+            }
+            let report = verify(&dir).unwrap();
+            assert!(report.is_ok(), "{}: {:?}", dir.display(), report.problems());
+            checked += 1;
+        }
+        assert!(checked >= 4, "only {checked} bundled models found");
+    }
+
     #[test]
     fn verify_without_manifest_is_a_typed_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -570,7 +570,10 @@ fn report_markdown(opts: &OnsetTrainOptions, o: &OnsetOutcome) -> String {
             f(e.test_accuracy)
         );
     }
-    s += "\n![training curves](curves.png)\n\n          The development set chose the epoch and the threshold, so its F1 is optimistic: judge \
+    // Each line ends in `\` so that the next line's indentation is not part of the text (an
+    // indented paragraph is a code block in Markdown).
+    s += "\n![training curves](curves.png)\n\n\
+          The development set chose the epoch and the threshold, so its F1 is optimistic: judge \
           the model on other audio with `hark-train eval notes --audio DIR --notes DIR \
           --onset-model DIR` (real singing above all; a detector trained on rendered \
           instruments cuts it alongside the flux and level rules, not instead of them).\n";
