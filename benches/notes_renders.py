@@ -18,7 +18,7 @@ bounded with `timeout`. Per file:
     SPLIT/manifest.tsv     file, tune, program, tempo, n_notes, then the other render parameters
 
 Splits (tunes are disjoint between splits, see "Tune selection"):
-    train     ~500 files, TRAIN-pool instruments only
+    train     600 files, TRAIN-pool instruments only
     dev       ~60 files, HELD-OUT instruments only
     dev_seen  ~40 files, TRAIN-pool instruments (separates "new tune" from "new instrument")
 
@@ -620,7 +620,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/work/data/notes", type=Path)
     ap.add_argument("--seed", type=int, default=20240501)
-    ap.add_argument("--n-train", type=int, default=500)
+    ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-dev", type=int, default=60)
     ap.add_argument("--n-dev-seen", type=int, default=40)
     ap.add_argument("--splits", default="train,dev,dev_seen", help="splits to render")
