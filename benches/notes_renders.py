@@ -40,8 +40,8 @@ Variation so that a model generalises:
     dither, so a re-run is bit-identical).
 Labels are the pitch that sounds, which is the MIDI key except where the soundfont's patch sounds
 an octave or two below it: FluidR3's drawbar organ (16) has its strongest partials at a quarter
-and a half of the key's frequency, so every pitch tracker (and every listener) hears it two
-octaves down; its percussive organ (17) one octave down. `sounding_shift` measures this per
+and a half of the key's frequency, so its waveform repeats two octaves down and a pitch
+tracker (like an ear) puts it there; its percussive organ (17) one octave down. `sounding_shift` measures this per
 program by rendering a probe note (the MIDI files keep the keys that were played), and
 `--relabel` rewrites the TSVs of splits rendered before it existed. The ranges below are
 sounding ranges, so those patches are played that much higher.
