@@ -631,17 +631,18 @@ def main():
                     help="only rewrite the rendered splits' TSVs from their MIDI (sounding pitch)")
     args = ap.parse_args()
     render_splits = set(args.splits.split(","))
+    # Checking and relabelling render probe notes too (`sounding_shift`).
+    for tool in ("fluidsynth", "sox", "timeout"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found (apt-get install fluidsynth fluid-soundfont-gm sox)")
+    if not os.path.exists(SF2):
+        sys.exit(f"{SF2} not found (apt-get install fluid-soundfont-gm)")
     if args.relabel:
         for s in sorted(render_splits):
             relabel_split(args.out / s)
         return
     if args.check:
         sys.exit(1 if sum(check_split(args.out / s) for s in sorted(render_splits)) else 0)
-    for tool in ("fluidsynth", "sox", "timeout"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} not found (apt-get install fluidsynth fluid-soundfont-gm sox)")
-    if not os.path.exists(SF2):
-        sys.exit(f"{SF2} not found (apt-get install fluid-soundfont-gm)")
 
     print(f"held-out programs: {HELDOUT}", file=sys.stderr)
     print(f"train pool ({len(TRAIN_POOL)}): {TRAIN_POOL}", file=sys.stderr)
