@@ -544,19 +544,27 @@ def write_tsv(notes, program, path):
             f.write(f"{on:.4f}\t{off:.4f}\t{pitch + shift}\t{vel}\t{program}\n")
 
 
+def midi_notes(path):
+    """(start, end, key, velocity) of every note of a rendered MIDI file, in order."""
+    return sorted((n.start, n.end, n.pitch, n.velocity)
+                  for n in pretty_midi.PrettyMIDI(str(path)).instruments[0].notes)
+
+
+def read_manifest(d):
+    """A split's manifest.tsv as one dict per file."""
+    rows = [l.rstrip("\n").split("\t") for l in open(d / "manifest.tsv")]
+    return [dict(zip(rows[0], r)) for r in rows[1:]]
+
+
 def relabel_split(d):
     """Rewrites a rendered split's TSVs from its MIDI files with the sounding pitch."""
-    rows = [l.rstrip("\n").split("\t") for l in open(d / "manifest.tsv")]
-    head, rows = rows[0], rows[1:]
+    recs = read_manifest(d)
     changed = 0
-    for r in rows:
-        rec = dict(zip(head, r))
+    for rec in recs:
         name, program = rec["file"][:-5], int(rec["program"])
-        notes = sorted((n.start, n.end, n.pitch, n.velocity) for n in
-                       pretty_midi.PrettyMIDI(str(d / "midi" / f"{name}.mid")).instruments[0].notes)
-        write_tsv(notes, program, d / "notes" / f"{name}.tsv")
+        write_tsv(midi_notes(d / "midi" / f"{name}.mid"), program, d / "notes" / f"{name}.tsv")
         changed += sounding_shift(program) != 0
-    print(f"{d.name}: {len(rows)} files relabelled, {changed} with a shifted pitch")
+    print(f"{d.name}: {len(recs)} files relabelled, {changed} with a shifted pitch")
 
 
 def slug(s, n=40):
@@ -569,11 +577,9 @@ def slug(s, n=40):
 def check_split(d):
     """Verify every file of a split: TSV format, monophony, MIDI == TSV, audio non-silent,
     silence before the first onset, energy at onsets. Prints a summary; returns #problems."""
-    rows = [l.rstrip("\n").split("\t") for l in open(d / "manifest.tsv")]
-    head, rows = rows[0], rows[1:]
+    recs = read_manifest(d)
     problems, n_notes, secs = 0, 0, 0.0
-    for r in rows:
-        rec = dict(zip(head, r))
+    for rec in recs:
         name = rec["file"][:-5]
         lines = open(d / "notes" / f"{name}.tsv").read().splitlines()
         assert lines[0] + "\n" == HEADER
@@ -583,8 +589,7 @@ def check_split(d):
             bad.append("n_notes")
         if any(b[0] < a[1] - 1e-9 or b[0] <= a[0] for a, b in zip(notes, notes[1:])):
             bad.append("overlap")
-        mid = pretty_midi.PrettyMIDI(str(d / "midi" / f"{name}.mid")).instruments[0].notes
-        mid = sorted((round(n.start, 4), round(n.end, 4), n.pitch, n.velocity) for n in mid)
+        mid = [(round(a, 4), round(b, 4), k, v) for a, b, k, v in midi_notes(d / "midi" / f"{name}.mid")]
         shift = sounding_shift(int(rec["program"]))
         if len(mid) != len(notes) or any(abs(a[0] - b[0]) > 2e-4 or abs(a[1] - b[1]) > 2e-4
                                          or a[2] + shift != b[2] or a[3] != b[3]
@@ -610,7 +615,7 @@ def check_split(d):
         if bad:
             problems += 1
             print(f"  {name}: {' '.join(bad)}")
-    print(f"{d.name}: {len(rows)} files, {n_notes} notes, {secs / 60:.1f} min, "
+    print(f"{d.name}: {len(recs)} files, {n_notes} notes, {secs / 60:.1f} min, "
           f"{problems} with problems")
     return problems
 
@@ -713,8 +718,7 @@ def main():
                 mid = d / "midi" / f"{name}.mid"
                 write_midi(notes, program, length, mid)
                 # the TSV comes from the MIDI as written, so labels == what was rendered
-                back = sorted((n_.start, n_.end, n_.pitch, n_.velocity)
-                              for n_ in pretty_midi.PrettyMIDI(str(mid)).instruments[0].notes)
+                back = midi_notes(mid)
                 assert len(back) == len(notes) and all(abs(a[0] - b[0]) < 1e-3 and a[2] == b[2]
                                                        for a, b in zip(back, notes))
                 write_tsv(back, program, d / "notes" / f"{name}.tsv")

@@ -578,8 +578,9 @@ impl Segmenter {
         }
         let (start_s, end_s) = (b.start as f64 * self.frame_s, end as f64 * self.frame_s);
         let confidence = b.p_sum / b.n as f32;
-        let long_enough = end_s - start_s >= self.p.min_note_s
-            || (end_s - start_s >= self.p.min_onset_note_s && self.is_struck_note(&b, end));
+        let length = end_s - start_s;
+        let long_enough = length >= self.p.min_note_s
+            || (length >= self.p.min_onset_note_s && self.is_struck_note(&b, end));
         if !long_enough || confidence < self.p.min_confidence {
             return;
         }
