@@ -158,6 +158,13 @@ fn median(v: &[f32]) -> f32 {
     }
 }
 
+/// Whether `frames` frames of `frame_s` seconds last at least `secs`. Counted in frames:
+/// `end_s - start_s` of a 12-frame note is 0.11999... s, which dropped every note exactly at the
+/// 0.12 s minimum (the 8th notes of a 125 bpm reel, for one).
+fn lasts(frame_s: f64, frames: u64, secs: f64) -> bool {
+    frames as f64 * frame_s >= secs - 1e-9
+}
+
 /// Lowest and highest of some pitches.
 fn span(v: impl Iterator<Item = f32>) -> (f32, f32) {
     v.fold((f32::MAX, f32::MIN), |a, m| (a.0.min(m), a.1.max(m)))
@@ -188,6 +195,9 @@ const OCTAVE_GLITCH_S: f64 = 0.25;
 /// Widest pitch range (semitones) of a short note kept for its onsets
 /// ([`SegmentParams::min_onset_note_s`]).
 const STRUCK_SPREAD: f32 = 1.0;
+/// Frames after an onset whose 64 ms pitch window (centred) still hears the note before: a
+/// struck note's pitch spread is measured after them.
+const ATTACK_FRAMES: usize = 3;
 /// Frames of recent flux the onset threshold is relative to.
 const FLUX_HISTORY: usize = 100;
 
@@ -292,7 +302,7 @@ impl Segmenter {
         let lasted = self
             .cur
             .as_ref()
-            .is_some_and(|b| (f.index - b.start) as f64 * self.frame_s >= self.p.valley_min_s);
+            .is_some_and(|b| lasts(self.frame_s, f.index - b.start, self.p.valley_min_s));
         if let Some(t) = self.onset_threshold {
             // The rules stay: on real singing their onsets (consonants, re-articulations) are
             // ones the detector, trained on instruments, misses (SSVD valid F1 0.675 -> 0.692).
@@ -442,8 +452,7 @@ impl Segmenter {
                 }
                 Some(b) => {
                     b.unvoiced_run = 0;
-                    let long_enough =
-                        (f.index - b.start) as f64 * self.frame_s >= self.p.min_note_s;
+                    let long_enough = lasts(self.frame_s, f.index - b.start, self.p.min_note_s);
                     if (midi - b.median()).abs() > self.p.split_semitones {
                         b.deviants.push((f.index, midi));
                         if b.first_deviant.is_none() {
@@ -521,9 +530,13 @@ impl Segmenter {
         new_pitch: f32,
         out: &mut Vec<Note>,
     ) {
-        let start = self
-            .change_start(first, f.index, abrupt)
-            .max(done.start + 1);
+        let onset = self.change_start(first, f.index, abrupt);
+        // An onset already split `done` off where the new pitch begins, and the old pitch held
+        // on only while the pitch window still heard it: those frames were the new note's
+        // attack, and it starts at that onset (not a frame after it).
+        let tail =
+            onset <= done.start && first.saturating_sub(done.start) as usize <= ATTACK_FRAMES;
+        let start = onset.max(done.start + 1);
         let at_onset = self
             .onset_threshold
             .is_some_and(|t| self.onset_peak(start, CHANGE_ONSET_FRACTION * t));
@@ -532,8 +545,8 @@ impl Segmenter {
         let glitch = !at_onset
             && octaves != 0.0
             && (interval - 12.0 * octaves).abs() < 0.7
-            && ((start - done.start) as f64 * self.frame_s) < OCTAVE_GLITCH_S;
-        let start = if glitch {
+            && !lasts(self.frame_s, start - done.start, OCTAVE_GLITCH_S);
+        let start = if glitch || tail {
             done.start
         } else {
             let s = start;
@@ -566,7 +579,9 @@ impl Segmenter {
             return false;
         };
         let silence_after = self.frame(end).is_none_or(|g| !g.voiced);
-        let (lo, hi) = span(b.midis.iter().copied());
+        // The first frames' analysis windows still reach into the note before.
+        let settled = b.midis.len().saturating_sub(ATTACK_FRAMES).max(1);
+        let (lo, hi) = span(b.midis.iter().rev().take(settled).copied());
         self.onset_peak(b.start, t)
             && (silence_after || self.onset_peak(end, t))
             && hi - lo <= STRUCK_SPREAD
@@ -578,9 +593,10 @@ impl Segmenter {
         }
         let (start_s, end_s) = (b.start as f64 * self.frame_s, end as f64 * self.frame_s);
         let confidence = b.p_sum / b.n as f32;
-        let length = end_s - start_s;
-        let long_enough = length >= self.p.min_note_s
-            || (length >= self.p.min_onset_note_s && self.is_struck_note(&b, end));
+        let frames = end - b.start;
+        let long_enough = lasts(self.frame_s, frames, self.p.min_note_s)
+            || (lasts(self.frame_s, frames, self.p.min_onset_note_s)
+                && self.is_struck_note(&b, end));
         if !long_enough || confidence < self.p.min_confidence {
             return;
         }
@@ -844,6 +860,28 @@ mod tests {
             .map(|n| n.midi)
             .collect();
         assert_eq!(got, vec![69, 74]);
+    }
+
+    #[test]
+    fn a_jump_at_an_onset_starts_there_though_the_old_pitch_lingers_in_the_window() {
+        // The detector fires at 50 and 62; the pitch window still hears 69 for 2 frames after
+        // the first onset, then 63 holds until the second: a 120 ms note of a fast tune.
+        let mut midis = vec![69.0f32; 52];
+        midis.extend(vec![63.0f32; 10]);
+        midis.extend(vec![69.0f32; 50]);
+        let frames = flat_frames(&midis);
+        let mut probs = vec![0.01f32; midis.len()];
+        probs[50] = 0.9;
+        probs[62] = 0.9;
+        let notes = segment_with(&frames, &probs);
+        let got: Vec<(u8, i64, i64)> = notes
+            .iter()
+            .map(|n| {
+                let frame = |t: f64| (t * 100.0).round() as i64;
+                (n.midi, frame(n.start), frame(n.end))
+            })
+            .collect();
+        assert_eq!(got, vec![(69, 0, 50), (63, 50, 62), (69, 62, 112)]);
     }
 
     #[test]
