@@ -21,6 +21,8 @@ Splits (tunes are disjoint between splits, see "Tune selection"):
     train     600 files, TRAIN-pool instruments only
     dev       ~60 files, HELD-OUT instruments only
     dev_seen  ~40 files, TRAIN-pool instruments (separates "new tune" from "new instrument")
+    test      ~50 files, any melodic instrument; rendered only when asked (--splits test). No
+              choice (model, threshold, rule) is made on it: it is scored once a change is done
 
 Variation so that a model generalises:
   * tunes from four corpus families: Essen folk songs (abc), J.S. Bach chorales (soprano, alto,
@@ -68,7 +70,7 @@ random.Random(73) from the remaining melodic programs, which gives
 
 Tune selection (reproducible): all candidate tunes are listed from the installed music21 corpus
 in sorted order and shuffled per family with --seed; splits are filled in the order dev,
-dev_seen, train, each file drawing its family from the split's family quota and popping
+dev_seen, train, test (added last, so it left the others' tunes as they were), each file drawing its family from the split's family quota and popping
 candidates from that family's queue until one gives >= 8 notes and passes the duplicate test.
 A tune unit (an abc tune, a chorale, a Renaissance piece) is used at most once overall. The
 selection always runs for every split (--splits/--only-first only limit what is rendered), so
@@ -628,6 +630,7 @@ def main():
     ap.add_argument("--n-train", type=int, default=600)
     ap.add_argument("--n-dev", type=int, default=60)
     ap.add_argument("--n-dev-seen", type=int, default=40)
+    ap.add_argument("--n-test", type=int, default=50)
     ap.add_argument("--splits", default="train,dev,dev_seen", help="splits to render")
     ap.add_argument("--only-first", type=int, default=None, help="render only the first N files of each split")
     ap.add_argument("--force", action="store_true", help="re-render files that exist")
@@ -662,7 +665,7 @@ def main():
     eval_melodies(melodies)
 
     plan = [("dev", args.n_dev, HELDOUT, "d"), ("dev_seen", args.n_dev_seen, TRAIN_POOL, "s"),
-            ("train", args.n_train, TRAIN_POOL, "t")]
+            ("train", args.n_train, TRAIN_POOL, "t"), ("test", args.n_test, MELODIC, "x")]
     with tempfile.TemporaryDirectory() as tmp:
         for split, n, pool, prefix in plan:
             srng = random.Random(f"{args.seed}:{split}")
