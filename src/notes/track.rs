@@ -27,8 +27,10 @@ use crate::nn::onset::{OnsetDetector, OnsetModel};
 pub struct SegmentParams {
     /// Shorter notes are dropped (seconds) ...
     pub min_note_s: f64,
-    /// ... unless the onset detector fires where they start and where they end (or silence
-    /// follows) and their pitch holds: those are kept down to this length. Fast fiddle tunes
+    /// ... unless (with the onset detector) each end is a detector onset or a jump or quick
+    /// step of pitch (or silence follows) and their pitch holds: those are kept down to this
+    /// length. Jumps count since a legato run has no attack to hear (the test renders' piccolo
+    /// reel 0.52 -> 0.73 F1). Fast fiddle tunes
     /// and ornaments have 50-120 ms notes: 100 of the ~540 misses on the held-out-instrument
     /// renders, sorted by cause, were notes that short. With the detector's say, 0.06 raised
     /// note F1 0.823 -> 0.825 there and 0.817 -> 0.828 on the training-instrument renders,
@@ -164,7 +166,7 @@ fn median(v: &[f32]) -> f32 {
 
 /// Whether `frames` frames of `frame_s` seconds last at least `secs`. Counted in frames:
 /// `end_s - start_s` of a 12-frame note is 0.11999... s, which dropped every note exactly at the
-/// 0.12 s minimum (the 8th notes of a 125 bpm reel, for one).
+/// 0.12 s minimum (16th notes at 125 beats/min, for one).
 fn lasts(frame_s: f64, frames: u64, secs: f64) -> bool {
     frames as f64 * frame_s >= secs - 1e-9
 }
@@ -590,7 +592,8 @@ impl Segmenter {
 
     /// Whether a short note `b` ending at frame `end` (at a jump when `jump_after`) was
     /// played, not passed through: it starts at a detector onset or a jump, it ends at one or
-    /// at silence, and its pitch holds within [`STRUCK_SPREAD`]. A singer's scoop or a glide's
+    /// at silence, and its pitch holds within [`STRUCK_SPREAD`]. Without a detector, never
+    /// (the rules alone were set with `min_note_s` only). A singer's scoop or a glide's
     /// midpoint has neither: its onset is the note it leads into, and its pitch moves.
     fn is_struck_note(&self, b: &Building, end: u64, jump_after: bool) -> bool {
         let Some(t) = self.onset_threshold else {
