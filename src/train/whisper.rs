@@ -285,7 +285,12 @@ fn augmented(clips: &[Clip], n: usize, seed: u64) -> Result<Vec<Clip>, TrainErro
             let lead = aug.rng.random_range(0..12_800usize);
             let mut audio = vec![0f32; lead];
             audio.extend(aug.apply(&c.audio));
-            audio.truncate(N_SAMPLES);
+            if audio.len() > N_SAMPLES {
+                // Slowed down or delayed past one window: cutting it would teach the whole
+                // transcript for audio that lacks its end (a 27 s example trained that way
+                // came back empty after adaptation). The copy is left out.
+                continue;
+            }
             out.push(Clip {
                 path: c.path.clone(),
                 audio,
@@ -1784,6 +1789,26 @@ mod tests {
             // -65 (near-silence) to -10 dBFS, give or take the clamp.
             assert!(r > 4e-4 && r < 0.4, "rms {r}");
         }
+    }
+
+    #[test]
+    fn augmented_copies_never_cut_a_clip_short() {
+        // A 29.5 s example: most slowed or delayed copies would overflow the window.
+        let long = Clip {
+            path: PathBuf::from("long.wav"),
+            audio: (0..29 * 16_000 + 8_000)
+                .map(|i| 0.1 * (i as f32 * 0.05).sin())
+                .collect(),
+            transcript: "a long example".into(),
+        };
+        let copies = augmented(std::slice::from_ref(&long), 16, 7).unwrap();
+        assert!(copies.iter().all(|c| c.audio.len() < N_SAMPLES));
+        // The ones that fit are kept: a short clip gets every copy.
+        let short = Clip {
+            audio: long.audio[..3 * 16_000].to_vec(),
+            ..long
+        };
+        assert_eq!(augmented(&[short], 16, 7).unwrap().len(), 16);
     }
 
     #[test]
