@@ -477,8 +477,8 @@ fn beam_search(
     Ok(best.map(|(s, v, _)| (s, v)).unwrap_or_default())
 }
 
-/// Whether `text` is a repetition loop: one word or one pair of words said [`LOOP_RUN`] times
-/// in a row. The compression-ratio test misses short loops: "And I'm, I'm, I'm, I'm, I'm,
+/// Whether `text` is a repetition loop: it ends in one word or one pair of words said
+/// [`LOOP_RUN`] times in a row. The compression-ratio test misses short loops: "And I'm, I'm, I'm, I'm, I'm,
 /// I'm, I'm, I'm." (Whisper on a dog bark) compresses only 2.26:1.
 pub(crate) fn is_loop(text: &str) -> bool {
     let words: Vec<String> = text
@@ -491,22 +491,18 @@ pub(crate) fn is_loop(text: &str) -> bool {
         })
         .filter(|w: &String| !w.is_empty())
         .collect();
+    // A stuck decoder repeats until the token budget or end-of-text stops it, so the run is
+    // counted back from the end. A speaker who says a word five times goes on ("... some more
+    // words words words words words and that should be all"): a 27 s window of that was
+    // dropped whole when any run counted.
     (1..=2).any(|n| {
+        let end = words.len();
+        let last = |k: usize| &words[end - (k + 1) * n..end - k * n];
         let mut run = 1;
-        let mut i = n;
-        while i + n <= words.len() {
-            if words[i..i + n] == words[i - n..i] {
-                run += 1;
-                if run >= LOOP_RUN {
-                    return true;
-                }
-                i += n;
-            } else {
-                run = 1;
-                i += 1;
-            }
+        while end >= (run + 1) * n && last(run) == last(0) {
+            run += 1;
         }
-        false
+        run >= LOOP_RUN
     })
 }
 
@@ -616,6 +612,14 @@ mod tests {
         assert!(is_loop("thank you thank you thank you thank you thank you"));
         assert!(!is_loop("1, 2, 3, 4, 5, 6"));
         assert!(!is_loop("no, no, no. Not that one"));
+        // Cut by the token budget in the middle of a pair: still a loop.
+        assert!(is_loop(
+            "thank you thank you thank you thank you thank you thank"
+        ));
+        // A repeat the speaker made, with speech after it.
+        assert!(!is_loop(
+            "here are some more words words words words words and that should be all thanks"
+        ));
         assert!(!is_loop(
             "And so my fellow Americans ask not what your country can do for you"
         ));
