@@ -23,7 +23,9 @@
 //!
 //! Needs an installed model (`harkd models fetch tiny.en`) and `../shared/data`; skips with a
 //! message otherwise. Targets: streaming WER <= offline WER x 1.10 in every run; median latency
-//! to the first interim <= 1.5 s and to the final <= 3.0 s.
+//! to the first interim <= 1.5 s and to the final <= 3.0 s. The table also divides by the mean
+//! offline WER over window placements (the file behind 0, 0.5, 1, 2 and 3 s of silence): one
+//! offline decode is one draw from that spread (on the long-form file 2.9-6.5%).
 
 mod common;
 
@@ -187,16 +189,24 @@ fn report(file: &Path, results: &[RunResult]) {
             shown.join(", ")
         );
     }
+    // The offline decode is one draw from the spread that window placement alone causes:
+    // the fair yardstick for live decoding, whose windows fall elsewhere, is the mean over
+    // placements (the unpadded decode and each padded one).
+    let placements: Vec<f64> = std::iter::once(ower)
+        .chain(first.padded_wer.iter().copied())
+        .collect();
+    let spread_mean = placements.iter().sum::<f64>() / placements.len() as f64;
     println!();
     println!(
-        "| run | streaming WER | x offline | first shown p50 / p90 | final p50 / p90 | utterance p50 / p90 | finals | utterances | dropped | CPU | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| run | streaming WER | x offline | x offline over placements | first shown p50 / p90 | final p50 / p90 | utterance p50 / p90 | finals | utterances | dropped | CPU | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (i, r) in results.iter().enumerate() {
         println!(
-            "| {} | {:.1}% | {:.2}x | {:.2} / {:.2} s | {:.2} / {:.2} s | {:.2} / {:.2} s | {} | {} | {} | {:.0}% | {:.0} MB |",
+            "| {} | {:.1}% | {:.2}x | {:.2}x | {:.2} / {:.2} s | {:.2} / {:.2} s | {:.2} / {:.2} s | {} | {} | {} | {:.0}% | {:.0} MB |",
             i + 1,
             r.swer,
             r.swer / ower.max(1e-9),
+            r.swer / spread_mean.max(1e-9),
             percentile(&r.to_first, 0.5),
             percentile(&r.to_first, 0.9),
             percentile(&r.to_final, 0.5),
@@ -223,6 +233,11 @@ fn report(file: &Path, results: &[RunResult]) {
     println!(
         "| streaming WER, worst run | {worst:.1}% ({:.2}x offline) | <= 1.10x in every run |",
         worst / ower.max(1e-9)
+    );
+    println!(
+        "| streaming WER, worst run, against offline over {} window placements ({spread_mean:.1}%) | {:.2}x | |",
+        placements.len(),
+        worst / spread_mean.max(1e-9)
     );
     println!(
         "| latency word end -> first shown, median / p90 | {:.2} s / {:.2} s | <= 1.5 s |",
