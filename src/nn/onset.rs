@@ -13,7 +13,7 @@
 //! **Network**: per-band normalisation (training-set mean and spread, stored with the weights),
 //! then convolutions over time with growing dilation (`k=5 d=1`, `k=3 d=2`, `k=3 d=4`, ReLU),
 //! then a 1x1 convolution to one logit per frame. The receptive field is ±8 frames, so a
-//! probability for frame `k` needs frames up to `k + 8`: 80 ms, less than the 120 ms the pitch
+//! probability for frame `k` needs frames up to `k + 8`: 80 ms, less than the 100 ms the pitch
 //! tracker's HMM waits anyway, so the detector adds no latency. With the default 32 channels it
 //! has ~19 k parameters and costs ~19 k multiply-adds per frame (~2 M a second).
 //!
