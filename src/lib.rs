@@ -38,7 +38,8 @@
 //!  tts       -> nn (VITS voice, neural G2P), store (the state directory for the lexicon)
 //!  models    -> nn (the Piper converter writes what nn::vits loads)
 //!  train     -> nn, dsp, models, stages (the wake detector), audio   (hark-train only)
-//!  leaves:      events, dsp, ring
+//!  nn, tts, actions -> words (English number words)
+//!  leaves:      events, dsp, ring, words
 //! ```
 //!
 //! The one cycle is `config <-> stages`: the config aggregates each stage's section (defined
@@ -68,3 +69,4 @@ pub mod store;
 pub mod telemetry;
 pub mod train;
 pub mod tts;
+pub mod words;

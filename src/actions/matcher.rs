@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::words::{ONES, TENS};
+
 /// Most words a free slot takes.
 pub const MAX_SLOT_WORDS: usize = 4;
 
@@ -211,35 +213,11 @@ fn slot_value(kind: &SlotKind, w: &[String]) -> Option<String> {
 }
 
 fn small(w: &str) -> Option<u64> {
-    const ONES: [&str; 20] = [
-        "zero",
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
-        "ten",
-        "eleven",
-        "twelve",
-        "thirteen",
-        "fourteen",
-        "fifteen",
-        "sixteen",
-        "seventeen",
-        "eighteen",
-        "nineteen",
-    ];
-    const TENS: [&str; 8] = [
-        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-    ];
     if let Some(i) = ONES.iter().position(|&o| o == w) {
         return Some(i as u64);
     }
     TENS.iter()
+        .skip(2)
         .position(|&t| t == w)
         .map(|i| (i as u64 + 2) * 10)
 }

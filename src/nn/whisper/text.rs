@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+use crate::words::{ONES, TENS};
+
 /// `len(utf8) / len(zlib.compress(utf8))`, as openai/whisper's `compression_ratio` (zlib level
 /// 6). Repetitive (looping) output compresses well and scores above ~2.4.
 pub fn compression_ratio(text: &str) -> f32 {
@@ -19,32 +21,6 @@ pub fn compression_ratio(text: &str) -> f32 {
         .unwrap_or(bytes.len());
     bytes.len() as f32 / compressed.max(1) as f32
 }
-
-const ONES: [&str; 20] = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-];
-const TENS: [&str; 10] = [
-    "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
-];
 
 fn number_words(n: u64, out: &mut Vec<String>) {
     if n < 20 {
