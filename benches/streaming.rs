@@ -15,7 +15,8 @@
 //! ```
 //!
 //! `benches/heldout/README.md` builds a second long-form file (3.4 min of real speech that is
-//! not in `../shared`) to pass as `HARK_STREAM_FILE`.
+//! not in `../shared`) to pass as `HARK_STREAM_FILE`. Several files, comma-separated, run one
+//! after the other and are also reported pooled (word errors added up over the files).
 //!
 //! `HARK_STREAM_CONFIG` is added to the `[transcribe]` table of the daemon's config.
 //! `HARK_STREAM_DUMP=DIR` writes the offline runs' silence-padded WAVs there (`padS.wav`), to
@@ -75,31 +76,74 @@ async fn main() {
         );
         return;
     }
-    let file = std::env::var_os("HARK_STREAM_FILE")
-        .map(|f| repo.join(f))
-        .unwrap_or_else(|| repo.join("../shared/data/speech/longform/lj001_0001-0016.flac"));
-    if !file.is_file() {
-        println!("streaming bench skipped: {} is absent", file.display());
+    let files: Vec<PathBuf> = std::env::var("HARK_STREAM_FILE")
+        .map(|v| v.split(',').map(|f| repo.join(f.trim())).collect())
+        .unwrap_or_else(|_| vec![repo.join("../shared/data/speech/longform/lj001_0001-0016.flac")]);
+    if let Some(f) = files.iter().find(|f| !f.is_file()) {
+        println!("streaming bench skipped: {} is absent", f.display());
         return;
     }
-    let reference = std::fs::read_to_string(file.with_extension("txt")).ok();
-
     let runs: usize = std::env::var("HARK_STREAM_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
         .max(1);
-    let mut results = Vec::new();
-    for i in 0..runs {
-        match one_run(&file, reference.as_deref(), i == 0).await {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                println!("streaming bench failed: {e}");
-                std::process::exit(1);
+    let mut all = Vec::new();
+    for file in &files {
+        let reference = std::fs::read_to_string(file.with_extension("txt")).ok();
+        let mut results = Vec::new();
+        for i in 0..runs {
+            match one_run(file, reference.as_deref(), i == 0).await {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    println!("streaming bench failed: {e}");
+                    std::process::exit(1);
+                }
             }
         }
+        report(file, &results);
+        all.push(results);
     }
-    report(&file, &results);
+    if all.len() > 1 {
+        report_pooled(&all);
+    }
+}
+
+/// Streaming against offline with the word errors of every file added up, run by run (run i
+/// of each file together): a ratio over more words, where one word moves it less.
+fn report_pooled(all: &[Vec<RunResult>]) {
+    let words: usize = all.iter().map(|r| r[0].ref_words).sum();
+    let offline: usize = all.iter().map(|r| r[0].o_errors).sum();
+    // Each file's mean offline errors over window placements (unpadded and padded).
+    let placements: f64 = all
+        .iter()
+        .map(|r| {
+            let e: Vec<usize> = std::iter::once(r[0].o_errors)
+                .chain(r[0].padded_errors.iter().copied())
+                .collect();
+            e.iter().sum::<usize>() as f64 / e.len() as f64
+        })
+        .sum();
+    let pct = |e: f64| 100.0 * e / words.max(1) as f64;
+    println!(
+        "\n## Pooled over {} files ({words} reference words)\n\noffline: {offline} errors ({:.2}%); mean over window placements {placements:.1} errors ({:.2}%)\n",
+        all.len(),
+        pct(offline as f64),
+        pct(placements)
+    );
+    println!(
+        "| run | streaming errors | streaming WER | x offline | x offline over placements |\n|---|---|---|---|---|"
+    );
+    for i in 0..all[0].len() {
+        let e: usize = all.iter().map(|r| r[i].s_errors).sum();
+        println!(
+            "| {} | {e} | {:.2}% | {:.2}x | {:.2}x |",
+            i + 1,
+            pct(e as f64),
+            e as f64 / (offline as f64).max(1e-9),
+            e as f64 / placements.max(1e-9)
+        );
+    }
 }
 
 /// Seconds of silence put in front of the file for the offline spread: the same words in
@@ -112,6 +156,12 @@ struct RunResult {
     /// Streaming and offline WER (%); the offline transcript is taken in the first run only.
     swer: f64,
     ower: Option<f64>,
+    /// The same as counts: streaming and offline word errors, offline errors behind each of
+    /// [`PADS_S`], and the reference's words (for the pooled table).
+    s_errors: usize,
+    o_errors: usize,
+    padded_errors: Vec<usize>,
+    ref_words: usize,
     /// Offline WER (%) of the same audio behind each of [`PADS_S`] of silence (first run only).
     padded_wer: Vec<f64>,
     offline_s: f64,
@@ -368,6 +418,7 @@ async fn run(
         .or_else(|| offline_text.clone())
         .unwrap_or_default();
     let mut padded_wer = Vec::new();
+    let mut padded_errors = Vec::new();
     if offline_text.is_some() {
         let samples = hark::audio::file::decode_file_16k(file).map_err(|e| e.to_string())?;
         for pad in PADS_S {
@@ -387,6 +438,7 @@ async fn run(
                 .into_inner();
             let (e, n) = text::word_errors(&reference, &r.text);
             padded_wer.push(100.0 * e as f64 / n.max(1) as f64);
+            padded_errors.push(e);
         }
     }
 
@@ -407,13 +459,15 @@ async fn run(
     }
     let streamed = final_text.join(" ");
     let (se, sn) = text::word_errors(&reference, &streamed);
-    let ower = offline_text.map(|t| {
-        let (oe, on) = text::word_errors(&reference, &t);
-        100.0 * oe as f64 / on.max(1) as f64
-    });
+    let offline_errors = offline_text.map(|t| text::word_errors(&reference, &t).0);
+    let ower = offline_errors.map(|oe| 100.0 * oe as f64 / sn.max(1) as f64);
     Ok(RunResult {
         swer: 100.0 * se as f64 / sn.max(1) as f64,
         ower,
+        s_errors: se,
+        o_errors: offline_errors.unwrap_or(0),
+        padded_errors,
+        ref_words: sn,
         padded_wer,
         offline_s,
         duration_s,
