@@ -478,8 +478,8 @@ fn beam_search(
 }
 
 /// Whether `text` is a repetition loop: it ends in one word or one pair of words said
-/// [`LOOP_RUN`] times in a row. The compression-ratio test misses short loops: "And I'm, I'm, I'm, I'm, I'm,
-/// I'm, I'm, I'm." (Whisper on a dog bark) compresses only 2.26:1.
+/// [`LOOP_RUN`] times in a row. The compression-ratio test misses short loops: "And I'm, I'm,
+/// I'm, I'm, I'm, I'm, I'm, I'm." (Whisper on a dog bark) compresses only 2.26:1.
 pub(crate) fn is_loop(text: &str) -> bool {
     let words: Vec<String> = text
         .split_whitespace()
