@@ -39,7 +39,9 @@ pub struct NotesConfig {
     pub min_struck_note_ms: u32,
     /// Mono: the note-onset detector notes are cut at (a model name in the models
     /// directories, or a path; default the bundled `note-onset`, trained with `hark-train
-    /// notes-onset`). Empty: cut by the spectral-flux and level rules alone (no model).
+    /// notes-onset`). Empty: cut by the spectral-flux and level rules alone (no model), the
+    /// better choice for a voice alone: the detector was trained on instruments (real singing
+    /// 0.703 note F1 without it, 0.681 with it; rendered instruments 0.845 and 0.906).
     pub onset_model: String,
 }
 
