@@ -113,17 +113,8 @@ async fn main() {
 /// of each file together): a ratio over more words, where one word moves it less.
 fn report_pooled(all: &[Vec<RunResult>]) {
     let words: usize = all.iter().map(|r| r[0].ref_words).sum();
-    let offline: usize = all.iter().map(|r| r[0].o_errors).sum();
-    // Each file's mean offline errors over window placements (unpadded and padded).
-    let placements: f64 = all
-        .iter()
-        .map(|r| {
-            let e: Vec<usize> = std::iter::once(r[0].o_errors)
-                .chain(r[0].padded_errors.iter().copied())
-                .collect();
-            e.iter().sum::<usize>() as f64 / e.len() as f64
-        })
-        .sum();
+    let offline: usize = all.iter().map(|r| r[0].o_errors.unwrap_or(0)).sum();
+    let placements: f64 = all.iter().map(|r| r[0].placement_errors()).sum();
     let pct = |e: f64| 100.0 * e / words.max(1) as f64;
     println!(
         "\n## Pooled over {} files ({words} reference words)\n\noffline: {offline} errors ({:.2}%); mean over window placements {placements:.1} errors ({:.2}%)\n",
@@ -153,17 +144,14 @@ const PADS_S: [f32; 4] = [0.5, 1.0, 2.0, 3.0];
 
 /// What one run measured.
 struct RunResult {
-    /// Streaming and offline WER (%); the offline transcript is taken in the first run only.
-    swer: f64,
-    ower: Option<f64>,
-    /// The same as counts: streaming and offline word errors, offline errors behind each of
-    /// [`PADS_S`], and the reference's words (for the pooled table).
+    /// Streaming and offline word errors against the reference's words; the offline
+    /// transcript is taken in the first run only.
     s_errors: usize,
-    o_errors: usize,
+    o_errors: Option<usize>,
+    /// Offline word errors of the same audio behind each of [`PADS_S`] of silence (first run
+    /// only).
     padded_errors: Vec<usize>,
     ref_words: usize,
-    /// Offline WER (%) of the same audio behind each of [`PADS_S`] of silence (first run only).
-    padded_wer: Vec<f64>,
     offline_s: f64,
     duration_s: f64,
     to_first: Vec<f64>,
@@ -177,6 +165,32 @@ struct RunResult {
     rss_after_mb: f64,
     stages: String,
     streamed: String,
+}
+
+impl RunResult {
+    /// `errors` as a WER (%) of the reference.
+    fn pct(&self, errors: f64) -> f64 {
+        100.0 * errors / self.ref_words.max(1) as f64
+    }
+
+    fn swer(&self) -> f64 {
+        self.pct(self.s_errors as f64)
+    }
+
+    fn ower(&self) -> Option<f64> {
+        self.o_errors.map(|e| self.pct(e as f64))
+    }
+
+    /// Mean offline word errors over window placements: the unpadded decode and each padded
+    /// one (NaN without an offline decode).
+    fn placement_errors(&self) -> f64 {
+        let e: Vec<usize> = self
+            .o_errors
+            .into_iter()
+            .chain(self.padded_errors.iter().copied())
+            .collect();
+        e.iter().sum::<usize>() as f64 / e.len() as f64
+    }
 }
 
 async fn one_run(file: &Path, reference: Option<&str>, offline: bool) -> Result<RunResult, String> {
@@ -215,7 +229,7 @@ async fn one_run(file: &Path, reference: Option<&str>, offline: bool) -> Result<
 
 fn report(file: &Path, results: &[RunResult]) {
     let first = &results[0];
-    let ower = first.ower.unwrap_or(f64::NAN);
+    let ower = first.ower().unwrap_or(f64::NAN);
     println!(
         "streaming bench: {} ({:.0} s) read by harkd at real-time pace, {} run(s), stages: {}",
         file.file_name().unwrap_or_default().to_string_lossy(),
@@ -227,13 +241,18 @@ fn report(file: &Path, results: &[RunResult]) {
         "offline WER (Transcribe RPC, {:.1} s): {ower:.1}%",
         first.offline_s
     );
-    if !first.padded_wer.is_empty() {
+    if !first.padded_errors.is_empty() {
+        let padded: Vec<f64> = first
+            .padded_errors
+            .iter()
+            .map(|&e| first.pct(e as f64))
+            .collect();
         let shown: Vec<String> = PADS_S
             .iter()
-            .zip(&first.padded_wer)
+            .zip(&padded)
             .map(|(p, w)| format!("{p} s: {w:.1}%"))
             .collect();
-        let mean = first.padded_wer.iter().sum::<f64>() / first.padded_wer.len() as f64;
+        let mean = padded.iter().sum::<f64>() / padded.len() as f64;
         println!(
             "offline WER with silence in front (window placement alone): {} (mean {mean:.1}%)",
             shown.join(", ")
@@ -242,10 +261,8 @@ fn report(file: &Path, results: &[RunResult]) {
     // The offline decode is one draw from the spread that window placement alone causes:
     // the fair yardstick for live decoding, whose windows fall elsewhere, is the mean over
     // placements (the unpadded decode and each padded one).
-    let placements: Vec<f64> = std::iter::once(ower)
-        .chain(first.padded_wer.iter().copied())
-        .collect();
-    let spread_mean = placements.iter().sum::<f64>() / placements.len() as f64;
+    let n_placements = 1 + first.padded_errors.len();
+    let spread_mean = first.pct(first.placement_errors());
     println!();
     println!(
         "| run | streaming WER | x offline | x offline over placements | first shown p50 / p90 | final p50 / p90 | utterance p50 / p90 | finals | utterances | dropped | CPU | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -254,9 +271,9 @@ fn report(file: &Path, results: &[RunResult]) {
         println!(
             "| {} | {:.1}% | {:.2}x | {:.2}x | {:.2} / {:.2} s | {:.2} / {:.2} s | {:.2} / {:.2} s | {} | {} | {} | {:.0}% | {:.0} MB |",
             i + 1,
-            r.swer,
-            r.swer / ower.max(1e-9),
-            r.swer / spread_mean.max(1e-9),
+            r.swer(),
+            r.swer() / ower.max(1e-9),
+            r.swer() / spread_mean.max(1e-9),
             percentile(&r.to_first, 0.5),
             percentile(&r.to_first, 0.9),
             percentile(&r.to_final, 0.5),
@@ -270,7 +287,7 @@ fn report(file: &Path, results: &[RunResult]) {
             r.rss_mb,
         );
     }
-    let worst = results.iter().map(|r| r.swer).fold(f64::MIN, f64::max);
+    let worst = results.iter().map(RunResult::swer).fold(f64::MIN, f64::max);
     let all = |f: fn(&RunResult) -> &Vec<f64>| -> Vec<f64> {
         results.iter().flat_map(|r| f(r).iter().copied()).collect()
     };
@@ -286,7 +303,7 @@ fn report(file: &Path, results: &[RunResult]) {
     );
     println!(
         "| streaming WER, worst run, against offline over {} window placements ({spread_mean:.1}%) | {:.2}x | |",
-        placements.len(),
+        n_placements,
         worst / spread_mean.max(1e-9)
     );
     println!(
@@ -417,7 +434,6 @@ async fn run(
         .map(str::to_string)
         .or_else(|| offline_text.clone())
         .unwrap_or_default();
-    let mut padded_wer = Vec::new();
     let mut padded_errors = Vec::new();
     if offline_text.is_some() {
         let samples = hark::audio::file::decode_file_16k(file).map_err(|e| e.to_string())?;
@@ -436,9 +452,7 @@ async fn run(
                 .await
                 .map_err(|e| e.to_string())?
                 .into_inner();
-            let (e, n) = text::word_errors(&reference, &r.text);
-            padded_wer.push(100.0 * e as f64 / n.max(1) as f64);
-            padded_errors.push(e);
+            padded_errors.push(text::word_errors(&reference, &r.text).0);
         }
     }
 
@@ -459,16 +473,11 @@ async fn run(
     }
     let streamed = final_text.join(" ");
     let (se, sn) = text::word_errors(&reference, &streamed);
-    let offline_errors = offline_text.map(|t| text::word_errors(&reference, &t).0);
-    let ower = offline_errors.map(|oe| 100.0 * oe as f64 / sn.max(1) as f64);
     Ok(RunResult {
-        swer: 100.0 * se as f64 / sn.max(1) as f64,
-        ower,
         s_errors: se,
-        o_errors: offline_errors.unwrap_or(0),
+        o_errors: offline_text.map(|t| text::word_errors(&reference, &t).0),
         padded_errors,
         ref_words: sn,
-        padded_wer,
         offline_s,
         duration_s,
         to_first,
