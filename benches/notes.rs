@@ -21,12 +21,11 @@ use std::{
     time::Instant,
 };
 
-use hark::nn::onset::OnsetModel;
 use hark::notes::{
     Note,
     eval::{self, Aggregate, NoteScores, Tolerances},
     io, poly,
-    track::{self, MonoParams, MonoTracker},
+    track::{self, MonoModels, MonoParams, MonoTracker},
 };
 
 const SR: usize = 16_000;
@@ -81,11 +80,11 @@ struct SetScores {
     with_offset: Aggregate,
 }
 
-fn score_mono(files: &[(PathBuf, Vec<Note>)], onsets: Option<Arc<OnsetModel>>) -> SetScores {
+fn score_mono(files: &[(PathBuf, Vec<Note>)], models: &MonoModels) -> SetScores {
     let p = MonoParams::default();
     let (mut a, mut b): (Vec<NoteScores>, Vec<NoteScores>) = (Vec::new(), Vec::new());
     for (audio, refs) in files {
-        let est = track::transcribe_mono(&decode(audio), &p, onsets.clone());
+        let est = track::transcribe_mono(&decode(audio), &p, models.clone());
         a.push(eval::evaluate(refs, &est, false));
         b.push(eval::evaluate(refs, &est, true));
     }
@@ -95,17 +94,57 @@ fn score_mono(files: &[(PathBuf, Vec<Note>)], onsets: Option<Arc<OnsetModel>>) -
     }
 }
 
-/// The bundled onset detector (`HARK_NOTES_ONSET` names another model name or directory).
-fn onset_model() -> Option<Arc<OnsetModel>> {
+/// CPU seconds this process has used, all threads (user + system, from `/proc/self/stat`; NaN
+/// where that file does not exist).
+fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces, so split after its `)`): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+/// The mono trackers compared: the rules alone, with the bundled onset detector
+/// (`HARK_NOTES_ONSET` names another model name or directory), and with the detector set aside
+/// where the bundled sound model hears a voice (the daemon's default). Each is left out when
+/// its model does not load.
+fn trackers() -> Vec<(&'static str, MonoModels)> {
     let name =
         std::env::var("HARK_NOTES_ONSET").unwrap_or_else(|_| hark::notes::ONSET_MODEL.into());
-    match hark::notes::load_onset_model(&name, None) {
-        Ok(m) => Some(Arc::new(m)),
+    let onsets = match hark::notes::load_onset_model(&name, None) {
+        Ok(m) => Arc::new(m),
         Err(e) => {
             println!("(onset detector {name} not loaded: {e}; rules only)\n");
-            None
+            return vec![("rules", MonoModels::default())];
         }
+    };
+    let detector = MonoModels {
+        onsets: Some(onsets),
+        voice: None,
+    };
+    let mut out = vec![
+        ("rules", MonoModels::default()),
+        ("detector", detector.clone()),
+    ];
+    match hark::notes::voice::load_voice_model(hark::notes::voice::VOICE_MODEL) {
+        Ok(v) => out.push((
+            "detector + voice gate",
+            MonoModels {
+                voice: Some(Arc::new(v)),
+                ..detector
+            },
+        )),
+        Err(e) => println!("(voice model not loaded: {e})\n"),
     }
+    out
 }
 
 fn mono_section(data: &Path) {
@@ -154,13 +193,8 @@ fn mono_section(data: &Path) {
             );
             continue;
         }
-        let model = onset_model();
-        let runs = [("rules", None), ("detector", model)];
-        for (how, m) in runs {
-            if how == "detector" && m.is_none() {
-                continue;
-            }
-            let s = score_mono(&files, m);
+        for (how, m) in trackers() {
+            let s = score_mono(&files, &m);
             let (a, b) = (s.no_offset, s.with_offset);
             println!(
                 "| {name}, {how} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
@@ -393,16 +427,19 @@ fn speed_section(data: &Path) {
     }
     let audio: Vec<(PathBuf, Vec<f32>)> = files.iter().map(|p| (p.clone(), decode(p))).collect();
     let total_s: f64 = audio.iter().map(|(_, x)| x.len() as f64 / SR as f64).sum();
-    let model = onset_model();
-    println!("| tracker | audio | files | real-time factor | share of one core |");
-    println!("|---|---|---|---|---|");
-    for (how, m) in [("rules", None), ("detector", model.clone())] {
-        if how == "detector" && m.is_none() {
-            continue;
-        }
+    let trackers = trackers();
+    // Wall time, and CPU time of every thread: the voice gate's network runs its matrix
+    // products on a thread pool, so its wall time alone would understate what it costs.
+    println!(
+        "| tracker | audio | files | real-time factor | share of one core (wall) | CPU time (all threads) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (how, m) in &trackers {
         let mut best = f64::MAX;
+        let mut best_cpu = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
+            let cpu = process_cpu_s();
             for (_, x) in &audio {
                 let mut tr = MonoTracker::build(MonoParams::default(), m.clone());
                 for c in x.chunks(CHUNK) {
@@ -411,13 +448,15 @@ fn speed_section(data: &Path) {
                 std::hint::black_box(tr.finish());
             }
             best = best.min(t.elapsed().as_secs_f64());
+            best_cpu = best_cpu.min(process_cpu_s() - cpu);
         }
         let rtf = best / total_s;
         println!(
-            "| {how} | {:.1} s | {} | {rtf:.4} | {:.2} % |",
+            "| {how} | {:.1} s | {} | {rtf:.4} | {:.2} % | {:.2} % of one core |",
             total_s,
             audio.len(),
-            rtf * 100.0
+            rtf * 100.0,
+            best_cpu / total_s * 100.0
         );
     }
     println!();
@@ -427,8 +466,10 @@ fn speed_section(data: &Path) {
     // reference end is the MIDI note-off: a note followed by a rest sounds on through its
     // release (100-500 ms on these patches), and no tracker can end it before the sound stops;
     // the note's own end is where the tracker heard it stop (or the next note begin).
+    // The last tracker is the daemon's default.
+    let (how, model) = trackers.last().expect("the rules at least").clone();
     println!(
-        "Note out (stream position at emission) after the reference note-off, and after the note's own end, matched notes:\n"
+        "Note out ({how}; stream position at emission) after the reference note-off, and after the note's own end, matched notes:\n"
     );
     println!("| file | matched | mean ms | p50 ms | p90 ms | after own end: p50 ms | p90 ms |");
     println!("|---|---|---|---|---|---|---|");

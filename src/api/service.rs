@@ -507,10 +507,10 @@ impl Hark for HarkService {
             }
             let notes = match mode {
                 Mode::Mono => {
-                    let model = cfg
-                        .onset_model(&resources)
+                    let models = cfg
+                        .mono_models(&resources)
                         .map_err(Status::failed_precondition)?;
-                    crate::notes::track::transcribe_mono(&audio, &cfg.mono_params(), model)
+                    crate::notes::track::transcribe_mono(&audio, &cfg.mono_params(), models)
                 }
                 Mode::Poly => {
                     let model = resources

@@ -437,6 +437,10 @@ enum EvalCommand {
         /// the spectral-flux and level rules alone.
         #[arg(long, default_value = "note-onset")]
         onset_model: String,
+        /// Mono, with a detector: the sound model that sets the detector aside where it hears a
+        /// voice (a model name or directory), or `none` to use the detector everywhere.
+        #[arg(long, default_value = "sound-us8k")]
+        voice_model: String,
         /// Write each transcription to DIR/<stem>.tsv (scored again later with --estimates).
         #[arg(long, value_name = "DIR", conflicts_with = "estimates")]
         save_estimates: Option<PathBuf>,
@@ -776,6 +780,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     mode,
                     estimates,
                     onset_model,
+                    voice_model,
                     save_estimates,
                     json,
                 },
@@ -786,6 +791,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 notes,
                 estimates,
                 onset_model: Some(onset_model).filter(|m| m != "none"),
+                voice_model: Some(voice_model).filter(|m| m != "none"),
                 mode: match mode {
                     ModeArg::Mono => Mode::Mono,
                     ModeArg::Poly => Mode::Poly,

@@ -12,6 +12,7 @@ pub mod pitch;
 pub mod poly;
 pub mod synth;
 pub mod track;
+pub mod voice;
 
 use std::path::{Path, PathBuf};
 
@@ -131,31 +132,39 @@ pub fn load_onset_model(
 }
 
 /// Transcribes an audio file (any format the daemon decodes) to notes with default settings
-/// (mono: with the bundled onset detector).
+/// (mono: with the bundled onset detector, set aside where the bundled sound model hears a
+/// voice).
 pub fn transcribe_file(path: &Path, mode: Mode) -> Result<Vec<Note>, NotesError> {
-    let onsets = match mode {
-        Mode::Mono => Some(ONSET_MODEL),
-        Mode::Poly => None,
+    let (onsets, voice) = match mode {
+        Mode::Mono => (Some(ONSET_MODEL), Some(voice::VOICE_MODEL)),
+        Mode::Poly => (None, None),
     };
-    transcribe_file_with(path, mode, onsets)
+    transcribe_file_with(path, mode, onsets, voice)
 }
 
-/// [`transcribe_file`] with a chosen onset detector for mono (`None`: the flux and level rules).
+/// [`transcribe_file`] with a chosen onset detector for mono (`None`: the flux and level rules)
+/// and voice model (`None`: the detector everywhere).
 pub fn transcribe_file_with(
     path: &Path,
     mode: Mode,
     onset_model: Option<&str>,
+    voice_model: Option<&str>,
 ) -> Result<Vec<Note>, NotesError> {
     let samples = crate::audio::file::decode_file_16k(path)?;
     match mode {
         Mode::Mono => {
-            let model = onset_model
-                .map(|n| load_onset_model(n, None).map(std::sync::Arc::new))
-                .transpose()?;
+            let models = track::MonoModels {
+                onsets: onset_model
+                    .map(|n| load_onset_model(n, None).map(std::sync::Arc::new))
+                    .transpose()?,
+                voice: voice_model
+                    .map(|n| voice::load_voice_model(n).map(std::sync::Arc::new))
+                    .transpose()?,
+            };
             Ok(track::transcribe_mono(
                 &samples,
                 &track::MonoParams::default(),
-                model,
+                models,
             ))
         }
         Mode::Poly => {

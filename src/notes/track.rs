@@ -21,6 +21,8 @@ use super::{
     pitch::{PitchFrame, PitchParams, PitchTracker},
 };
 use crate::nn::onset::{OnsetDetector, OnsetModel};
+use crate::nn::sound::SoundClassifier;
+use crate::notes::voice::VoiceGate;
 
 /// How frames become notes.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,6 +232,10 @@ pub struct Segmenter {
     probs_first: u64,
     /// Where the last emitted note ended: a later note's attack is looked for after it.
     last_end: u64,
+    /// A voice is singing (see [`crate::notes::voice`]): the detector is not listened to, only
+    /// the rules. Changes wait in `voice_from` until the frame they hold from.
+    voice: bool,
+    voice_from: VecDeque<(u64, bool)>,
 }
 
 impl Segmenter {
@@ -245,6 +251,8 @@ impl Segmenter {
             probs: VecDeque::new(),
             probs_first: 0,
             last_end: 0,
+            voice: false,
+            voice_from: VecDeque::new(),
         }
     }
 
@@ -259,6 +267,16 @@ impl Segmenter {
     /// Onset probabilities of the next frames (frame 0 first, in order).
     pub fn push_onsets(&mut self, probs: &[f32]) {
         self.probs.extend(probs);
+    }
+
+    /// From frame `from` on, whether a voice is singing (decisions in order).
+    pub fn push_voice(&mut self, from: u64, voice: bool) {
+        self.voice_from.push_back((from, voice));
+    }
+
+    /// The detector's threshold, when there is a detector and no voice is singing.
+    fn threshold(&self) -> Option<f32> {
+        self.onset_threshold.filter(|_| !self.voice)
     }
 
     /// The detector's probability of frame `i` (0 when unknown).
@@ -317,7 +335,7 @@ impl Segmenter {
             .cur
             .as_ref()
             .is_some_and(|b| lasts(self.frame_s, f.index - b.start, self.p.valley_min_s));
-        if let Some(t) = self.onset_threshold {
+        if let Some(t) = self.threshold() {
             // The rules stay: on real singing their onsets (consonants, re-articulations) are
             // ones the detector, trained on instruments, misses (SSVD valid F1 0.675 -> 0.692).
             return self.onset_peak(f.index, t)
@@ -451,7 +469,7 @@ impl Segmenter {
     /// The frame in `frames` with the highest detector peak of at least
     /// [`CHANGE_ONSET_FRACTION`] of the threshold (none without a detector).
     fn strongest_peak(&self, frames: std::ops::Range<u64>) -> Option<u64> {
-        let t = CHANGE_ONSET_FRACTION * self.onset_threshold?;
+        let t = CHANGE_ONSET_FRACTION * self.threshold()?;
         frames
             .filter(|&i| self.onset_peak(i, t))
             .max_by(|&a, &b| self.prob(a).total_cmp(&self.prob(b)))
@@ -461,6 +479,13 @@ impl Segmenter {
         let Some(f) = self.ahead.front().copied() else {
             return;
         };
+        while let Some(&(from, voice)) = self.voice_from.front() {
+            if from > f.index {
+                break;
+            }
+            self.voice = voice;
+            self.voice_from.pop_front();
+        }
         let onset = self.is_onset(&f);
         self.ahead.pop_front();
         if f.voiced {
@@ -560,9 +585,7 @@ impl Segmenter {
         let start = onset.max(done.start + 1);
         // An octave jump early in a note is the tracker's error during the attack unless the
         // detector is sure a note starts there: its weaker peaks only place onsets.
-        let at_onset = self
-            .onset_threshold
-            .is_some_and(|t| self.onset_peak(start, t));
+        let at_onset = self.threshold().is_some_and(|t| self.onset_peak(start, t));
         let interval = new_pitch - done.median();
         let octaves = (interval / 12.0).round();
         let glitch = !at_onset
@@ -598,7 +621,7 @@ impl Segmenter {
     /// pitch holds within [`STRUCK_SPREAD`]. A singer's scoop or a glide's midpoint has
     /// neither: its onset is the note it leads into, and its pitch moves.
     fn is_struck_note(&self, b: &Building, end: u64) -> bool {
-        let Some(t) = self.onset_threshold else {
+        let Some(t) = self.threshold() else {
             return false;
         };
         let silence_after = self.frame(end).is_none_or(|g| !g.voiced);
@@ -639,55 +662,72 @@ impl Segmenter {
     }
 }
 
+/// The networks the monophonic transcriber may use besides pYIN (none: the rules alone).
+#[derive(Debug, Clone, Default)]
+pub struct MonoModels {
+    /// The note-onset detector notes are cut at.
+    pub onsets: Option<Arc<OnsetModel>>,
+    /// A sound model with YAMNet's AudioSet classifier: where it hears a voice, the detector
+    /// is set aside for the rules (see [`crate::notes::voice`]).
+    pub voice: Option<Arc<SoundClassifier>>,
+}
+
 /// The streaming monophonic transcriber: samples in, pitch frames and finished notes out.
 #[derive(Debug)]
 pub struct MonoTracker {
     params: MonoParams,
+    models: MonoModels,
     pitch: PitchTracker,
     seg: Segmenter,
     onsets: Option<(Arc<OnsetModel>, OnsetDetector)>,
+    voice: Option<VoiceGate>,
 }
 
 impl MonoTracker {
     /// Notes cut by the flux and level rules alone.
     pub fn new(p: MonoParams) -> Self {
+        Self::build(p, MonoModels::default())
+    }
+
+    /// A tracker with these networks. With an onset detector, notes are also cut at its peaks
+    /// (see [`crate::nn::onset`]); it needs less lookahead than the pitch tracker, so this
+    /// adds no latency. With a voice model as well, the detector is heard only where no voice
+    /// sings. A voice model that cannot serve (no AudioSet classifier) is left out, with a
+    /// warning.
+    pub fn build(p: MonoParams, models: MonoModels) -> Self {
         let pitch = PitchTracker::new(p.pitch.clone());
-        let seg = Segmenter::new(p.segment.clone(), pitch.frame_s());
+        let (seg, onsets) = match &models.onsets {
+            Some(m) => (
+                Segmenter::with_onsets(p.segment.clone(), pitch.frame_s(), m.config.threshold),
+                Some((m.clone(), OnsetDetector::new(m))),
+            ),
+            None => (Segmenter::new(p.segment.clone(), pitch.frame_s()), None),
+        };
+        // Without a detector there is nothing for the gate to switch off.
+        let voice = models
+            .voice
+            .clone()
+            .filter(|_| onsets.is_some())
+            .and_then(|m| match VoiceGate::new(m) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Notes: no voice gate; the detector cuts every passage.");
+                    None
+                }
+            });
         Self {
             params: p,
+            models,
             pitch,
             seg,
-            onsets: None,
+            onsets,
+            voice,
         }
     }
 
-    /// Notes cut at the onset detector's peaks (see [`crate::nn::onset`]). The detector needs
-    /// less lookahead than the pitch tracker, so this adds no latency.
-    pub fn with_onsets(p: MonoParams, model: Arc<OnsetModel>) -> Self {
-        let pitch = PitchTracker::new(p.pitch.clone());
-        let seg =
-            Segmenter::with_onsets(p.segment.clone(), pitch.frame_s(), model.config.threshold);
-        let det = OnsetDetector::new(&model);
-        Self {
-            params: p,
-            pitch,
-            seg,
-            onsets: Some((model, det)),
-        }
-    }
-
-    /// [`MonoTracker::with_onsets`] when a model is given, else [`MonoTracker::new`].
-    pub fn build(p: MonoParams, model: Option<Arc<OnsetModel>>) -> Self {
-        match model {
-            Some(m) => Self::with_onsets(p, m),
-            None => Self::new(p),
-        }
-    }
-
-    /// A fresh tracker with the same settings and detector (after a gap in the stream).
+    /// A fresh tracker with the same settings and networks (after a gap in the stream).
     pub fn restart(&mut self) {
-        let model = self.onsets.as_ref().map(|(m, _)| m.clone());
-        *self = Self::build(self.params.clone(), model);
+        *self = Self::build(self.params.clone(), self.models.clone());
     }
 
     /// Seconds per pitch frame.
@@ -696,12 +736,33 @@ impl MonoTracker {
     }
 
     pub fn push(&mut self, samples: &[f32]) -> MonoOutput {
+        self.push_voice(samples);
         if let Some((model, det)) = &mut self.onsets {
             self.seg.push_onsets(&det.push(model, samples));
         }
         let frames = self.pitch.push(samples);
         let notes = self.seg.push(&frames);
         MonoOutput { frames, notes }
+    }
+
+    /// Feeds the voice gate; its decisions hold from the first pitch frame at or after the
+    /// end of the patch they were made on, so they never look ahead of the audio.
+    fn push_voice(&mut self, samples: &[f32]) {
+        let Some(gate) = &mut self.voice else {
+            return;
+        };
+        match gate.push(samples) {
+            Ok(decisions) => {
+                let hop = self.params.pitch.hop as u64;
+                for (end, voice) in decisions {
+                    self.seg.push_voice(end.div_ceil(hop), voice);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Notes: the voice gate failed; the detector cuts every passage.");
+                self.voice = None;
+            }
+        }
     }
 
     pub fn finish(&mut self) -> MonoOutput {
@@ -717,12 +778,8 @@ impl MonoTracker {
 
 /// Transcribes a whole buffer (mono, at `params.pitch.sample_rate`), with the onset detector
 /// when one is given.
-pub fn transcribe_mono(
-    samples: &[f32],
-    params: &MonoParams,
-    onsets: Option<Arc<OnsetModel>>,
-) -> Vec<Note> {
-    let mut t = MonoTracker::build(params.clone(), onsets);
+pub fn transcribe_mono(samples: &[f32], params: &MonoParams, models: MonoModels) -> Vec<Note> {
+    let mut t = MonoTracker::build(params.clone(), models);
     let mut notes = t.push(samples).notes;
     notes.extend(t.finish().notes);
     notes
@@ -769,7 +826,7 @@ mod tests {
             ],
             0.0,
         );
-        let notes = transcribe_mono(&x, &MonoParams::default(), None);
+        let notes = transcribe_mono(&x, &MonoParams::default(), MonoModels::default());
         let got: Vec<u8> = notes.iter().map(|n| n.midi).collect();
         assert_eq!(
             got,
@@ -785,7 +842,7 @@ mod tests {
     #[test]
     fn repeated_notes_are_split_at_their_onsets() {
         let (x, truth) = melody(&[(67, 0.3), (67, 0.3), (67, 0.3), (64, 0.6)], 0.0);
-        let notes = transcribe_mono(&x, &MonoParams::default(), None);
+        let notes = transcribe_mono(&x, &MonoParams::default(), MonoModels::default());
         assert_eq!(notes.len(), truth.len(), "{notes:?}");
     }
 
@@ -831,6 +888,26 @@ mod tests {
         let mut one = rules.push(&frames);
         one.extend(rules.finish());
         assert_eq!(one.len(), 1, "{one:?}");
+    }
+
+    #[test]
+    fn where_a_voice_sings_the_detector_is_not_heard() {
+        // The same legato repeats; a voice from frame 80 on: the peak at 50 still splits, the
+        // one at 100 (a singer's consonant, say) does not.
+        let frames = flat_frames(&[69.0; 150]);
+        let mut probs = vec![0.01f32; 150];
+        for k in [50usize, 100] {
+            probs[k - 1] = 0.4;
+            probs[k] = 0.9;
+            probs[k + 1] = 0.5;
+        }
+        let mut s = Segmenter::with_onsets(SegmentParams::default(), 0.01, 0.5);
+        s.push_onsets(&probs);
+        s.push_voice(80, true);
+        let mut notes = s.push(&frames);
+        notes.extend(s.finish());
+        let starts: Vec<f64> = notes.iter().map(|n| (n.start * 100.0).round()).collect();
+        assert_eq!(starts, vec![0.0, 50.0], "{notes:?}");
     }
 
     #[test]
@@ -965,7 +1042,7 @@ mod tests {
     #[test]
     fn streaming_matches_offline() {
         let (x, _) = melody(&[(57, 0.3), (59, 0.3), (60, 0.5)], 0.1);
-        let whole = transcribe_mono(&x, &MonoParams::default(), None);
+        let whole = transcribe_mono(&x, &MonoParams::default(), MonoModels::default());
         let mut t = MonoTracker::new(MonoParams::default());
         let mut notes = Vec::new();
         for c in x.chunks(777) {
@@ -1079,7 +1156,11 @@ mod dump {
                     .collect();
                 std::fs::write(format!("{out}/{stem}.probs"), probs.join("\n")).unwrap();
             }
-            let notes = super::transcribe_mono(&x, &params, model);
+            let models = super::MonoModels {
+                onsets: model,
+                voice: None,
+            };
+            let notes = super::transcribe_mono(&x, &params, models);
             let mut s = String::new();
             for n in notes {
                 let pitch = f32::from(n.midi) + n.cents / 100.0;

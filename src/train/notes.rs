@@ -42,6 +42,9 @@ pub struct NotesEvalOptions {
     pub mode: Mode,
     /// Mono: the onset detector (model name or directory); None: the flux and level rules.
     pub onset_model: Option<String>,
+    /// Mono, with a detector: the voice model that sets it aside where a voice sings (model
+    /// name or directory); None: the detector everywhere.
+    pub voice_model: Option<String>,
     /// Write each transcription here as `<stem>.tsv` (to inspect errors, or to score again
     /// with `estimates` without transcribing).
     pub save_estimates: Option<PathBuf>,
@@ -192,8 +195,13 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
             },
             None => {
                 let a = audio.as_deref().unwrap_or(&reference);
-                let notes = crate::notes::transcribe_file_with(a, o.mode, o.onset_model.as_deref())
-                    .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
+                let notes = crate::notes::transcribe_file_with(
+                    a,
+                    o.mode,
+                    o.onset_model.as_deref(),
+                    o.voice_model.as_deref(),
+                )
+                .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
                 let saved = match &o.save_estimates {
                     Some(dir) => {
                         let p = dir.join(format!("{name}.tsv"));
@@ -330,6 +338,7 @@ mod tests {
             estimates: estimates.map(Path::to_path_buf),
             mode: Mode::Poly,
             onset_model: None,
+            voice_model: None,
             save_estimates: None,
         }
     }

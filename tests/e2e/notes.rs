@@ -210,7 +210,8 @@ async fn hark_notes_renders_the_tune_and_its_reverse() {
     // The render plays the reversed tune: transcribing it gives the reversed pitches.
     let rendered = hark::audio::file::decode_file_16k(&rev_wav).expect("a WAV");
     assert!(rendered.len() > 16_000 * 10);
-    let est: Vec<Note> = hark::notes::track::transcribe_mono(&rendered, &Default::default(), None);
+    let est: Vec<Note> =
+        hark::notes::track::transcribe_mono(&rendered, &Default::default(), Default::default());
     let heard: Vec<u8> = est.iter().map(|n| n.midi).collect();
     let rev_pitches: Vec<u8> = rev.iter().map(|n| n.midi).collect();
     let s = eval::evaluate(&rev, &est, false);

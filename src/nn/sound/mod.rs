@@ -342,6 +342,27 @@ impl SoundClassifier {
         Ok((probs, speech))
     }
 
+    /// YAMNet's own AudioSet probabilities `[n][521]` (independent sigmoids, as AudioSet is
+    /// multi-label) of `n` log-mel patches; None for models without that classifier.
+    pub fn audioset_probs(&self, patches: &[f32], n: usize) -> Result<Option<Vec<f32>>, NnError> {
+        let Net::Yamnet {
+            backbone,
+            audioset: Some((aw, ab)),
+            ..
+        } = &self.net
+        else {
+            return Ok(None);
+        };
+        if n == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let p = &self.config.frontend;
+        let emb = backbone.embed(patches, n, p.patch_frames, p.n_mels)?;
+        let x = Tensor::from_vec(emb, (n, backbone.dim()), &Device::Cpu)?;
+        let probs = candle_nn::ops::sigmoid(&x.matmul(&aw.t()?)?.broadcast_add(ab)?)?;
+        Ok(Some(probs.flatten_all()?.to_vec1::<f32>()?))
+    }
+
     /// Per-patch probabilities and speech flags of 16 kHz mono `samples`.
     pub fn classify_speech(&self, samples: &[f32]) -> Result<(Vec<f32>, Vec<bool>), NnError> {
         let (patches, starts) = self.frontend.patches(samples);
