@@ -117,6 +117,10 @@ struct Building {
     first_deviant: Option<u64>,
     /// The pitch of that first deviant frame (how abrupt the change is).
     first_deviant_midi: f32,
+    /// The first frames' indices and levels (where a sung note's vowel begins).
+    head: Vec<(u64, f32)>,
+    /// Begun while a voice sang (see [`Segmenter::voice`]).
+    voice: bool,
 }
 
 impl Building {
@@ -131,6 +135,8 @@ impl Building {
             deviants: Vec::new(),
             first_deviant: None,
             first_deviant_midi: 0.0,
+            head: Vec::new(),
+            voice: false,
         }
     }
 
@@ -141,6 +147,9 @@ impl Building {
         // Velocity follows the attack, not a swell later in a long note.
         if self.n <= 10 {
             self.peak_db = self.peak_db.max(f.rms_db);
+        }
+        if self.head.len() < VOWEL_FRAMES {
+            self.head.push((f.index, f.rms_db));
         }
     }
 
@@ -493,6 +502,7 @@ impl Segmenter {
             match self.cur.as_mut() {
                 None => {
                     let mut b = Building::new(self.attack_start(f.index));
+                    b.voice = self.voice;
                     b.add(&f, midi);
                     self.cur = Some(b);
                 }
@@ -526,6 +536,7 @@ impl Segmenter {
                         let done = self.cur.take().expect("current note");
                         self.emit(done, f.index, out);
                         let mut nb = Building::new(f.index);
+                        nb.voice = self.voice;
                         nb.add(&f, midi);
                         self.cur = Some(nb);
                     } else {
@@ -600,6 +611,7 @@ impl Segmenter {
             s
         };
         let mut nb = Building::new(start);
+        nb.voice = self.voice;
         for (i, m) in dev {
             let g = self.frame(i).unwrap_or(*f);
             nb.add(&g, m);
@@ -637,7 +649,8 @@ impl Segmenter {
         if b.n == 0 || end <= b.start {
             return;
         }
-        let (start_s, end_s) = (b.start as f64 * self.frame_s, end as f64 * self.frame_s);
+        let start = vowel_start(&b).unwrap_or(b.start);
+        let (start_s, end_s) = (start as f64 * self.frame_s, end as f64 * self.frame_s);
         let confidence = b.p_sum / b.n as f32;
         let frames = end - b.start;
         let long_enough = lasts(self.frame_s, frames, self.p.min_note_s)
@@ -660,6 +673,30 @@ impl Segmenter {
             confidence: confidence.clamp(0.0, 1.0),
         });
     }
+}
+
+/// Frames of a note's head (200 ms) searched for where its vowel begins.
+const VOWEL_FRAMES: usize = 20;
+
+/// A sung note starts where its vowel does: at the first of its head frames within this of the
+/// loudest. A voiced consonant before the vowel (the m, n, l, r, d of a lyric or of solfege)
+/// already has a pitch but is 10-20 dB quieter, and singers place the vowel, not the
+/// consonant, on the beat; SSVD annotates it so. Before this rule, 500 of the 651 sung notes
+/// whose onset was 50-200 ms off started early. Chosen among 3-10 dB and 100-300 ms heads on
+/// SSVD v2.0 train/valid (0.640 -> 0.677 note F1; 5 dB 0.671, 8 dB 0.675, 10 dB 0.666), then
+/// measured once on its test songs (0.700 -> 0.718). Only where a voice sings: an
+/// instrument's attack is where its note starts, however quiet.
+const VOWEL_DB: f32 = 6.0;
+
+/// Where sung note `b`'s vowel begins (see [`VOWEL_DB`]); None when it was not sung, or when
+/// no quieter frames lead into its vowel.
+fn vowel_start(b: &Building) -> Option<u64> {
+    if !b.voice {
+        return None;
+    }
+    let top = b.head.iter().map(|h| h.1).fold(f32::MIN, f32::max);
+    let first = b.head.iter().find(|h| h.1 >= top - VOWEL_DB)?;
+    (first.0 > b.head.first()?.0).then_some(first.0)
 }
 
 /// The networks the monophonic transcriber may use besides pYIN (none: the rules alone).
@@ -888,6 +925,30 @@ mod tests {
         let mut one = rules.push(&frames);
         one.extend(rules.finish());
         assert_eq!(one.len(), 1, "{one:?}");
+    }
+
+    #[test]
+    fn a_sung_note_starts_at_its_vowel_an_instruments_at_its_attack() {
+        // Silence, then 8 frames of a voiced consonant 15 dB under the vowel, then the vowel.
+        let mut frames = flat_frames(&[0.0; 20]);
+        frames.extend(flat_frames(&[64.0; 60]));
+        for (i, f) in frames.iter_mut().enumerate() {
+            f.index = i as u64;
+            f.voiced = i >= 20;
+            f.rms_db = if i < 28 { -35.0 } else { -20.0 };
+        }
+        let run = |voice: bool| {
+            let mut s = Segmenter::new(SegmentParams::default(), 0.01);
+            s.push_voice(0, voice);
+            let mut notes = s.push(&frames);
+            notes.extend(s.finish());
+            notes
+        };
+        let sung = run(true);
+        assert_eq!(sung.len(), 1, "{sung:?}");
+        assert!((sung[0].start - 0.28).abs() < 1e-9, "{sung:?}");
+        let played = run(false);
+        assert!((played[0].start - 0.20).abs() < 1e-9, "{played:?}");
     }
 
     #[test]

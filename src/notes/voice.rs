@@ -11,9 +11,10 @@
 //! [`VoiceGate`] runs the trunk and AudioSet classifier of the bundled sound model
 //! (`sound-us8k`, the weights the sound stage uses) on 0.96 s log-mel patches, one every
 //! 0.96 s, and keeps a running decision; where it says "voice", the segmenter cuts by the rules
-//! alone. The decision only looks back, so a stream and a whole file give the same notes; the
-//! first second of a stream has none yet and keeps the detector. With the gate, SSVD test reads
-//! 0.700 and the renders are as with the detector (`models/note-onset/MODEL_CARD.md`).
+//! alone and starts a note at its vowel (`VOWEL_DB` in [`super::track`]). The decision only
+//! looks back, so a stream and a whole file give the same notes; the first second of a stream
+//! has none yet and keeps the detector. With the gate, SSVD test reads 0.718 and the renders
+//! are as with the detector (`models/note-onset/MODEL_CARD.md`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
