@@ -119,7 +119,7 @@ struct Building {
     first_deviant_midi: f32,
     /// The first frames' indices and levels (where a sung note's vowel begins).
     head: Vec<(u64, f32)>,
-    /// Begun while a voice sang (see [`Segmenter::voice`]).
+    /// Begun while a voice sang (the segmenter's voice gate held).
     voice: bool,
 }
 

@@ -90,13 +90,6 @@ impl VoiceGate {
         })
     }
 
-    /// A fresh gate on the same model (after a gap in the stream).
-    pub fn restart(&mut self) {
-        self.buf.clear();
-        self.buf_start = 0;
-        self.recent.clear();
-    }
-
     /// Feeds samples; returns, for each patch completed, the stream sample where it ends
     /// (from which its decision holds) and whether the passage is a voice from there on.
     pub fn push(&mut self, samples: &[f32]) -> Result<Vec<(u64, bool)>, NotesError> {
