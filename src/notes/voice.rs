@@ -56,6 +56,9 @@ const HISTORY: usize = 4;
 /// 0.96 s, none overlapping), which halves its cost and still decides within about a second.
 const PATCH_STRIDE: usize = 2;
 
+/// Patches scored per network call.
+const BATCH: usize = 16;
+
 /// The running voice/instrument decision of a stream of 16 kHz mono samples.
 #[derive(Debug)]
 pub struct VoiceGate {
@@ -97,35 +100,36 @@ impl VoiceGate {
         let p = self.model.frontend().params();
         let (need, hop) = (p.patch_samples(), p.patch_hop_samples() * PATCH_STRIDE);
         let per = p.patch_frames * p.n_mels;
-        let mut patches = Vec::new();
-        let mut ends = Vec::new();
+        let mut out = Vec::new();
         let mut from = 0;
+        // A whole file comes in one push: its patches are made and scored a batch at a time,
+        // so memory stays a few MB however long the upload.
         while self.buf.len() - from >= need {
-            let (patch, _) = self.model.frontend().patches(&self.buf[from..from + need]);
-            patches.extend_from_slice(&patch[..per]);
-            ends.push(self.buf_start + (from + need) as u64);
-            from += hop;
+            let mut patches = Vec::with_capacity(BATCH * per);
+            let mut ends = Vec::with_capacity(BATCH);
+            while ends.len() < BATCH && self.buf.len() - from >= need {
+                let (patch, _) = self.model.frontend().patches(&self.buf[from..from + need]);
+                patches.extend_from_slice(&patch[..per]);
+                ends.push(self.buf_start + (from + need) as u64);
+                from += hop;
+            }
+            let probs = self
+                .model
+                .audioset_probs(&patches, ends.len())
+                .map_err(|e| NotesError::Model(format!("voice model: {e}")))?
+                .unwrap_or_default();
+            let classes = (probs.len() / ends.len()).max(1);
+            for (row, end) in probs.chunks(classes).zip(ends) {
+                self.recent.push_back(is_voice(row));
+                if self.recent.len() > HISTORY {
+                    self.recent.pop_front();
+                }
+                let voiced = self.recent.iter().filter(|&&v| v).count();
+                out.push((end, 2 * voiced >= self.recent.len() && voiced > 0));
+            }
         }
         self.buf.drain(..from);
         self.buf_start += from as u64;
-        if ends.is_empty() {
-            return Ok(Vec::new());
-        }
-        let probs = self
-            .model
-            .audioset_probs(&patches, ends.len())
-            .map_err(|e| NotesError::Model(format!("voice model: {e}")))?
-            .unwrap_or_default();
-        let classes = probs.len() / ends.len();
-        let mut out = Vec::with_capacity(ends.len());
-        for (row, end) in probs.chunks(classes.max(1)).zip(ends) {
-            self.recent.push_back(is_voice(row));
-            if self.recent.len() > HISTORY {
-                self.recent.pop_front();
-            }
-            let voiced = self.recent.iter().filter(|&&v| v).count();
-            out.push((end, 2 * voiced >= self.recent.len().max(1) && voiced > 0));
-        }
         Ok(out)
     }
 }
