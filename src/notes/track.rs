@@ -907,15 +907,20 @@ mod tests {
         notes
     }
 
-    #[test]
-    fn detector_peaks_split_legato_repeats_the_rules_cannot_hear() {
-        let frames = flat_frames(&[69.0; 150]);
+    /// 1.5 s of one steady pitch, and detector peaks at frames 50 and 100.
+    fn legato_repeats() -> (Vec<PitchFrame>, Vec<f32>) {
         let mut probs = vec![0.01f32; 150];
         for k in [50usize, 100] {
             probs[k - 1] = 0.4;
             probs[k] = 0.9;
             probs[k + 1] = 0.5;
         }
+        (flat_frames(&[69.0; 150]), probs)
+    }
+
+    #[test]
+    fn detector_peaks_split_legato_repeats_the_rules_cannot_hear() {
+        let (frames, probs) = legato_repeats();
         let notes = segment_with(&frames, &probs);
         let starts: Vec<f64> = notes.iter().map(|n| (n.start * 100.0).round()).collect();
         assert_eq!(starts, vec![0.0, 50.0, 100.0], "{notes:?}");
@@ -955,13 +960,7 @@ mod tests {
     fn where_a_voice_sings_the_detector_is_not_heard() {
         // The same legato repeats; a voice from frame 80 on: the peak at 50 still splits, the
         // one at 100 (a singer's consonant, say) does not.
-        let frames = flat_frames(&[69.0; 150]);
-        let mut probs = vec![0.01f32; 150];
-        for k in [50usize, 100] {
-            probs[k - 1] = 0.4;
-            probs[k] = 0.9;
-            probs[k + 1] = 0.5;
-        }
+        let (frames, probs) = legato_repeats();
         let mut s = Segmenter::with_onsets(SegmentParams::default(), 0.01, 0.5);
         s.push_onsets(&probs);
         s.push_voice(80, true);
