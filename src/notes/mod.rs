@@ -121,14 +121,23 @@ pub fn load_onset_model(
     name: &str,
     root: Option<&Path>,
 ) -> Result<crate::nn::onset::OnsetModel, NotesError> {
-    let as_path = Path::new(name);
-    let dir = if as_path.join("config.json").is_file() {
-        as_path.to_path_buf()
-    } else {
-        crate::models::find("notes", name, root).map_err(|e| NotesError::Model(e.to_string()))?
-    };
+    let dir = model_dir("notes", name, root)?;
     crate::nn::onset::OnsetModel::load(&dir)
         .map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
+}
+
+/// The directory of a model the notes config names: a path to a model directory, or a name
+/// found like every model of `kind` (`root`, the default models directory, the bundled ones).
+pub(crate) fn model_dir(
+    kind: &str,
+    name: &str,
+    root: Option<&Path>,
+) -> Result<PathBuf, NotesError> {
+    let as_path = Path::new(name);
+    if as_path.join("config.json").is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    crate::models::find(kind, name, root).map_err(|e| NotesError::Model(e.to_string()))
 }
 
 /// Transcribes an audio file (any format the daemon decodes) to notes with default settings

@@ -149,12 +149,7 @@ fn is_voice(p: &[f32]) -> bool {
 
 /// Loads the sound model the gate runs (a name in the models directories, or a path).
 pub fn load_voice_model(name: &str) -> Result<SoundClassifier, NotesError> {
-    let as_path = std::path::Path::new(name);
-    let dir = if as_path.join("config.json").is_file() {
-        as_path.to_path_buf()
-    } else {
-        crate::models::find("sound", name, None).map_err(|e| NotesError::Model(e.to_string()))?
-    };
+    let dir = super::model_dir("sound", name, None)?;
     SoundClassifier::load(&dir).map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
 }
 

@@ -106,23 +106,13 @@ impl NotesConfig {
         &self,
         resources: &crate::stages::StageResources,
     ) -> Result<Option<Arc<SoundClassifier>>, String> {
-        let name = self.voice_model.trim().to_string();
-        if name.is_empty() {
-            return Ok(None);
-        }
-        match resources.shared(&format!("voice:{name}"), || {
-            crate::notes::voice::load_voice_model(&name)
-        }) {
-            Ok(m) => {
-                tracing::info!(model = %name, "Note onsets: the rules alone where a voice sings.");
-                Ok(Some(m))
-            }
-            Err(e) if name == crate::notes::voice::VOICE_MODEL => {
-                tracing::warn!(error = %e, "Voice model not found; the note-onset detector cuts every passage.");
-                Ok(None)
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        named_model(
+            resources,
+            ("voice", &self.voice_model, crate::notes::voice::VOICE_MODEL),
+            crate::notes::voice::load_voice_model,
+            "Note onsets: the rules alone where a voice sings.",
+            "Voice model not found; the note-onset detector cuts every passage.",
+        )
     }
 
     /// The onset detector this config names, loaded once per process (None: the rules).
@@ -130,25 +120,40 @@ impl NotesConfig {
         &self,
         resources: &crate::stages::StageResources,
     ) -> Result<Option<Arc<OnsetModel>>, String> {
-        if self.onset_model.trim().is_empty() {
-            return Ok(None);
+        named_model(
+            resources,
+            ("onset", &self.onset_model, crate::notes::ONSET_MODEL),
+            |n| crate::notes::load_onset_model(n, None),
+            "Note onsets: the detector and the flux and level rules.",
+            "Note-onset detector not found; cutting notes by the flux and level rules.",
+        )
+    }
+}
+
+/// A model a `[notes]` field names, loaded once per process under `kind:name`. An empty name
+/// is none. The default model missing (a models directory without the bundled models) is
+/// none too, with a warning, so notes still work; a model the user named must exist.
+fn named_model<T: Send + Sync + 'static>(
+    resources: &crate::stages::StageResources,
+    (kind, name, default): (&str, &str, &str),
+    load: impl FnOnce(&str) -> Result<T, crate::notes::NotesError>,
+    loaded: &'static str,
+    missing: &'static str,
+) -> Result<Option<Arc<T>>, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    match resources.shared(&format!("{kind}:{name}"), || load(name)) {
+        Ok(m) => {
+            tracing::info!(model = %name, "{loaded}");
+            Ok(Some(m))
         }
-        let name = self.onset_model.clone();
-        match resources.shared(&format!("onset:{name}"), || {
-            crate::notes::load_onset_model(&name, None)
-        }) {
-            Ok(m) => {
-                tracing::info!(model = %name, "Note onsets: the detector and the flux and level rules.");
-                Ok(Some(m))
-            }
-            // The default detector missing (a models directory without the bundled models):
-            // notes still work, cut by the rules; a model the user named must exist.
-            Err(e) if name == crate::notes::ONSET_MODEL => {
-                tracing::warn!(error = %e, "Note-onset detector not found; cutting notes by the flux and level rules.");
-                Ok(None)
-            }
-            Err(e) => Err(e.to_string()),
+        Err(e) if name == default => {
+            tracing::warn!(error = %e, "{missing}");
+            Ok(None)
         }
+        Err(e) => Err(e.to_string()),
     }
 }
 

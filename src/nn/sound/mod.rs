@@ -320,9 +320,7 @@ impl SoundClassifier {
                 let emb = backbone.embed(patches, n, h, w)?;
                 let x = Tensor::from_vec(emb, (n, backbone.dim()), &Device::Cpu)?;
                 if let Some((aw, ab)) = audioset {
-                    let top = x
-                        .matmul(&aw.t()?)?
-                        .broadcast_add(ab)?
+                    let top = audioset_logits(&x, aw, ab)?
                         .argmax(candle_core::D::Minus1)?
                         .to_vec1::<u32>()?;
                     for (s, t) in speech.iter_mut().zip(top) {
@@ -359,7 +357,7 @@ impl SoundClassifier {
         let p = &self.config.frontend;
         let emb = backbone.embed(patches, n, p.patch_frames, p.n_mels)?;
         let x = Tensor::from_vec(emb, (n, backbone.dim()), &Device::Cpu)?;
-        let probs = candle_nn::ops::sigmoid(&x.matmul(&aw.t()?)?.broadcast_add(ab)?)?;
+        let probs = candle_nn::ops::sigmoid(&audioset_logits(&x, aw, ab)?)?;
         Ok(Some(probs.flatten_all()?.to_vec1::<f32>()?))
     }
 
@@ -386,6 +384,11 @@ impl SoundClassifier {
         let probs = self.patch_probs(&patches, starts.len())?;
         Ok((probs, starts))
     }
+}
+
+/// YAMNet's AudioSet logits `[n][521]` of embeddings `x` `[n][dim]`.
+fn audioset_logits(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    x.matmul(&weight.t()?)?.broadcast_add(bias)
 }
 
 /// Clip-level scores: the mean of the patches' probabilities.
