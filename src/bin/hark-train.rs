@@ -444,6 +444,11 @@ enum EvalCommand {
         /// Write each transcription to DIR/<stem>.tsv (scored again later with --estimates).
         #[arg(long, value_name = "DIR", conflicts_with = "estimates")]
         save_estimates: Option<PathBuf>,
+        /// Play every file in a room first: convolve it with this room impulse response (a
+        /// recorded one, e.g. ../shared/data/noise/rir/*.flac; its direct sound is moved to
+        /// time 0) to measure transcription away from a dry recording.
+        #[arg(long, value_name = "FILE", conflicts_with = "estimates")]
+        room: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -782,11 +787,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     onset_model,
                     voice_model,
                     save_estimates,
+                    room,
                     json,
                 },
         } => {
             let o = NotesEvalOptions {
                 save_estimates,
+                room,
                 audio,
                 notes,
                 estimates,

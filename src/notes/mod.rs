@@ -160,6 +160,16 @@ pub fn transcribe_file_with(
     voice_model: Option<&str>,
 ) -> Result<Vec<Note>, NotesError> {
     let samples = crate::audio::file::decode_file_16k(path)?;
+    transcribe_samples_with(&samples, mode, onset_model, voice_model)
+}
+
+/// [`transcribe_file_with`] on 16 kHz mono samples.
+pub fn transcribe_samples_with(
+    samples: &[f32],
+    mode: Mode,
+    onset_model: Option<&str>,
+    voice_model: Option<&str>,
+) -> Result<Vec<Note>, NotesError> {
     match mode {
         Mode::Mono => {
             let models = track::MonoModels {
@@ -171,7 +181,7 @@ pub fn transcribe_file_with(
                     .transpose()?,
             };
             Ok(track::transcribe_mono(
-                &samples,
+                samples,
                 &track::MonoParams::default(),
                 models,
             ))
@@ -179,7 +189,7 @@ pub fn transcribe_file_with(
         Mode::Poly => {
             let model = std::sync::Arc::new(load_basic_pitch(None)?);
             Ok(poly::transcribe_poly(
-                &samples,
+                samples,
                 &model,
                 poly::PolyParams::default(),
             )?)

@@ -320,6 +320,53 @@ impl<'a> Augment<'a> {
     }
 }
 
+/// FFT convolution of `x` with `h` (same length as `x`), peak kept.
+pub fn convolve(x: &[f32], h: &[f32]) -> Vec<f32> {
+    use rustfft::{FftPlanner, num_complex::Complex};
+    let n = (x.len() + h.len()).next_power_of_two();
+    let mut p = FftPlanner::<f32>::new();
+    let (f, i) = (p.plan_fft_forward(n), p.plan_fft_inverse(n));
+    let mut a: Vec<Complex<f32>> = (0..n)
+        .map(|k| Complex::new(*x.get(k).unwrap_or(&0.0), 0.0))
+        .collect();
+    let mut b: Vec<Complex<f32>> = (0..n)
+        .map(|k| Complex::new(*h.get(k).unwrap_or(&0.0), 0.0))
+        .collect();
+    f.process(&mut a);
+    f.process(&mut b);
+    for (u, v) in a.iter_mut().zip(&b) {
+        *u *= v;
+    }
+    i.process(&mut a);
+    let y: Vec<f32> = a[..x.len()].iter().map(|c| c.re / n as f32).collect();
+    let (px, py) = (peak(x), peak(&y));
+    if py > 0.0 {
+        y.iter().map(|v| v * px / py).collect()
+    } else {
+        y
+    }
+}
+
+pub fn peak(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// A room impulse response (16 kHz) from `path`, starting 1 ms before its direct sound:
+/// recorded responses begin with the sound's flight time (32 ms in
+/// `../shared/data/noise/rir/rir48000.flac`), which would delay every onset convolved with it.
+pub fn room_response(path: &Path) -> Result<Vec<f32>, TrainError> {
+    let h = load_16k(path)?;
+    let top = peak(&h);
+    if top <= 0.0 {
+        return Err(TrainError::Data {
+            path: path.to_path_buf(),
+            reason: "the room impulse response is silent".into(),
+        });
+    }
+    let direct = h.iter().position(|v| v.abs() >= 0.1 * top).unwrap_or(0);
+    Ok(h[direct.saturating_sub(16)..].to_vec())
+}
+
 /// Plays `x` `factor` times faster (pitch up and shorter for factor > 1), by resampling:
 /// treat the audio as recorded at `16 kHz * factor` and convert it back to 16 kHz.
 pub fn change_speed(x: &[f32], factor: f32) -> Vec<f32> {
@@ -369,5 +416,14 @@ mod tests {
             "{}",
             y.len()
         );
+    }
+
+    #[test]
+    fn reverb_keeps_length_and_peak() {
+        let x: Vec<f32> = (0..1000).map(|i| if i == 10 { 0.5 } else { 0.0 }).collect();
+        let y = convolve(&x, &[1.0, 0.5, 0.25]);
+        assert_eq!(y.len(), x.len());
+        assert!((peak(&y) - 0.5).abs() < 1e-4);
+        assert!((y[11] - 0.25).abs() < 1e-3);
     }
 }

@@ -18,7 +18,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::TrainError;
+use super::{
+    TrainError,
+    data::{convolve, room_response},
+};
 use crate::notes::{
     Mode, Note,
     eval::{self, Aggregate, FileScores, NoteScores},
@@ -48,6 +51,9 @@ pub struct NotesEvalOptions {
     /// Write each transcription here as `<stem>.tsv` (to inspect errors, or to score again
     /// with `estimates` without transcribing).
     pub save_estimates: Option<PathBuf>,
+    /// A room impulse response every file is convolved with before it is transcribed: how
+    /// the transcriber holds up in a room rather than on a dry recording.
+    pub room: Option<PathBuf>,
 }
 
 /// The scores of one file.
@@ -172,6 +178,7 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
     if let Some(dir) = &o.save_estimates {
         std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e.to_string()))?;
     }
+    let room = o.room.as_deref().map(room_response).transpose()?;
     let mut files = Vec::with_capacity(items.len());
     for (name, reference, audio) in items {
         let r = io::read_notes(&reference)?;
@@ -195,8 +202,13 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
             },
             None => {
                 let a = audio.as_deref().unwrap_or(&reference);
-                let notes = crate::notes::transcribe_file_with(
-                    a,
+                let mut samples = crate::audio::file::decode_file_16k(a)
+                    .map_err(|e| data_err(a, format!("decoding: {e}")))?;
+                if let Some(h) = &room {
+                    samples = convolve(&samples, h);
+                }
+                let notes = crate::notes::transcribe_samples_with(
+                    &samples,
                     o.mode,
                     o.onset_model.as_deref(),
                     o.voice_model.as_deref(),
@@ -340,6 +352,7 @@ mod tests {
             onset_model: None,
             voice_model: None,
             save_estimates: None,
+            room: None,
         }
     }
 
@@ -412,13 +425,8 @@ mod tests {
         assert!(evaluate(&options(refs.path(), None, None)).is_err());
     }
 
-    #[test]
-    fn saved_estimates_score_as_the_transcription_did() {
-        let (audio, refs, saved) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
+    /// Renders a five-note tune into `audio/t.wav` with its reference in `refs/t.tsv`.
+    fn rendered_tune(audio: &Path, refs: &Path) {
         let tune: Vec<Note> = [60u8, 64, 67, 72, 67]
             .iter()
             .enumerate()
@@ -432,8 +440,18 @@ mod tests {
             })
             .collect();
         let x = crate::notes::synth::render(&tune, 16_000, &Default::default());
-        crate::train::data::write_wav(&audio.path().join("t.wav"), &x).unwrap();
-        io::write_notes(&refs.path().join("t.tsv"), &tune).unwrap();
+        crate::train::data::write_wav(&audio.join("t.wav"), &x).unwrap();
+        io::write_notes(&refs.join("t.tsv"), &tune).unwrap();
+    }
+
+    #[test]
+    fn saved_estimates_score_as_the_transcription_did() {
+        let (audio, refs, saved) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        rendered_tune(audio.path(), refs.path());
         let mut o = options(refs.path(), None, Some(audio.path()));
         o.mode = Mode::Mono;
         let out = saved.path().join("new");
@@ -447,6 +465,39 @@ mod tests {
         let second = evaluate(&again).unwrap();
         assert_eq!(second.no_offset.matched, first.no_offset.matched);
         assert_eq!(second.no_offset.n_est, first.no_offset.n_est);
+    }
+
+    #[test]
+    fn a_room_is_aligned_to_its_direct_sound_and_a_silent_one_is_refused() {
+        let (audio, refs, rooms) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        rendered_tune(audio.path(), refs.path());
+        let mut o = options(refs.path(), None, Some(audio.path()));
+        o.mode = Mode::Mono;
+        let dry = evaluate(&o).unwrap();
+        // 100 ms of flight time, then the direct sound and one quieter echo 15 ms later.
+        let mut h = vec![0f32; 2000];
+        h[1600] = 0.8;
+        h[1840] = 0.2;
+        let room = rooms.path().join("room.wav");
+        crate::train::data::write_wav(&room, &h).unwrap();
+        o.room = Some(room);
+        let wet = evaluate(&o).unwrap();
+        assert_eq!(
+            wet.no_offset.matched,
+            dry.no_offset.matched,
+            "{}",
+            wet.to_text()
+        );
+        assert!(wet.no_offset.micro_f1 > 0.9, "{}", wet.to_text());
+        let silent = rooms.path().join("silent.wav");
+        crate::train::data::write_wav(&silent, &[0.0; 1600]).unwrap();
+        o.room = Some(silent);
+        let e = evaluate(&o).unwrap_err().to_string();
+        assert!(e.contains("silent"), "{e}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use super::{
     TrainError,
-    data::{Us8k, change_speed, load_16k, rms, write_wav},
+    data::{Us8k, change_speed, convolve, load_16k, peak, rms, write_wav},
     progress,
     synth::{self, Engine, Installed, Synth, Voice},
     write_err,
@@ -239,37 +239,6 @@ fn segment(pool: &[Vec<f32>], len: usize, rng: &mut StdRng) -> Vec<f32> {
     let c = &pool[rng.random_range(0..pool.len())];
     let off = rng.random_range(0..c.len().saturating_sub(len).max(1));
     (0..len).map(|i| c[(off + i) % c.len()]).collect()
-}
-
-/// FFT convolution of `x` with `h` (same length as `x`), peak kept.
-fn convolve(x: &[f32], h: &[f32]) -> Vec<f32> {
-    use rustfft::{FftPlanner, num_complex::Complex};
-    let n = (x.len() + h.len()).next_power_of_two();
-    let mut p = FftPlanner::<f32>::new();
-    let (f, i) = (p.plan_fft_forward(n), p.plan_fft_inverse(n));
-    let mut a: Vec<Complex<f32>> = (0..n)
-        .map(|k| Complex::new(*x.get(k).unwrap_or(&0.0), 0.0))
-        .collect();
-    let mut b: Vec<Complex<f32>> = (0..n)
-        .map(|k| Complex::new(*h.get(k).unwrap_or(&0.0), 0.0))
-        .collect();
-    f.process(&mut a);
-    f.process(&mut b);
-    for (u, v) in a.iter_mut().zip(&b) {
-        *u *= v;
-    }
-    i.process(&mut a);
-    let y: Vec<f32> = a[..x.len()].iter().map(|c| c.re / n as f32).collect();
-    let (px, py) = (peak(x), peak(&y));
-    if py > 0.0 {
-        y.iter().map(|v| v * px / py).collect()
-    } else {
-        y
-    }
-}
-
-fn peak(x: &[f32]) -> f32 {
-    x.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
 
 /// Everything examples are drawn from.
@@ -1316,14 +1285,5 @@ mod tests {
         let l = bce_with_logits(&x, &y).unwrap().to_scalar::<f32>().unwrap();
         // (200 + 200 + ln 2) / 3.
         assert!((l - (400.0 + 2f32.ln()) / 3.0).abs() < 1e-3, "{l}");
-    }
-
-    #[test]
-    fn reverb_keeps_length_and_peak() {
-        let x: Vec<f32> = (0..1000).map(|i| if i == 10 { 0.5 } else { 0.0 }).collect();
-        let y = convolve(&x, &[1.0, 0.5, 0.25]);
-        assert_eq!(y.len(), x.len());
-        assert!((peak(&y) - 0.5).abs() < 1e-4);
-        assert!((y[11] - 0.25).abs() < 1e-3);
     }
 }
