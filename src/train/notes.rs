@@ -7,6 +7,9 @@
 //! `x`): that is how the bench compares hark with its peers on the same references.
 //! A reference without an estimate file is scored against no notes (and listed).
 //!
+//! With `--room FILE` every file is first convolved with a recorded room impulse response
+//! ([`super::data::room_response`]), to measure the transcriber away from a dry recording.
+//!
 //! Scores are mir_eval's ([`crate::notes::eval`]): per file P/R/F1 without and with the offset
 //! criterion, then micro (notes pooled) and macro (mean over files) aggregates. References that
 //! give pitches without times (isolated notes from metadata) are scored on pitch alone, shown
