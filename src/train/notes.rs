@@ -428,8 +428,10 @@ mod tests {
         assert!(evaluate(&options(refs.path(), None, None)).is_err());
     }
 
-    /// Renders a five-note tune into `audio/t.wav` with its reference in `refs/t.tsv`.
-    fn rendered_tune(audio: &Path, refs: &Path) {
+    /// A five-note tune rendered into `audio/t.wav` with its reference in `refs/t.tsv`, and
+    /// mono options to transcribe and score it (the directories live as long as they do).
+    fn rendered_tune() -> (tempfile::TempDir, tempfile::TempDir, NotesEvalOptions) {
+        let (audio, refs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let tune: Vec<Note> = [60u8, 64, 67, 72, 67]
             .iter()
             .enumerate()
@@ -443,20 +445,17 @@ mod tests {
             })
             .collect();
         let x = crate::notes::synth::render(&tune, 16_000, &Default::default());
-        crate::train::data::write_wav(&audio.join("t.wav"), &x).unwrap();
-        io::write_notes(&refs.join("t.tsv"), &tune).unwrap();
+        crate::train::data::write_wav(&audio.path().join("t.wav"), &x).unwrap();
+        io::write_notes(&refs.path().join("t.tsv"), &tune).unwrap();
+        let mut o = options(refs.path(), None, Some(audio.path()));
+        o.mode = Mode::Mono;
+        (audio, refs, o)
     }
 
     #[test]
     fn saved_estimates_score_as_the_transcription_did() {
-        let (audio, refs, saved) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
-        rendered_tune(audio.path(), refs.path());
-        let mut o = options(refs.path(), None, Some(audio.path()));
-        o.mode = Mode::Mono;
+        let (_audio, refs, mut o) = rendered_tune();
+        let saved = tempfile::tempdir().unwrap();
         let out = saved.path().join("new");
         o.save_estimates = Some(out.clone());
         let first = evaluate(&o).unwrap();
@@ -472,14 +471,8 @@ mod tests {
 
     #[test]
     fn a_room_is_aligned_to_its_direct_sound_and_a_silent_one_is_refused() {
-        let (audio, refs, rooms) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
-        rendered_tune(audio.path(), refs.path());
-        let mut o = options(refs.path(), None, Some(audio.path()));
-        o.mode = Mode::Mono;
+        let (_audio, _refs, mut o) = rendered_tune();
+        let rooms = tempfile::tempdir().unwrap();
         let dry = evaluate(&o).unwrap();
         // 100 ms of flight time, then the direct sound and one quieter echo 15 ms later.
         let mut h = vec![0f32; 2000];
