@@ -682,11 +682,22 @@ const VOWEL_FRAMES: usize = 20;
 /// loudest. A voiced consonant before the vowel (the m, n, l, r, d of a lyric or of solfege)
 /// already has a pitch but is 10-20 dB quieter, and singers place the vowel, not the
 /// consonant, on the beat; SSVD annotates it so. Before this rule, 500 of the 651 sung notes
-/// whose onset was 50-200 ms off started early. Chosen among 3-10 dB and 100-300 ms heads on
-/// SSVD v2.0 train/valid (0.640 -> 0.677 note F1; 5 dB 0.671, 8 dB 0.675, 10 dB 0.666), then
-/// measured once on its test songs (0.700 -> 0.718). Only where a voice sings: an
+/// whose onset was 50-200 ms off started early. Chosen on SSVD v2.0 train/valid, dry and in
+/// the two rooms of `../shared/data/noise/rir` (`hark-train eval notes --room`): a dry
+/// recording favours a tight margin, a room a wide one, because a room's colour and tail
+/// flatten the level rise into the vowel and a tight margin then starts notes late.
+///
+/// | margin | dry | bright room (its first 8 ms) | 0.8 s reverberation |
+/// |---|---|---|---|
+/// | 6 dB | 0.677 | 0.587 | 0.464 |
+/// | 8 dB | 0.675 | 0.623 | 0.529 |
+/// | **10 dB** | 0.666 | 0.646 | 0.552 |
+/// | 12 dB | 0.659 | 0.653 | 0.558 |
+/// | no rule | 0.640 | 0.643 | 0.558 |
+///
+/// 10 dB gives up 0.011 dry for 0.06-0.09 in the rooms. Only where a voice sings: an
 /// instrument's attack is where its note starts, however quiet.
-const VOWEL_DB: f32 = 6.0;
+const VOWEL_DB: f32 = 10.0;
 
 /// Where sung note `b`'s vowel begins (see [`VOWEL_DB`]); None when it was not sung, or when
 /// no quieter frames lead into its vowel.

@@ -13,7 +13,7 @@
 //! 0.96 s, and keeps a running decision; where it says "voice", the segmenter cuts by the rules
 //! alone and starts a note at its vowel (`VOWEL_DB` in [`super::track`]). The decision only
 //! looks back, so a stream and a whole file give the same notes; the first second of a stream
-//! has none yet and keeps the detector. With the gate, SSVD test reads 0.718 and the renders
+//! has none yet and keeps the detector. With the gate, SSVD test reads 0.709 and the renders
 //! are as with the detector (`models/note-onset/MODEL_CARD.md`).
 
 use std::collections::VecDeque;
