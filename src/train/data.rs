@@ -347,6 +347,7 @@ pub fn convolve(x: &[f32], h: &[f32]) -> Vec<f32> {
     }
 }
 
+/// The largest absolute sample.
 pub fn peak(x: &[f32]) -> f32 {
     x.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
