@@ -140,59 +140,48 @@ pub(crate) fn model_dir(
     crate::models::find(kind, name, root).map_err(|e| NotesError::Model(e.to_string()))
 }
 
-/// Transcribes an audio file (any format the daemon decodes) to notes with default settings
-/// (mono: with the bundled onset detector, set aside where the bundled sound model hears a
-/// voice).
-pub fn transcribe_file(path: &Path, mode: Mode) -> Result<Vec<Note>, NotesError> {
-    let (onsets, voice) = match mode {
-        Mode::Mono => (Some(ONSET_MODEL), Some(voice::VOICE_MODEL)),
-        Mode::Poly => (None, None),
-    };
-    transcribe_file_with(path, mode, onsets, voice)
+/// A whole-recording transcriber with its networks loaded once: `hark-train eval notes`
+/// transcribes many files with one.
+#[derive(Debug, Clone)]
+pub enum Transcriber {
+    Mono(track::MonoModels),
+    Poly(std::sync::Arc<crate::nn::basic_pitch::BasicPitch>),
 }
 
-/// [`transcribe_file`] with a chosen onset detector for mono (`None`: the flux and level rules)
-/// and voice model (`None`: the detector everywhere).
-pub fn transcribe_file_with(
-    path: &Path,
-    mode: Mode,
-    onset_model: Option<&str>,
-    voice_model: Option<&str>,
-) -> Result<Vec<Note>, NotesError> {
-    let samples = crate::audio::file::decode_file_16k(path)?;
-    transcribe_samples_with(&samples, mode, onset_model, voice_model)
-}
-
-/// [`transcribe_file_with`] on 16 kHz mono samples.
-pub fn transcribe_samples_with(
-    samples: &[f32],
-    mode: Mode,
-    onset_model: Option<&str>,
-    voice_model: Option<&str>,
-) -> Result<Vec<Note>, NotesError> {
-    match mode {
-        Mode::Mono => {
-            let models = track::MonoModels {
+impl Transcriber {
+    /// Loads what `mode` runs; for mono, the onset detector (`None`: the flux and level rules)
+    /// and the voice model (`None`: the detector everywhere), by name or path.
+    pub fn load(
+        mode: Mode,
+        onset_model: Option<&str>,
+        voice_model: Option<&str>,
+    ) -> Result<Self, NotesError> {
+        Ok(match mode {
+            Mode::Mono => Self::Mono(track::MonoModels {
                 onsets: onset_model
                     .map(|n| load_onset_model(n, None).map(std::sync::Arc::new))
                     .transpose()?,
                 voice: voice_model
                     .map(|n| voice::load_voice_model(n).map(std::sync::Arc::new))
                     .transpose()?,
-            };
-            Ok(track::transcribe_mono(
+            }),
+            Mode::Poly => Self::Poly(std::sync::Arc::new(load_basic_pitch(None)?)),
+        })
+    }
+
+    /// The notes of 16 kHz mono `samples`, with default settings.
+    pub fn transcribe(&self, samples: &[f32]) -> Result<Vec<Note>, NotesError> {
+        match self {
+            Self::Mono(models) => Ok(track::transcribe_mono(
                 samples,
                 &track::MonoParams::default(),
-                models,
-            ))
-        }
-        Mode::Poly => {
-            let model = std::sync::Arc::new(load_basic_pitch(None)?);
-            Ok(poly::transcribe_poly(
+                models.clone(),
+            )),
+            Self::Poly(model) => Ok(poly::transcribe_poly(
                 samples,
-                &model,
+                model,
                 poly::PolyParams::default(),
-            )?)
+            )?),
         }
     }
 }

@@ -124,7 +124,8 @@ struct Building {
 }
 
 impl Building {
-    fn new(start: u64) -> Self {
+    /// A note from frame `start`, sung when `voice` (the voice gate held there).
+    fn new(start: u64, voice: bool) -> Self {
         Self {
             start,
             midis: Vec::new(),
@@ -136,7 +137,7 @@ impl Building {
             first_deviant: None,
             first_deviant_midi: 0.0,
             head: Vec::new(),
-            voice: false,
+            voice,
         }
     }
 
@@ -501,8 +502,7 @@ impl Segmenter {
             let midi = hz_to_midi(f64::from(f.hz)) as f32;
             match self.cur.as_mut() {
                 None => {
-                    let mut b = Building::new(self.attack_start(f.index));
-                    b.voice = self.voice;
+                    let mut b = Building::new(self.attack_start(f.index), self.voice);
                     b.add(&f, midi);
                     self.cur = Some(b);
                 }
@@ -535,8 +535,7 @@ impl Segmenter {
                     } else if onset && long_enough {
                         let done = self.cur.take().expect("current note");
                         self.emit(done, f.index, out);
-                        let mut nb = Building::new(f.index);
-                        nb.voice = self.voice;
+                        let mut nb = Building::new(f.index, self.voice);
                         nb.add(&f, midi);
                         self.cur = Some(nb);
                     } else {
@@ -610,8 +609,7 @@ impl Segmenter {
             self.emit(done, s, out);
             s
         };
-        let mut nb = Building::new(start);
-        nb.voice = self.voice;
+        let mut nb = Building::new(start, self.voice);
         for (i, m) in dev {
             let g = self.frame(i).unwrap_or(*f);
             nb.add(&g, m);

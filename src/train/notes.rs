@@ -1,7 +1,7 @@
 //! `hark-train eval notes`: scores note transcription over a directory of audio files against
 //! reference note files of the same stem (`x.flac` <-> `x.tsv` / `x.csv` / `x.json` / `x.mid`).
 //!
-//! Estimates come from [`crate::notes::transcribe_file`], or, with `--estimates DIR`, from note
+//! Estimates come from [`crate::notes::Transcriber`], or, with `--estimates DIR`, from note
 //! files already written by another transcriber (e.g. the basic-pitch Python package), paired by
 //! stem the same way (`x_basic_pitch.csv` / `.mid`, as basic-pitch names them, also pair with
 //! `x`): that is how the bench compares hark with its peers on the same references.
@@ -26,7 +26,7 @@ use super::{
     data::{convolve, room_response},
 };
 use crate::notes::{
-    Mode, Note,
+    Mode, Note, Transcriber,
     eval::{self, Aggregate, FileScores, NoteScores},
     io::{self, NOTE_EXTENSIONS},
 };
@@ -182,6 +182,8 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
         std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e.to_string()))?;
     }
     let room = o.room.as_deref().map(room_response).transpose()?;
+    // Loaded at the first file to transcribe: none when estimates are scored.
+    let mut transcriber: Option<Transcriber> = None;
     let mut files = Vec::with_capacity(items.len());
     for (name, reference, audio) in items {
         let r = io::read_notes(&reference)?;
@@ -210,13 +212,18 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                 if let Some(h) = &room {
                     samples = convolve(&samples, h);
                 }
-                let notes = crate::notes::transcribe_samples_with(
-                    &samples,
-                    o.mode,
-                    o.onset_model.as_deref(),
-                    o.voice_model.as_deref(),
-                )
-                .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
+                if transcriber.is_none() {
+                    transcriber = Some(Transcriber::load(
+                        o.mode,
+                        o.onset_model.as_deref(),
+                        o.voice_model.as_deref(),
+                    )?);
+                }
+                let notes = transcriber
+                    .as_ref()
+                    .expect("loaded above")
+                    .transcribe(&samples)
+                    .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
                 let saved = match &o.save_estimates {
                     Some(dir) => {
                         let p = dir.join(format!("{name}.tsv"));
