@@ -14,6 +14,10 @@
 //! (`HARK_NOTES_DATA` points at another copy of the shared `music` directory;
 //! `HARK_NOTES_NO_PEER=1` skips the Python peer).
 
+// The whole-daemon helpers there are not used here, only the CPU clock.
+#[allow(dead_code)]
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -94,22 +98,9 @@ fn score_mono(files: &[(PathBuf, Vec<Note>)], models: &MonoModels) -> SetScores 
     }
 }
 
-/// CPU seconds this process has used, all threads (user + system, from `/proc/self/stat`; NaN
-/// where that file does not exist).
+/// CPU seconds this process has used, all threads (NaN where /proc does not exist).
 fn process_cpu_s() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // Fields after the command name (which may hold spaces, so split after its `)`): utime and
-    // stime are the 12th and 13th, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    f.iter().sum::<f64>() / 100.0
+    common::cpu_seconds(std::process::id()).unwrap_or(f64::NAN)
 }
 
 /// The mono trackers compared: the rules alone, with the bundled onset detector
