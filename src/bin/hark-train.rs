@@ -441,7 +441,9 @@ enum EvalCommand {
         /// voice (a model name or directory), or `none` to use the detector everywhere.
         #[arg(long, default_value = "sound-us8k")]
         voice_model: String,
-        /// Write each transcription to DIR/<stem>.tsv (scored again later with --estimates).
+        /// Write each transcription to DIR/<stem>.tsv (scored again later with --estimates)
+        /// and, in mono mode, its pitch frames to DIR/<stem>.f0.tsv (time_s, hz, voiced,
+        /// p_voiced; for frame metrics, `benches/notes_frames.py`).
         #[arg(long, value_name = "DIR", conflicts_with = "estimates")]
         save_estimates: Option<PathBuf>,
         /// Play every file in a room first: convolve it with this room impulse response (a

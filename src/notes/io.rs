@@ -80,6 +80,27 @@ pub fn write_notes(path: &Path, notes: &[Note]) -> Result<(), NotesError> {
     std::fs::write(path, bytes).map_err(io_err(path))
 }
 
+/// Writes pitch frames as TSV (`time_s hz voiced p_voiced`, a header line; `hz` is 0 where
+/// unvoiced), one row per frame of `frame_s` seconds: the F0 track behind a transcription, for
+/// frame-level melody metrics (`benches/notes_frames.py`).
+pub fn write_pitch_frames(
+    path: &Path,
+    frames: &[super::pitch::PitchFrame],
+    frame_s: f64,
+) -> Result<(), NotesError> {
+    let mut s = String::from("time_s\thz\tvoiced\tp_voiced\n");
+    for f in frames {
+        s.push_str(&format!(
+            "{:.3}\t{:.2}\t{}\t{:.3}\n",
+            f.index as f64 * frame_s,
+            f.hz,
+            u8::from(f.voiced),
+            f.p_voiced
+        ));
+    }
+    std::fs::write(path, s).map_err(io_err(path))
+}
+
 /// The shared TSV format (`onset_s offset_s midi_pitch velocity gm_program`, program 0).
 pub fn to_tsv(notes: &[Note]) -> String {
     let mut s = String::from("onset_s\toffset_s\tmidi_pitch\tvelocity\tgm_program\n");

@@ -169,6 +169,25 @@ impl Transcriber {
         })
     }
 
+    /// The notes of 16 kHz mono `samples` and, in mono mode, the pitch frames they were cut
+    /// from (none in poly mode), with default settings.
+    pub fn transcribe_frames(
+        &self,
+        samples: &[f32],
+    ) -> Result<(Vec<Note>, Vec<pitch::PitchFrame>), NotesError> {
+        match self {
+            Self::Mono(models) => {
+                let out = track::transcribe_mono_frames(
+                    samples,
+                    &track::MonoParams::default(),
+                    models.clone(),
+                );
+                Ok((out.notes, out.frames))
+            }
+            Self::Poly(_) => Ok((self.transcribe(samples)?, Vec::new())),
+        }
+    }
+
     /// The notes of 16 kHz mono `samples`, with default settings.
     pub fn transcribe(&self, samples: &[f32]) -> Result<Vec<Note>, NotesError> {
         match self {

@@ -55,6 +55,13 @@ pub struct PitchParams {
     pub threshold_mean: f32,
 }
 
+impl PitchParams {
+    /// Seconds per frame.
+    pub fn frame_s(&self) -> f64 {
+        self.hop as f64 / f64::from(self.sample_rate)
+    }
+}
+
 impl Default for PitchParams {
     fn default() -> Self {
         Self {
@@ -231,7 +238,7 @@ impl PitchTracker {
 
     /// Seconds per frame.
     pub fn frame_s(&self) -> f64 {
-        self.p.hop as f64 / f64::from(self.p.sample_rate)
+        self.p.frame_s()
     }
 
     /// Adds samples; returns the frames decided as a result, in order.

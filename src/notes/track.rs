@@ -892,10 +892,21 @@ impl MonoTracker {
 /// Transcribes a whole buffer (mono, at `params.pitch.sample_rate`), with the onset detector
 /// when one is given.
 pub fn transcribe_mono(samples: &[f32], params: &MonoParams, models: MonoModels) -> Vec<Note> {
+    transcribe_mono_frames(samples, params, models).notes
+}
+
+/// Transcribes a whole buffer: its notes and every pitch frame.
+pub fn transcribe_mono_frames(
+    samples: &[f32],
+    params: &MonoParams,
+    models: MonoModels,
+) -> MonoOutput {
     let mut t = MonoTracker::build(params.clone(), models);
-    let mut notes = t.push(samples).notes;
-    notes.extend(t.finish().notes);
-    notes
+    let mut out = t.push(samples);
+    let rest = t.finish();
+    out.frames.extend(rest.frames);
+    out.notes.extend(rest.notes);
+    out
 }
 
 #[cfg(test)]

@@ -29,12 +29,15 @@ use crate::notes::{
     Mode, Note, Transcriber,
     eval::{self, Aggregate, FileScores, NoteScores},
     io::{self, NOTE_EXTENSIONS},
+    pitch::PitchParams,
 };
 
 pub(crate) const AUDIO_EXTENSIONS: &[&str] = &["flac", "wav", "ogg", "mp3"];
 
 /// The basic-pitch package names its outputs `STEM_basic_pitch.csv` / `.mid`.
 const BASIC_PITCH_SUFFIX: &str = "_basic_pitch";
+/// `--save-estimates` writes the mono tracker's pitch frames as `<stem>.f0.tsv` beside the notes.
+const F0_SUFFIX: &str = ".f0.tsv";
 
 /// What `hark-train eval notes` was asked to score.
 #[derive(Debug, Clone)]
@@ -219,15 +222,19 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                         o.voice_model.as_deref(),
                     )?);
                 }
-                let notes = transcriber
+                let (notes, frames) = transcriber
                     .as_ref()
                     .expect("loaded above")
-                    .transcribe(&samples)
+                    .transcribe_frames(&samples)
                     .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
                 let saved = match &o.save_estimates {
                     Some(dir) => {
                         let p = dir.join(format!("{name}.tsv"));
                         io::write_notes(&p, &notes)?;
+                        if !frames.is_empty() {
+                            let f0 = dir.join(format!("{name}{F0_SUFFIX}"));
+                            io::write_pitch_frames(&f0, &frames, PitchParams::default().frame_s())?;
+                        }
                         Some(p)
                     }
                     None => None,
@@ -461,7 +468,7 @@ mod tests {
 
     #[test]
     fn saved_estimates_score_as_the_transcription_did() {
-        let (_audio, refs, mut o) = rendered_tune();
+        let (audio, refs, mut o) = rendered_tune();
         let saved = tempfile::tempdir().unwrap();
         let out = saved.path().join("new");
         o.save_estimates = Some(out.clone());
@@ -474,6 +481,31 @@ mod tests {
         let second = evaluate(&again).unwrap();
         assert_eq!(second.no_offset.matched, first.no_offset.matched);
         assert_eq!(second.no_offset.n_est, first.no_offset.n_est);
+        // The pitch frames behind it: one per 10 ms, voiced at the tune's pitches.
+        let f0 = std::fs::read_to_string(out.join("t.f0.tsv")).unwrap();
+        let rows: Vec<Vec<f64>> = f0
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').map(|v| v.parse().unwrap()).collect())
+            .collect();
+        let secs = crate::audio::file::decode_file_16k(&audio.path().join("t.wav"))
+            .unwrap()
+            .len() as f64
+            / 16_000.0;
+        assert!(
+            (rows.len() as f64 * 0.01 - secs).abs() < 0.05,
+            "{} frames",
+            rows.len()
+        );
+        assert!((rows[1][0] - rows[0][0] - 0.01).abs() < 1e-9);
+        let at = |t: f64| &rows[(t / 0.01).round() as usize];
+        assert_eq!(at(0.5)[2], 1.0);
+        assert!(
+            (crate::notes::hz_to_midi(at(0.5)[1]) - 60.0).abs() < 0.5,
+            "{:?}",
+            at(0.5)
+        );
+        assert_eq!(at(0.05)[2], 0.0);
     }
 
     #[test]
