@@ -171,7 +171,7 @@ impl Transcriber {
 
     /// The notes of 16 kHz mono `samples` and, in mono mode, the pitch frames they were cut
     /// from (none in poly mode), with default settings.
-    pub fn transcribe_frames(
+    pub fn transcribe(
         &self,
         samples: &[f32],
     ) -> Result<(Vec<Note>, Vec<pitch::PitchFrame>), NotesError> {
@@ -184,23 +184,10 @@ impl Transcriber {
                 );
                 Ok((out.notes, out.frames))
             }
-            Self::Poly(_) => Ok((self.transcribe(samples)?, Vec::new())),
-        }
-    }
-
-    /// The notes of 16 kHz mono `samples`, with default settings.
-    pub fn transcribe(&self, samples: &[f32]) -> Result<Vec<Note>, NotesError> {
-        match self {
-            Self::Mono(models) => Ok(track::transcribe_mono(
-                samples,
-                &track::MonoParams::default(),
-                models.clone(),
+            Self::Poly(model) => Ok((
+                poly::transcribe_poly(samples, model, poly::PolyParams::default())?,
+                Vec::new(),
             )),
-            Self::Poly(model) => Ok(poly::transcribe_poly(
-                samples,
-                model,
-                poly::PolyParams::default(),
-            )?),
         }
     }
 }

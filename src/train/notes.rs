@@ -225,7 +225,7 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                 let (notes, frames) = transcriber
                     .as_ref()
                     .expect("loaded above")
-                    .transcribe_frames(&samples)
+                    .transcribe(&samples)
                     .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
                 let saved = match &o.save_estimates {
                     Some(dir) => {
