@@ -11,11 +11,15 @@ frame inside a reference note is "voiced" at that note's pitch, every other fram
     RCA  the same, an octave error forgiven
 
     hark-train eval notes --audio DIR --notes DIR/notes --save-estimates EST [--room FILE]
+                          [--noise PATH... --snr DB]
     python3 benches/notes_frames.py --audio DIR --notes DIR/notes --hark EST [--room FILE]
+                          [--noise PATH... --snr DB]
 
 `--save-estimates` writes hark's frames (`EST/<stem>.f0.tsv`); the same `--room` plays the audio
 in the same room here (direct sound moved to time 0, level back to the dry peak) before SwiftF0
 (`pip install swift-f0 onnxruntime`; left out with a note when it is missing) hears it.
+`--noise` mixes the same recordings at the same SNR (over the file's whole length, after the
+room), but its own draw of which recording and where: the same conditions, not the same samples.
 `--every N` takes every Nth file. Needs numpy, scipy and soundfile.
 """
 import argparse
@@ -43,6 +47,28 @@ def room(path):
     top = np.abs(h).max()
     direct = int(np.argmax(np.abs(h) >= 0.1 * top))
     return h[max(direct - 16, 0):]
+
+
+def noise_bank(paths):
+    """Every audio file under `paths` (files taken as they are), as hark-train's --noise; room
+    impulse responses (under a directory named `rir`) are not noise."""
+    files = []
+    for p in paths:
+        if p.is_file():
+            files.append(p)
+        else:
+            files += [f for f in p.rglob("*") if f.suffix in AUDIO and "rir" not in f.parts]
+    clips = [load_16k(f) for f in sorted(files)]
+    return [c for c in clips if len(c) >= 16000 and np.sqrt(np.mean(c ** 2)) > 1e-4]
+
+
+def add_noise(x, clips, snr_db, rng):
+    n = clips[rng.integers(len(clips))]
+    seg = np.take(n, rng.integers(len(n)) + np.arange(len(x)), mode="wrap")
+    ps, pn = np.sqrt(np.mean(x ** 2)), np.sqrt(np.mean(seg ** 2))
+    if ps > 1e-6 and pn > 1e-6:
+        x = x + seg * (ps / pn / 10 ** (snr_db / 20))
+    return x.astype(np.float32)
 
 
 def read_notes(path):
@@ -90,6 +116,8 @@ def main():
     ap.add_argument("--notes", type=Path, required=True)
     ap.add_argument("--hark", type=Path, required=True, help="hark-train's --save-estimates DIR")
     ap.add_argument("--room", type=Path)
+    ap.add_argument("--noise", type=Path, nargs="+", default=[])
+    ap.add_argument("--snr", type=float, default=10.0)
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--per-file", action="store_true")
     a = ap.parse_args()
@@ -100,6 +128,10 @@ def main():
         print(f"SwiftF0 left out ({e}): pip install swift-f0 onnxruntime", file=sys.stderr)
         peer = None
     h = room(a.room) if a.room else None
+    noise = noise_bank(a.noise) if a.noise else []
+    if a.noise and not noise:
+        sys.exit(f"--noise {a.noise} holds no audio of a second or more")
+    rng = np.random.default_rng(7)
     refs = {p.stem: p for p in a.notes.iterdir() if p.suffix in NOTES}
     files = sorted(p for p in a.audio.iterdir() if p.suffix in AUDIO and p.stem in refs)
     files = files[::a.every]
@@ -119,6 +151,8 @@ def main():
             if h is not None:
                 y = fftconvolve(x, h)[:len(x)]
                 x = (y * np.abs(x).max() / max(np.abs(y).max(), 1e-12)).astype(np.float32)
+            if noise:
+                x = add_noise(x, noise, a.snr, rng)
             seconds += len(x) / 16000
             c0 = time.process_time()
             r = peer.detect(x, 16000)
@@ -129,7 +163,8 @@ def main():
             total[k] += c
             if a.per_file:
                 print(row(f"{f.stem} {k}", c))
-    print(f"\n{len(files)} files{', room ' + a.room.name if a.room else ''}\n")
+    where = (f", room {a.room.name}" if a.room else "") + (f", noise at {a.snr:g} dB" if noise else "")
+    print(f"\n{len(files)} files{where}\n")
     print("| tracker | VR | VFA | RPA | RCA |\n|---|---|---|---|---|")
     print(row("hark (pYIN, 10 ms)", total["hark"]))
     if peer is not None:

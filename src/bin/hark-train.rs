@@ -451,6 +451,19 @@ enum EvalCommand {
         /// time 0) to measure transcription away from a dry recording.
         #[arg(long, value_name = "FILE", conflicts_with = "estimates")]
         room: Option<PathBuf>,
+        /// Mix real background noise into every file (after the room): audio files, or
+        /// directories searched recursively (e.g. ../shared/data/noise/ambient). Each file gets
+        /// one noise recording and start, drawn in file order from a fixed seed, so runs repeat.
+        #[arg(long, value_name = "PATH", num_args = 1.., conflicts_with = "estimates")]
+        noise: Vec<PathBuf>,
+        /// With --noise: the signal-to-noise ratio, dB, over each file's whole length.
+        #[arg(
+            long,
+            default_value_t = 10.0,
+            requires = "noise",
+            allow_negative_numbers = true
+        )]
+        snr: f32,
         #[arg(long)]
         json: bool,
     },
@@ -790,12 +803,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     voice_model,
                     save_estimates,
                     room,
+                    noise,
+                    snr,
                     json,
                 },
         } => {
             let o = NotesEvalOptions {
                 save_estimates,
                 room,
+                noise,
+                snr_db: snr,
                 audio,
                 notes,
                 estimates,

@@ -138,12 +138,17 @@ pub struct NoiseBank {
 }
 
 impl NoiseBank {
-    /// Loads every `.flac`/`.wav`/`.ogg`/`.mp3` under `dirs` (recursively); room impulse
-    /// responses (files under a directory named `rir`) are skipped: they are not noise.
+    /// Loads every `.flac`/`.wav`/`.ogg`/`.mp3` under `dirs` (recursively; a path that is a
+    /// file is taken as it is); room impulse responses (files under a directory named `rir`)
+    /// are skipped: they are not noise.
     pub fn load(dirs: &[PathBuf]) -> Result<Self, TrainError> {
         let mut files = Vec::new();
         for d in dirs {
-            collect_audio(d, &mut files)?;
+            if d.is_file() {
+                files.push(d.clone());
+            } else {
+                collect_audio(d, &mut files)?;
+            }
         }
         files.sort();
         let mut clips = Vec::new();
@@ -207,6 +212,24 @@ fn collect_audio(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
         }
     }
     Ok(())
+}
+
+/// Adds `noise` (read from `offset`, wrapping around) to `x` at `snr_db` below `x`'s RMS
+/// over its whole length. Nothing is added to silence, or when the noise is silent.
+pub fn add_noise(x: &mut [f32], noise: &[f32], offset: usize, snr_db: f32) {
+    if noise.is_empty() {
+        return;
+    }
+    let seg: Vec<f32> = (0..x.len())
+        .map(|i| noise[(offset + i) % noise.len()])
+        .collect();
+    let (ps, pn) = (rms(x), rms(&seg));
+    if ps > 1e-6 && pn > 1e-6 {
+        let g = ps / pn / 10f32.powf(snr_db / 20.0);
+        for (a, b) in x.iter_mut().zip(&seg) {
+            *a += g * b;
+        }
+    }
 }
 
 pub fn rms(x: &[f32]) -> f32 {
@@ -280,14 +303,7 @@ impl<'a> Augment<'a> {
                 .rng
                 .random_range(0..n.len().saturating_sub(y.len()).max(1));
             let snr = self.rng.random_range(c.snr_db.0..=c.snr_db.1);
-            let seg: Vec<f32> = (0..y.len()).map(|i| n[(off + i) % n.len()]).collect();
-            let (ps, pn) = (rms(&y), rms(&seg));
-            if ps > 1e-6 && pn > 1e-6 {
-                let g = ps / pn / 10f32.powf(snr / 20.0);
-                for (a, b) in y.iter_mut().zip(&seg) {
-                    *a += g * b;
-                }
-            }
+            add_noise(&mut y, n, off, snr);
         }
         let gain = 10f32.powf(self.rng.random_range(c.gain_db.0..=c.gain_db.1) / 20.0);
         let peak = y.iter().fold(0f32, |m, v| m.max(v.abs())) * gain;
@@ -406,6 +422,24 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.iter().all(|v| v.abs() <= 0.99 + 1e-6));
+    }
+
+    #[test]
+    fn noise_is_added_at_the_asked_snr_and_never_to_silence() {
+        let x: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        let noise: Vec<f32> = (0..5_000)
+            .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+            .collect();
+        let mut y = x.clone();
+        add_noise(&mut y, &noise, 4_000, 10.0);
+        let added: Vec<f32> = y.iter().zip(&x).map(|(a, b)| a - b).collect();
+        let snr = 20.0 * (rms(&x) / rms(&added)).log10();
+        assert!((snr - 10.0).abs() < 0.01, "{snr}");
+        // The noise wraps around from its offset.
+        assert!((added[1_000] / added[6_000] - 1.0).abs() < 1e-4);
+        let mut silent = vec![0f32; 100];
+        add_noise(&mut silent, &noise, 0, 10.0);
+        assert!(silent.iter().all(|v| *v == 0.0));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! A reference without an estimate file is scored against no notes (and listed).
 //!
 //! With `--room FILE` every file is first convolved with a recorded room impulse response
-//! ([`super::data::room_response`]), to measure the transcriber away from a dry recording.
+//! ([`super::data::room_response`]), and with `--noise PATH --snr DB` real background noise is
+//! mixed in after it, to measure the transcriber away from a dry, quiet recording.
 //!
 //! Scores are mir_eval's ([`crate::notes::eval`]): per file P/R/F1 without and with the offset
 //! criterion, then micro (notes pooled) and macro (mean over files) aggregates. References that
@@ -23,7 +24,7 @@ use std::{
 
 use super::{
     TrainError,
-    data::{convolve, room_response},
+    data::{NoiseBank, add_noise, convolve, room_response},
 };
 use crate::notes::{
     Mode, Note, Transcriber,
@@ -31,6 +32,7 @@ use crate::notes::{
     io::{self, NOTE_EXTENSIONS},
     pitch::PitchParams,
 };
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 pub(crate) const AUDIO_EXTENSIONS: &[&str] = &["flac", "wav", "ogg", "mp3"];
 
@@ -38,6 +40,8 @@ pub(crate) const AUDIO_EXTENSIONS: &[&str] = &["flac", "wav", "ogg", "mp3"];
 const BASIC_PITCH_SUFFIX: &str = "_basic_pitch";
 /// `--save-estimates` writes the mono tracker's pitch frames as `<stem>.f0.tsv` beside the notes.
 const F0_SUFFIX: &str = ".f0.tsv";
+/// Seed of `--noise`'s draws (which recording, where in it).
+const NOISE_SEED: u64 = 0x6e6f_6973;
 
 /// What `hark-train eval notes` was asked to score.
 #[derive(Debug, Clone)]
@@ -60,6 +64,11 @@ pub struct NotesEvalOptions {
     /// A room impulse response every file is convolved with before it is transcribed: how
     /// the transcriber holds up in a room rather than on a dry recording.
     pub room: Option<PathBuf>,
+    /// Background noise (audio files or directories) mixed into every file after the room:
+    /// how the transcriber holds up in a street or a kitchen. Empty: none.
+    pub noise: Vec<PathBuf>,
+    /// Signal-to-noise ratio of that noise (dB, over the file's whole length).
+    pub snr_db: f32,
 }
 
 /// The scores of one file.
@@ -185,6 +194,15 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
         std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e.to_string()))?;
     }
     let room = o.room.as_deref().map(room_response).transpose()?;
+    let noise = NoiseBank::load(&o.noise)?;
+    if !o.noise.is_empty() && noise.is_empty() {
+        return Err(TrainError::Setting(format!(
+            "--noise {:?} holds no audio of a second or more",
+            o.noise
+        )));
+    }
+    // Drawn per transcribed file, in file order: the same files get the same noise each run.
+    let mut noise_rng = StdRng::seed_from_u64(NOISE_SEED);
     // Loaded at the first file to transcribe: none when estimates are scored.
     let mut transcriber: Option<Transcriber> = None;
     let mut files = Vec::with_capacity(items.len());
@@ -214,6 +232,11 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                     .map_err(|e| data_err(a, format!("decoding: {e}")))?;
                 if let Some(h) = &room {
                     samples = convolve(&samples, h);
+                }
+                if !noise.is_empty() {
+                    let (_, n) = &noise.clips[noise_rng.random_range(0..noise.clips.len())];
+                    let offset = noise_rng.random_range(0..n.len());
+                    add_noise(&mut samples, n, offset, o.snr_db);
                 }
                 if transcriber.is_none() {
                     transcriber = Some(Transcriber::load(
@@ -370,6 +393,8 @@ mod tests {
             voice_model: None,
             save_estimates: None,
             room: None,
+            noise: Vec::new(),
+            snr_db: 10.0,
         }
     }
 
@@ -533,6 +558,36 @@ mod tests {
         o.room = Some(silent);
         let e = evaluate(&o).unwrap_err().to_string();
         assert!(e.contains("silent"), "{e}");
+    }
+
+    #[test]
+    fn noise_is_mixed_at_the_asked_snr_the_same_way_each_run() {
+        let (_audio, _refs, mut o) = rendered_tune();
+        let dir = tempfile::tempdir().unwrap();
+        // Broadband noise: at 30 dB below the tune every note survives, at -20 dB none does.
+        let n: Vec<f32> = (0..40_000u64)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        crate::train::data::write_wav(&dir.path().join("n.wav"), &n).unwrap();
+        o.noise = vec![dir.path().to_path_buf()];
+        o.snr_db = 30.0;
+        let quiet = evaluate(&o).unwrap();
+        assert!(quiet.no_offset.micro_f1 > 0.9, "{}", quiet.to_text());
+        o.snr_db = -20.0;
+        let loud = evaluate(&o).unwrap();
+        assert!(
+            loud.no_offset.matched < quiet.no_offset.matched,
+            "{}",
+            loud.to_text()
+        );
+        assert_eq!(
+            evaluate(&o).unwrap().no_offset.matched,
+            loud.no_offset.matched
+        );
+        let empty = tempfile::tempdir().unwrap();
+        o.noise = vec![empty.path().to_path_buf()];
+        let e = evaluate(&o).unwrap_err().to_string();
+        assert!(e.contains("no audio"), "{e}");
     }
 
     #[test]
