@@ -464,6 +464,16 @@ enum EvalCommand {
             allow_negative_numbers = true
         )]
         snr: f32,
+        /// Write the audio as transcribed (after --room and --noise) to DIR/<stem>.wav, for
+        /// another model to hear the same samples (`benches/notes_f0_prior.py`).
+        #[arg(long, value_name = "DIR", conflicts_with = "estimates")]
+        save_audio: Option<PathBuf>,
+        /// Mono: steer the pitch tracker with learned F0 posteriors over that audio,
+        /// DIR/<stem>.f0prior.safetensors (tensors probs [frames, bins], hop_s, fmin, fmax;
+        /// `benches/notes_f0_prior.py` writes SwiftF0's). pYIN's candidates are reweighted by
+        /// them.
+        #[arg(long, value_name = "DIR", conflicts_with = "estimates")]
+        f0_prior: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -805,6 +815,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     room,
                     noise,
                     snr,
+                    save_audio,
+                    f0_prior,
                     json,
                 },
         } => {
@@ -813,6 +825,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 room,
                 noise,
                 snr_db: snr,
+                save_audio,
+                f0_prior,
                 audio,
                 notes,
                 estimates,

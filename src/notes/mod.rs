@@ -170,10 +170,13 @@ impl Transcriber {
     }
 
     /// The notes of 16 kHz mono `samples` and, in mono mode, the pitch frames they were cut
-    /// from (none in poly mode), with default settings.
+    /// from (none in poly mode), with default settings. `prior`, a learned F0 posterior over
+    /// the same samples, steers the mono pitch tracker (see [`pitch::PitchPrior`]); poly mode
+    /// has no use for it.
     pub fn transcribe(
         &self,
         samples: &[f32],
+        prior: Option<std::sync::Arc<pitch::PitchPrior>>,
     ) -> Result<(Vec<Note>, Vec<pitch::PitchFrame>), NotesError> {
         match self {
             Self::Mono(models) => {
@@ -181,6 +184,7 @@ impl Transcriber {
                     samples,
                     &track::MonoParams::default(),
                     models.clone(),
+                    prior,
                 );
                 Ok((out.notes, out.frames))
             }

@@ -80,6 +80,101 @@ impl Default for PitchParams {
     }
 }
 
+/// A learned F0 model's posterior over a whole recording, computed ahead of tracking: per frame
+/// of the model's own hop (frame `k` centred at `k * hop_s`), a distribution over `bins`
+/// log-spaced pitches from `fmin` to `fmax` Hz. pYIN's candidates are reweighted by it
+/// ([`PitchTracker::with_prior`]): the trough whose pitch the model also believes wins, which
+/// is what pYIN gets wrong when a room or noise blurs its troughs (the 2nd harmonic taken for
+/// the fundamental, a trough filled in). Offline only: the live stage has no such posterior.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PitchPrior {
+    hop_s: f64,
+    fmin: f32,
+    fmax: f32,
+    bins: usize,
+    /// `frames x bins`, row-major.
+    probs: Vec<f32>,
+}
+
+/// Added to the prior's density before it weighs a candidate, so that a trough the model gives
+/// nothing keeps a little of its pYIN mass (the model is not always right: SwiftF0 puts a flute
+/// an octave up). 0.02 was the one value measured (README, "a learned pitch prior").
+const PRIOR_FLOOR: f32 = 0.02;
+
+impl PitchPrior {
+    /// Checks the shape and range; `probs` holds `bins` values per frame.
+    pub fn new(
+        hop_s: f64,
+        fmin: f32,
+        fmax: f32,
+        bins: usize,
+        probs: Vec<f32>,
+    ) -> Result<Self, String> {
+        if !(hop_s.is_finite() && hop_s > 0.0) {
+            return Err(format!("hop {hop_s} s is not a positive time"));
+        }
+        if !(fmin.is_finite() && fmin > 0.0 && fmax.is_finite() && fmax > fmin) {
+            return Err(format!("pitch range {fmin}..{fmax} Hz is empty"));
+        }
+        if bins < 2 || probs.is_empty() || !probs.len().is_multiple_of(bins) {
+            return Err(format!(
+                "{} values are not whole frames of {bins} pitch bins",
+                probs.len()
+            ));
+        }
+        if probs.iter().any(|p| !p.is_finite() || *p < 0.0) {
+            return Err("a probability is negative or not a number".into());
+        }
+        Ok(Self {
+            hop_s,
+            fmin,
+            fmax,
+            bins,
+            probs,
+        })
+    }
+
+    fn frames(&self) -> usize {
+        self.probs.len() / self.bins
+    }
+
+    /// The prior's probability at `hz`, `t_s` seconds in: linear between the two nearest frames
+    /// and the two nearest bins. Outside its pitch range: the mean over bins (no opinion).
+    fn at(&self, t_s: f64, hz: f32) -> f32 {
+        let neutral = 1.0 / self.bins as f32;
+        let pos = (12.0 * (hz / self.fmin).log2()) / (12.0 * (self.fmax / self.fmin).log2())
+            * (self.bins - 1) as f32;
+        if !(0.0..=(self.bins - 1) as f32).contains(&pos) {
+            return neutral;
+        }
+        let last = self.frames() - 1;
+        let ft = ((t_s / self.hop_s).max(0.0) as f32).min(last as f32);
+        let (k0, b0) = (ft.floor() as usize, pos.floor() as usize);
+        let (k1, b1) = ((k0 + 1).min(last), (b0 + 1).min(self.bins - 1));
+        let (wt, wb) = (ft - k0 as f32, pos - b0 as f32);
+        let row = |k: usize| {
+            let r = &self.probs[k * self.bins..(k + 1) * self.bins];
+            r[b0] * (1.0 - wb) + r[b1] * wb
+        };
+        row(k0) * (1.0 - wt) + row(k1) * wt
+    }
+
+    /// Reweights a frame's candidates by the prior, keeping their total (pYIN's voicing).
+    fn reweight(&self, t_s: f64, cands: &mut [Candidate]) {
+        let total: f32 = cands.iter().map(|c| c.p).sum();
+        let mut sum = 0.0;
+        for c in cands.iter_mut() {
+            c.p *= self.at(t_s, c.hz) + PRIOR_FLOOR;
+            sum += c.p;
+        }
+        if sum > 0.0 {
+            for c in cands.iter_mut() {
+                c.p *= total / sum;
+            }
+        }
+    }
+}
+
 /// One decided frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PitchFrame {
@@ -151,6 +246,7 @@ pub struct PitchTracker {
     delta: Vec<f32>,
     next_delta: Vec<f32>,
     pending: VecDeque<Pending>,
+    prior: Option<Arc<PitchPrior>>,
 }
 
 impl std::fmt::Debug for PitchTracker {
@@ -228,8 +324,16 @@ impl PitchTracker {
             delta: vec![-(states as f32).ln(); states],
             next_delta: vec![0.0; states],
             pending: VecDeque::new(),
+            prior: None,
             p,
         }
+    }
+
+    /// Reweights every frame's F0 candidates by a learned model's posterior over the same
+    /// samples, from the first sample pushed (see [`PitchPrior`]).
+    pub fn with_prior(mut self, prior: Arc<PitchPrior>) -> Self {
+        self.prior = Some(prior);
+        self
     }
 
     pub fn params(&self) -> &PitchParams {
@@ -308,7 +412,11 @@ impl PitchTracker {
         let (candidates, p_voiced) = if rms_db < self.p.silence_db {
             (Vec::new(), 0.0)
         } else {
-            self.candidates()
+            let (mut cands, p_voiced) = self.candidates();
+            if let Some(prior) = &self.prior {
+                prior.reweight(index as f64 * self.p.frame_s(), &mut cands);
+            }
+            (cands, p_voiced)
         };
         self.viterbi_step(index, candidates, p_voiced, rms_db, flux);
     }
@@ -612,6 +720,75 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A prior of 95 bins over SwiftF0's range, every frame a narrow peak at `hz`.
+    fn peaked_prior(hz: f32, frames: usize) -> Arc<PitchPrior> {
+        let (fmin, fmax, bins) = (46.875f32, 2093.75f32, 95);
+        let at = (hz / fmin).log2() / (fmax / fmin).log2() * (bins - 1) as f32;
+        let row: Vec<f32> = (0..bins)
+            .map(|b| (-0.5 * (b as f32 - at).powi(2)).exp())
+            .collect();
+        let sum: f32 = row.iter().sum();
+        let probs = row
+            .iter()
+            .map(|p| p / sum)
+            .cycle()
+            .take(bins * frames)
+            .collect();
+        Arc::new(PitchPrior::new(0.016, fmin, fmax, bins, probs).unwrap())
+    }
+
+    fn share_at(frames: &[PitchFrame], hz: f32) -> f32 {
+        let voiced: Vec<_> = frames.iter().filter(|f| f.voiced).collect();
+        let near = voiced
+            .iter()
+            .filter(|f| (1200.0 * (f.hz / hz).log2()).abs() < 50.0)
+            .count();
+        near as f32 / voiced.len().max(1) as f32
+    }
+
+    #[test]
+    fn a_prior_chooses_among_the_troughs_and_cannot_invent_a_pitch() {
+        let x = tone(440.0, 0.6, &[1.0, 0.6, 0.4, 0.2]);
+        let run = |prior: Option<Arc<PitchPrior>>| {
+            let mut t = PitchTracker::new(PitchParams::default());
+            if let Some(p) = prior {
+                t = t.with_prior(p);
+            }
+            let mut out = t.push(&x);
+            out.extend(t.finish());
+            out
+        };
+        let plain = run(None);
+        assert!(share_at(&plain, 440.0) > 0.9);
+        // A tone at 440 Hz also repeats every two periods: YIN has a trough at 220 Hz, and
+        // a prior that believes 220 Hz takes the track there.
+        let low = run(Some(peaked_prior(220.0, 40)));
+        assert!(share_at(&low, 220.0) > 0.9, "{}", share_at(&low, 220.0));
+        // No trough lies near 300 Hz: the prior reweights nothing, and voicing is pYIN's.
+        let elsewhere = run(Some(peaked_prior(300.0, 40)));
+        assert!(share_at(&elsewhere, 440.0) > 0.9);
+        let voiced = |f: &[PitchFrame]| f.iter().filter(|f| f.voiced).count();
+        assert_eq!(voiced(&elsewhere), voiced(&plain));
+        for (a, b) in elsewhere.iter().zip(&plain) {
+            assert!((a.p_voiced - b.p_voiced).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn a_prior_of_the_wrong_shape_is_refused() {
+        assert!(PitchPrior::new(0.016, 46.9, 2094.0, 95, vec![0.01; 95 * 3]).is_ok());
+        for (hop, fmin, fmax, bins, n) in [
+            (0.016, 46.9, 2094.0, 95, 95 * 3 + 1),
+            (0.016, 46.9, 2094.0, 95, 0),
+            (0.0, 46.9, 2094.0, 95, 95),
+            (0.016, 2094.0, 46.9, 95, 95),
+            (0.016, 46.9, 2094.0, 1, 95),
+        ] {
+            assert!(PitchPrior::new(hop, fmin, fmax, bins, vec![0.01; n]).is_err());
+        }
+        assert!(PitchPrior::new(0.016, 46.9, 2094.0, 2, vec![0.5, f32::NAN]).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::{collections::VecDeque, sync::Arc};
 
 use super::{
     Note, hz_to_midi,
-    pitch::{PitchFrame, PitchParams, PitchTracker},
+    pitch::{PitchFrame, PitchParams, PitchPrior, PitchTracker},
 };
 use crate::nn::onset::{OnsetDetector, OnsetModel};
 use crate::nn::sound::SoundClassifier;
@@ -838,6 +838,13 @@ impl MonoTracker {
         }
     }
 
+    /// Reweights pYIN's candidates by a learned F0 posterior over the samples to come, from the
+    /// first one (offline: a restart drops it, as its times would no longer line up).
+    pub fn with_f0_prior(mut self, prior: Arc<PitchPrior>) -> Self {
+        self.pitch = self.pitch.with_prior(prior);
+        self
+    }
+
     /// A fresh tracker with the same settings and networks (after a gap in the stream).
     pub fn restart(&mut self) {
         *self = Self::build(self.params.clone(), self.models.clone());
@@ -892,16 +899,21 @@ impl MonoTracker {
 /// Transcribes a whole buffer (mono, at `params.pitch.sample_rate`), with the onset detector
 /// when one is given.
 pub fn transcribe_mono(samples: &[f32], params: &MonoParams, models: MonoModels) -> Vec<Note> {
-    transcribe_mono_frames(samples, params, models).notes
+    transcribe_mono_frames(samples, params, models, None).notes
 }
 
-/// Transcribes a whole buffer: its notes and every pitch frame.
+/// Transcribes a whole buffer: its notes and every pitch frame; with `prior`, pYIN's candidates
+/// are reweighted by a learned F0 posterior over the same buffer.
 pub fn transcribe_mono_frames(
     samples: &[f32],
     params: &MonoParams,
     models: MonoModels,
+    prior: Option<Arc<PitchPrior>>,
 ) -> MonoOutput {
     let mut t = MonoTracker::build(params.clone(), models);
+    if let Some(p) = prior {
+        t = t.with_f0_prior(p);
+    }
     let mut out = t.push(samples);
     let rest = t.finish();
     out.frames.extend(rest.frames);

@@ -69,6 +69,55 @@ pub struct NotesEvalOptions {
     pub noise: Vec<PathBuf>,
     /// Signal-to-noise ratio of that noise (dB, over the file's whole length).
     pub snr_db: f32,
+    /// Write the audio as it is transcribed (after the room and the noise) to
+    /// `DIR/<stem>.wav`: what another model must hear to be compared, or to give a prior.
+    pub save_audio: Option<PathBuf>,
+    /// Mono: learned F0 posteriors over that audio, `DIR/<stem>.f0prior.safetensors`, that
+    /// steer the pitch tracker (see [`crate::notes::pitch::PitchPrior`]).
+    pub f0_prior: Option<PathBuf>,
+}
+
+/// `--f0-prior`'s file name after the stem.
+pub const F0_PRIOR_SUFFIX: &str = ".f0prior.safetensors";
+
+/// Reads a learned F0 posterior: tensors `probs` (frames x bins, f32), `hop_s`, `fmin` and
+/// `fmax` (one value each).
+pub fn read_f0_prior(path: &Path) -> Result<crate::notes::pitch::PitchPrior, TrainError> {
+    let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .map_err(|e| data_err(path, e.to_string()))?;
+    let get = |name: &str| {
+        t.get(name)
+            .ok_or_else(|| data_err(path, format!("no tensor `{name}`")))
+    };
+    let scalar = |name: &str| -> Result<f32, TrainError> {
+        let v = get(name)?
+            .flatten_all()
+            .and_then(|x| x.to_dtype(candle_core::DType::F32))
+            .and_then(|x| x.to_vec1::<f32>())
+            .map_err(|e| data_err(path, e.to_string()))?;
+        match v.as_slice() {
+            [x] => Ok(*x),
+            _ => Err(data_err(path, format!("`{name}` is not one value"))),
+        }
+    };
+    let probs = get("probs")?;
+    let (frames, bins) = probs
+        .dims2()
+        .map_err(|e| data_err(path, format!("`probs`: {e}")))?;
+    let values = probs
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|x| x.flatten_all())
+        .and_then(|x| x.to_vec1::<f32>())
+        .map_err(|e| data_err(path, e.to_string()))?;
+    debug_assert_eq!(values.len(), frames * bins);
+    crate::notes::pitch::PitchPrior::new(
+        f64::from(scalar("hop_s")?),
+        scalar("fmin")?,
+        scalar("fmax")?,
+        bins,
+        values,
+    )
+    .map_err(|e| data_err(path, e))
 }
 
 /// The scores of one file.
@@ -201,6 +250,14 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
             o.noise
         )));
     }
+    if o.f0_prior.is_some() && o.mode != Mode::Mono {
+        return Err(TrainError::Setting(
+            "--f0-prior steers the mono pitch tracker: it needs --mode mono".into(),
+        ));
+    }
+    for dir in [&o.save_audio].into_iter().flatten() {
+        std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e.to_string()))?;
+    }
     // Drawn per transcribed file, in file order: the same files get the same noise each run.
     let mut noise_rng = StdRng::seed_from_u64(NOISE_SEED);
     // Loaded at the first file to transcribe: none when estimates are scored.
@@ -238,6 +295,15 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                     let offset = noise_rng.random_range(0..n.len());
                     add_noise(&mut samples, n, offset, o.snr_db);
                 }
+                if let Some(dir) = &o.save_audio {
+                    super::data::write_wav(&dir.join(format!("{name}.wav")), &samples)?;
+                }
+                let prior = match &o.f0_prior {
+                    Some(dir) => Some(std::sync::Arc::new(read_f0_prior(
+                        &dir.join(format!("{name}{F0_PRIOR_SUFFIX}")),
+                    )?)),
+                    None => None,
+                };
                 if transcriber.is_none() {
                     transcriber = Some(Transcriber::load(
                         o.mode,
@@ -248,7 +314,7 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                 let (notes, frames) = transcriber
                     .as_ref()
                     .expect("loaded above")
-                    .transcribe(&samples)
+                    .transcribe(&samples, prior)
                     .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
                 let saved = match &o.save_estimates {
                     Some(dir) => {
@@ -395,6 +461,8 @@ mod tests {
             room: None,
             noise: Vec::new(),
             snr_db: 10.0,
+            save_audio: None,
+            f0_prior: None,
         }
     }
 
@@ -588,6 +656,56 @@ mod tests {
         o.noise = vec![empty.path().to_path_buf()];
         let e = evaluate(&o).unwrap_err().to_string();
         assert!(e.contains("no audio"), "{e}");
+    }
+
+    #[test]
+    fn a_saved_prior_steers_the_tracker_on_the_saved_audio() {
+        use candle_core::{Device, Tensor};
+        let (_audio, refs, mut o) = rendered_tune();
+        let (saved, priors) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        o.save_audio = Some(saved.path().to_path_buf());
+        let plain = evaluate(&o).unwrap();
+        assert!(saved.path().join("t.wav").exists());
+        // A prior that believes every note an octave below what sounds: the tracker follows
+        // it to YIN's sub-octave trough, and every note comes out an octave low.
+        let (fmin, fmax, bins, hop) = (46.875f32, 2093.75f32, 95usize, 0.016f32);
+        let tune = io::read_notes(&refs.path().join("t.tsv")).unwrap().notes;
+        let frames = 200;
+        let mut probs = vec![1e-6f32; frames * bins];
+        for (k, row) in probs.chunks_mut(bins).enumerate() {
+            let t = k as f64 * f64::from(hop);
+            if let Some(n) = tune.iter().find(|n| n.start <= t && t < n.end) {
+                let hz = crate::notes::midi_to_hz(f64::from(n.midi) - 12.0) as f32;
+                let b = ((hz / fmin).log2() / (fmax / fmin).log2() * (bins - 1) as f32).round();
+                row[b as usize] = 1.0;
+            }
+        }
+        let one = |v: f32| Tensor::new(&[v], &Device::Cpu).unwrap();
+        let tensors = std::collections::HashMap::from([
+            (
+                "probs".to_string(),
+                Tensor::from_vec(probs, (frames, bins), &Device::Cpu).unwrap(),
+            ),
+            ("hop_s".to_string(), one(hop)),
+            ("fmin".to_string(), one(fmin)),
+            ("fmax".to_string(), one(fmax)),
+        ]);
+        candle_core::safetensors::save(&tensors, priors.path().join("t.f0prior.safetensors"))
+            .unwrap();
+        o.audio = Some(saved.path().to_path_buf());
+        o.save_audio = None;
+        o.f0_prior = Some(priors.path().to_path_buf());
+        let steered = evaluate(&o).unwrap();
+        assert_eq!(plain.no_offset.matched, 5, "{}", plain.to_text());
+        assert_eq!(steered.no_offset.matched, 0, "{}", steered.to_text());
+        assert_eq!(steered.onset.matched, 5, "{}", steered.to_text());
+        // A prior missing for a file, or asked of the poly transcriber, is an error.
+        std::fs::remove_file(priors.path().join("t.f0prior.safetensors")).unwrap();
+        let e = evaluate(&o).unwrap_err().to_string();
+        assert!(e.contains("t.f0prior.safetensors"), "{e}");
+        o.mode = Mode::Poly;
+        let e = evaluate(&o).unwrap_err().to_string();
+        assert!(e.contains("mono"), "{e}");
     }
 
     #[test]
