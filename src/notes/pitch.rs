@@ -142,8 +142,7 @@ impl PitchPrior {
     /// and the two nearest bins. Outside its pitch range: the mean over bins (no opinion).
     fn at(&self, t_s: f64, hz: f32) -> f32 {
         let neutral = 1.0 / self.bins as f32;
-        let pos = (12.0 * (hz / self.fmin).log2()) / (12.0 * (self.fmax / self.fmin).log2())
-            * (self.bins - 1) as f32;
+        let pos = (hz / self.fmin).log2() / (self.fmax / self.fmin).log2() * (self.bins - 1) as f32;
         if !(0.0..=(self.bins - 1) as f32).contains(&pos) {
             return neutral;
         }

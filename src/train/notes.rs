@@ -78,11 +78,11 @@ pub struct NotesEvalOptions {
 }
 
 /// `--f0-prior`'s file name after the stem.
-pub const F0_PRIOR_SUFFIX: &str = ".f0prior.safetensors";
+const F0_PRIOR_SUFFIX: &str = ".f0prior.safetensors";
 
 /// Reads a learned F0 posterior: tensors `probs` (frames x bins, f32), `hop_s`, `fmin` and
 /// `fmax` (one value each).
-pub fn read_f0_prior(path: &Path) -> Result<crate::notes::pitch::PitchPrior, TrainError> {
+fn read_f0_prior(path: &Path) -> Result<crate::notes::pitch::PitchPrior, TrainError> {
     let t = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
         .map_err(|e| data_err(path, e.to_string()))?;
     let get = |name: &str| {
@@ -239,9 +239,6 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
             "no audio file has a reference note file of the same stem",
         ));
     }
-    if let Some(dir) = &o.save_estimates {
-        std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e.to_string()))?;
-    }
     let room = o.room.as_deref().map(room_response).transpose()?;
     let noise = NoiseBank::load(&o.noise)?;
     if !o.noise.is_empty() && noise.is_empty() {
@@ -255,7 +252,7 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
             "--f0-prior steers the mono pitch tracker: it needs --mode mono".into(),
         ));
     }
-    for dir in [&o.save_audio].into_iter().flatten() {
+    for dir in [&o.save_estimates, &o.save_audio].into_iter().flatten() {
         std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e.to_string()))?;
     }
     // Drawn per transcribed file, in file order: the same files get the same noise each run.
