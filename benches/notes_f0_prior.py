@@ -11,7 +11,9 @@ learned front end would buy before one is ported:
     python3 benches/notes_f0_prior.py WAV PRIOR
     hark-train eval notes --audio WAV --notes DIR/notes --f0-prior PRIOR
 
-(the second run reads the saved audio, so --room and --noise are not given again). Each
+(the second run reads the saved audio, so --room and --noise are not given again).
+`--lookahead N` gives each frame only the audio up to N samples past its centre, as a live
+stream would have it (512: what pYIN has when it analyses a frame). Each
 `PRIOR/<stem>.f0prior.safetensors` holds `probs` (frames x 95 pitch bins, a softmax of the
 network's pitch logits, 16 ms frames), `hop_s`, `fmin` and `fmax`.
 
@@ -28,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-HOP_S = 256 / 16000
+HOP = 256
+HOP_S = HOP / 16000
 FMIN, FMAX = 46.875, 2093.75
 
 
@@ -68,10 +71,35 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
+def logits_of(sess, name, x):
+    (z,) = sess.run([name], {"audio": x[None, :], "fmin": np.asarray(FMIN, dtype=np.float32),
+                             "fmax": np.asarray(FMAX, dtype=np.float32)})
+    return z[0]
+
+
+def live_logits(sess, name, x, lookahead):
+    """Frame k as a live stream has it: from audio up to `lookahead` samples past its centre
+    (one network run per frame over its receptive field: slow, for measuring only)."""
+    left = 11 * HOP + 1024
+    rows = []
+    for k in range(max(1, len(x) // HOP)):
+        end = min(len(x), k * HOP + lookahead)
+        start = max(0, (k * HOP - left) // HOP * HOP)
+        z = logits_of(sess, name, x[start:end])
+        rows.append(z[min(k - start // HOP, len(z) - 1)])
+    return np.array(rows)
+
+
 def main():
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    wavs, out = Path(sys.argv[1]), Path(sys.argv[2])
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("wavs", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--lookahead", type=int,
+                    help="samples of audio past each frame's centre the network may hear, as "
+                         "live (default: the whole file)")
+    a = ap.parse_args()
+    wavs, out = a.wavs, a.out
     out.mkdir(parents=True, exist_ok=True)
     sess, logits_name = session()
     files = sorted(wavs.glob("*.wav"))
@@ -81,10 +109,9 @@ def main():
         x, sr = sf.read(str(w), dtype="float32", always_2d=True)
         if sr != 16000:
             sys.exit(f"{w}: {sr} Hz; --save-audio writes 16 kHz")
-        (logits,) = sess.run([logits_name], {"audio": x.mean(axis=1)[None, :],
-                                             "fmin": np.asarray(FMIN, dtype=np.float32),
-                                             "fmax": np.asarray(FMAX, dtype=np.float32)})
-        z = logits[0].astype(np.float64)
+        x = x.mean(axis=1)
+        z = (logits_of(sess, logits_name, x) if a.lookahead is None
+             else live_logits(sess, logits_name, x, a.lookahead)).astype(np.float64)
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
