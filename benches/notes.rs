@@ -104,9 +104,10 @@ fn process_cpu_s() -> f64 {
 }
 
 /// The mono trackers compared: the rules alone, with the bundled onset detector
-/// (`HARK_NOTES_ONSET` names another model name or directory), and with the detector set aside
-/// where the bundled sound model hears a voice (the daemon's default). Each is left out when
-/// its model does not load.
+/// (`HARK_NOTES_ONSET` names another model name or directory), with the detector set aside
+/// where the bundled sound model hears a voice, and with SwiftF0's posterior steering pYIN too
+/// (the daemon's default; whole-file in the F1 tables, live in the speed and latency ones).
+/// Each is left out when its model does not load.
 fn trackers() -> Vec<(&'static str, MonoModels)> {
     let name =
         std::env::var("HARK_NOTES_ONSET").unwrap_or_else(|_| hark::notes::ONSET_MODEL.into());
@@ -120,20 +121,35 @@ fn trackers() -> Vec<(&'static str, MonoModels)> {
     let detector = MonoModels {
         onsets: Some(onsets),
         voice: None,
+        f0: None,
     };
     let mut out = vec![
         ("rules", MonoModels::default()),
         ("detector", detector.clone()),
     ];
-    match hark::notes::voice::load_voice_model(hark::notes::voice::VOICE_MODEL) {
-        Ok(v) => out.push((
-            "detector + voice gate",
-            MonoModels {
+    let gated = match hark::notes::voice::load_voice_model(hark::notes::voice::VOICE_MODEL) {
+        Ok(v) => {
+            let m = MonoModels {
                 voice: Some(Arc::new(v)),
                 ..detector
+            };
+            out.push(("detector + voice gate", m.clone()));
+            m
+        }
+        Err(e) => {
+            println!("(voice model not loaded: {e})\n");
+            detector
+        }
+    };
+    match hark::notes::load_f0_model(hark::notes::F0_MODEL, None) {
+        Ok(f0) => out.push((
+            "+ SwiftF0 prior",
+            MonoModels {
+                f0: Some(Arc::new(f0)),
+                ..gated
             },
         )),
-        Err(e) => println!("(voice model not loaded: {e})\n"),
+        Err(e) => println!("(pitch network not loaded: {e})\n"),
     }
     out
 }

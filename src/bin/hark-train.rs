@@ -441,6 +441,10 @@ enum EvalCommand {
         /// voice (a model name or directory), or `none` to use the detector everywhere.
         #[arg(long, default_value = "sound-us8k")]
         voice_model: String,
+        /// Mono: the pitch network whose posterior over each whole file steers the tracker (a
+        /// model name or directory), or `none` for pYIN alone. `--f0-prior` takes its place.
+        #[arg(long, default_value = "swift-f0")]
+        f0_model: String,
         /// Write each transcription to DIR/<stem>.tsv (scored again later with --estimates)
         /// and, in mono mode, its pitch frames to DIR/<stem>.f0.tsv (time_s, hz, voiced,
         /// p_voiced; for frame metrics, `benches/notes_frames.py`).
@@ -811,6 +815,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     estimates,
                     onset_model,
                     voice_model,
+                    f0_model,
                     save_estimates,
                     room,
                     noise,
@@ -832,6 +837,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 estimates,
                 onset_model: Some(onset_model).filter(|m| m != "none"),
                 voice_model: Some(voice_model).filter(|m| m != "none"),
+                f0_model: Some(f0_model).filter(|m| m != "none"),
                 mode: match mode {
                     ModeArg::Mono => Mode::Mono,
                     ModeArg::Poly => Mode::Poly,

@@ -93,6 +93,14 @@ enum ModelsCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Convert SwiftF0 (the mono note tracker's learned pitch prior) from the swift-f0 0.3.0
+    /// wheel (or its model.onnx) into DIR/swift-f0; without PATH the pinned wheel is downloaded
+    /// with pip. `--dir models` regenerates the copy shipped in the repository.
+    ImportSwiftF0 {
+        path: Option<PathBuf>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -276,6 +284,18 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 )?,
             };
             println!("installed basic-pitch at {}", installed.display());
+        }
+        ModelsCommand::ImportSwiftF0 { path, dir } => {
+            let dest = root(dir);
+            let installed = match path {
+                Some(p) => models::swift_f0::install(&p, &dest)?,
+                None => models::swift_f0::obtain_and_install(
+                    &models::fetch::wheel_cache_dir(&dest),
+                    &models::FetchOptions::default(),
+                    &dest,
+                )?,
+            };
+            println!("installed swift-f0 at {}", installed.display());
         }
     }
     Ok(())

@@ -328,42 +328,12 @@ pub fn install(source: &Path, dest_root: &Path) -> Result<PathBuf, ModelError> {
     let what = format!("{}:{ONNX_MEMBER}", source.display());
     let converted = convert_onnx(&what, &onnx)?;
     let dest = dest_root.join(MODEL_NAME);
-    std::fs::create_dir_all(&dest).map_err(io_err(&dest))?;
-    let write_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e: String| ModelError::Write { path, reason: e }
-    };
-
-    let weights = dest.join(super::WEIGHTS_FILE);
-    let views = converted
-        .tensors
-        .iter()
-        .map(|(name, shape, data)| {
-            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.clone(), shape.clone(), bytes)
-        })
-        .collect::<Vec<_>>();
-    let views = views
-        .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.as_str(), v))
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(write_err(&weights))?;
-    safetensors::tensor::serialize_to_file(views, None, &weights)
-        .map_err(|e| write_err(&weights)(e.to_string()))?;
-
-    let config = dest.join(super::CONFIG_FILE);
-    let mut json = serde_json::to_string_pretty(&converted.config)
-        .map_err(|e| write_err(&config)(e.to_string()))?;
-    json.push('\n');
-    std::fs::write(&config, json).map_err(io_err(&config))?;
-
-    let card = dest.join(super::MODEL_CARD_FILE);
-    std::fs::write(&card, model_card(&onnx)).map_err(io_err(&card))?;
-
+    super::write_f32_model(
+        &dest,
+        &converted.tensors,
+        &converted.config,
+        &model_card(&onnx),
+    )?;
     let mut manifest = Manifest::for_dir(
         &dest,
         NOTES_KIND,

@@ -27,6 +27,7 @@ pub mod ct2;
 pub mod fetch;
 pub mod onnx;
 pub mod piper;
+pub mod swift_f0;
 pub mod voices;
 pub mod yamnet;
 
@@ -379,6 +380,47 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), ModelError> {
         size += n as u64;
     }
     Ok((hex(&hasher.finalize()), size))
+}
+
+/// Writes a converted network into `dest` (created if needed): f32 `tensors` as
+/// `model.safetensors`, `config` as pretty `config.json`, and the model card. The importers of
+/// ONNX networks share it; the caller writes the manifest last, over these files.
+pub(crate) fn write_f32_model(
+    dest: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    config: &impl Serialize,
+    card: &str,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dest).map_err(io_err(dest))?;
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: String| ModelError::Write { path, reason: e }
+    };
+    let weights = dest.join(WEIGHTS_FILE);
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (name.as_str(), v))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(write_err(&weights))?;
+    safetensors::tensor::serialize_to_file(views, None, &weights)
+        .map_err(|e| write_err(&weights)(e.to_string()))?;
+    let config_path = dest.join(CONFIG_FILE);
+    let mut json =
+        serde_json::to_string_pretty(config).map_err(|e| write_err(&config_path)(e.to_string()))?;
+    json.push('\n');
+    std::fs::write(&config_path, json).map_err(io_err(&config_path))?;
+    let card_path = dest.join(MODEL_CARD_FILE);
+    std::fs::write(&card_path, card).map_err(io_err(&card_path))?;
+    Ok(())
 }
 
 /// sha256 of a byte slice as lower-case hex.

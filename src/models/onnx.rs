@@ -77,6 +77,8 @@ struct TensorProto {
     name: String,
     #[prost(bytes = "vec", tag = "9")]
     raw_data: Vec<u8>,
+    #[prost(double, repeated, tag = "10")]
+    double_data: Vec<f64>,
     #[prost(message, repeated, tag = "13")]
     external_data: Vec<StringEntry>,
     /// 0 = DEFAULT (inline), 1 = EXTERNAL.
@@ -90,6 +92,7 @@ const UINT8: i32 = 2;
 const INT8: i32 = 3;
 const INT32: i32 = 6;
 const INT64: i32 = 7;
+const DOUBLE: i32 = 11;
 
 /// A graph node with its integer attributes.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +206,14 @@ impl Graph {
                     .chunks_exact(8)
                     .map(|b| {
                         i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+                    })
+                    .collect(),
+                // Narrowed: hark runs in f32 (SwiftF0 keeps its bin centres in f64).
+                DOUBLE if raw.is_empty() => t.double_data.iter().map(|&v| v as f32).collect(),
+                DOUBLE => raw
+                    .chunks_exact(8)
+                    .map(|b| {
+                        f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
                     })
                     .collect(),
                 other => {

@@ -24,12 +24,15 @@
 //! global pool (one thread with `RAYON_NUM_THREADS=1`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{NnError, vits::matmul};
+use super::{
+    NnError,
+    conv::{Act, Conv2d, read, read_f32_safetensors},
+    vits::matmul,
+};
 
 /// Sample rate the network expects.
 pub const SAMPLE_RATE: u32 = 22_050;
@@ -102,110 +105,6 @@ pub struct Posteriors {
     pub contour: Vec<f32>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Act {
-    Relu,
-    Sigmoid,
-}
-
-/// A 2-D convolution with stride 1 along time, `sw` along frequency, and symmetric zero padding.
-#[derive(Debug)]
-struct Conv2d {
-    cin: usize,
-    cout: usize,
-    kh: usize,
-    kw: usize,
-    sw: usize,
-    ph: usize,
-    pw: usize,
-    /// `[cout][cin * kh * kw]` (ONNX `OIHW` flattened).
-    w: Vec<f32>,
-    b: Vec<f32>,
-}
-
-/// Output values per im2col chunk: keeps a chunk's column matrix around 1 MiB.
-const CHUNK_VALUES: usize = 256 * 1024;
-
-impl Conv2d {
-    fn out_w(&self, w: usize) -> usize {
-        (w + 2 * self.pw - self.kw) / self.sw + 1
-    }
-
-    /// `x` is `[cin][h][w]`; returns `[cout][h][out_w]`.
-    fn forward(&self, x: &[f32], h: usize, w: usize, act: Act) -> Vec<f32> {
-        debug_assert_eq!(x.len(), self.cin * h * w);
-        let wo = self.out_w(w);
-        let kdim = self.cin * self.kh * self.kw;
-        let rows = (CHUNK_VALUES / (kdim * wo)).clamp(1, h);
-        let chunks: Vec<(usize, usize, Vec<f32>)> = (0..h.div_ceil(rows))
-            .into_par_iter()
-            .map(|c| {
-                let t0 = c * rows;
-                let nr = rows.min(h - t0);
-                let n = nr * wo;
-                let mut cols = vec![0f32; kdim * n];
-                for ci in 0..self.cin {
-                    for dy in 0..self.kh {
-                        for dx in 0..self.kw {
-                            let k = (ci * self.kh + dy) * self.kw + dx;
-                            let dst = &mut cols[k * n..(k + 1) * n];
-                            for r in 0..nr {
-                                // Input row t + dy - ph; rows outside are zero padding.
-                                let Some(ty) = (t0 + r + dy).checked_sub(self.ph) else {
-                                    continue;
-                                };
-                                if ty >= h {
-                                    continue;
-                                }
-                                let src = &x[(ci * h + ty) * w..(ci * h + ty + 1) * w];
-                                for (j, d) in dst[r * wo..(r + 1) * wo].iter_mut().enumerate() {
-                                    let xi = (j * self.sw + dx).wrapping_sub(self.pw);
-                                    if xi < w {
-                                        *d = src[xi];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                let mut out = vec![0f32; self.cout * n];
-                // Dense row-major output: row stride n, overwritten.
-                matmul(
-                    (self.cout, n, kdim),
-                    &mut out,
-                    n,
-                    false,
-                    &self.w,
-                    (kdim, 1),
-                    &cols,
-                    (n, 1),
-                );
-                (t0, nr, out)
-            })
-            .collect();
-        let mut y = vec![0f32; self.cout * h * wo];
-        for (t0, nr, out) in chunks {
-            let n = nr * wo;
-            for co in 0..self.cout {
-                let b = self.b[co];
-                let dst = &mut y[(co * h + t0) * wo..(co * h + t0) * wo + n];
-                for (d, &v) in dst.iter_mut().zip(&out[co * n..(co + 1) * n]) {
-                    let v = v + b;
-                    *d = match act {
-                        Act::Relu => v.max(0.0),
-                        Act::Sigmoid => sigmoid(v),
-                    };
-                }
-            }
-        }
-        y
-    }
-}
-
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 /// `numpy.pad(x, p, mode="reflect")` (the edge sample is not repeated).
 fn reflect_pad(x: &[f32], p: usize) -> Vec<f32> {
     let n = x.len();
@@ -261,38 +160,9 @@ impl BasicPitch {
     pub fn load(dir: &Path) -> Result<Self, NnError> {
         let config_path = dir.join("config.json");
         let weights_path = dir.join("model.safetensors");
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    NnError::MissingFile { path: p.clone() }
-                } else {
-                    NnError::Io {
-                        path: p.clone(),
-                        source: e,
-                    }
-                }
-            })
-        };
         let cfg: BasicPitchConfig = serde_json::from_slice(&read(&config_path)?)
             .map_err(|e| invalid(&config_path, e.to_string()))?;
-        let bytes = read(&weights_path)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| invalid(&weights_path, e.to_string()))?;
-        let mut map = HashMap::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(invalid(
-                    &weights_path,
-                    format!("{name}: dtype {:?}, expected F32", view.dtype()),
-                ));
-            }
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect::<Vec<_>>();
-            map.insert(name, (view.shape().to_vec(), data));
-        }
+        let map = read_f32_safetensors(&weights_path)?;
         Self::from_tensors(cfg, map).map_err(|reason| invalid(&weights_path, reason))
     }
 
@@ -342,8 +212,9 @@ impl BasicPitch {
                 kh,
                 kw,
                 sw,
+                dw: 1,
                 ph,
-                pw,
+                pw: (pw, pw),
                 w,
                 b,
             });
@@ -490,65 +361,8 @@ impl BasicPitch {
 mod tests {
     use super::*;
 
-    fn naive_conv(c: &Conv2d, x: &[f32], h: usize, w: usize) -> Vec<f32> {
-        let wo = c.out_w(w);
-        let mut y = vec![0f32; c.cout * h * wo];
-        for co in 0..c.cout {
-            for t in 0..h {
-                for j in 0..wo {
-                    let mut s = c.b[co];
-                    for ci in 0..c.cin {
-                        for dy in 0..c.kh {
-                            for dx in 0..c.kw {
-                                let ty = t as i64 + dy as i64 - c.ph as i64;
-                                let xi = (j * c.sw + dx) as i64 - c.pw as i64;
-                                if ty < 0 || ty >= h as i64 || xi < 0 || xi >= w as i64 {
-                                    continue;
-                                }
-                                s += c.w[((co * c.cin + ci) * c.kh + dy) * c.kw + dx]
-                                    * x[(ci * h + ty as usize) * w + xi as usize];
-                            }
-                        }
-                    }
-                    y[(co * h + t) * wo + j] = s.max(0.0);
-                }
-            }
-        }
-        y
-    }
-
-    #[test]
-    fn basic_pitch_conv_matches_naive() {
-        let mut seed = 1u32;
-        let mut rnd = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        };
-        let c = Conv2d {
-            cin: 3,
-            cout: 4,
-            kh: 5,
-            kw: 7,
-            sw: 3,
-            ph: 2,
-            pw: 2,
-            w: (0..4 * 3 * 5 * 7).map(|_| rnd()).collect(),
-            b: (0..4).map(|_| rnd()).collect(),
-        };
-        let (h, w) = (9, 31);
-        let x: Vec<f32> = (0..3 * h * w).map(|_| rnd()).collect();
-        let got = c.forward(&x, h, w, Act::Relu);
-        let want = naive_conv(&c, &x, h, w);
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(err < 1e-5, "max error {err}");
-    }
-
     /// The shipped model directory.
-    pub(crate) fn shipped_dir() -> PathBuf {
+    pub(crate) fn shipped_dir() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/basic-pitch")
     }
 

@@ -24,9 +24,11 @@
 //! force.
 
 pub mod basic_pitch;
+mod conv;
 pub mod g2p;
 pub mod onset;
 pub mod sound;
+pub mod swift_f0;
 pub mod vits;
 pub mod wake;
 pub mod whisper;

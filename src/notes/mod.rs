@@ -126,6 +126,21 @@ pub fn load_onset_model(
         .map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
 }
 
+/// Name of the learned pitch network whose posterior steers the mono tracker (bundled in
+/// `models/`, converted by `harkd models import-swift-f0`).
+pub const F0_MODEL: &str = "swift-f0";
+
+/// Loads a pitch network: `name` is a model directory name (found like every model) or a path
+/// to one.
+pub fn load_f0_model(
+    name: &str,
+    root: Option<&Path>,
+) -> Result<crate::nn::swift_f0::SwiftF0, NotesError> {
+    let dir = model_dir("notes", name, root)?;
+    crate::nn::swift_f0::SwiftF0::load(&dir)
+        .map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
+}
+
 /// The directory of a model the notes config names: a path to a model directory, or a name
 /// found like every model of `kind` (`root`, the default models directory, the bundled ones).
 pub(crate) fn model_dir(
@@ -149,12 +164,14 @@ pub enum Transcriber {
 }
 
 impl Transcriber {
-    /// Loads what `mode` runs; for mono, the onset detector (`None`: the flux and level rules)
-    /// and the voice model (`None`: the detector everywhere), by name or path.
+    /// Loads what `mode` runs; for mono, the onset detector (`None`: the flux and level rules),
+    /// the voice model (`None`: the detector everywhere) and the pitch network (`None`: pYIN
+    /// alone), by name or path.
     pub fn load(
         mode: Mode,
         onset_model: Option<&str>,
         voice_model: Option<&str>,
+        f0_model: Option<&str>,
     ) -> Result<Self, NotesError> {
         Ok(match mode {
             Mode::Mono => Self::Mono(track::MonoModels {
@@ -164,6 +181,9 @@ impl Transcriber {
                 voice: voice_model
                     .map(|n| voice::load_voice_model(n).map(std::sync::Arc::new))
                     .transpose()?,
+                f0: f0_model
+                    .map(|n| load_f0_model(n, None).map(std::sync::Arc::new))
+                    .transpose()?,
             }),
             Mode::Poly => Self::Poly(std::sync::Arc::new(load_basic_pitch(None)?)),
         })
@@ -171,8 +191,8 @@ impl Transcriber {
 
     /// The notes of 16 kHz mono `samples` and, in mono mode, the pitch frames they were cut
     /// from (none in poly mode), with default settings. `prior`, a learned F0 posterior over
-    /// the same samples, steers the mono pitch tracker (see [`pitch::PitchPrior`]); poly mode
-    /// has no use for it.
+    /// the same samples, steers the mono pitch tracker instead of the loaded pitch network's
+    /// (see [`pitch::PitchPrior`]); poly mode has no use for it.
     pub fn transcribe(
         &self,
         samples: &[f32],

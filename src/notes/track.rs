@@ -22,6 +22,7 @@ use super::{
 };
 use crate::nn::onset::{OnsetDetector, OnsetModel};
 use crate::nn::sound::SoundClassifier;
+use crate::nn::swift_f0::{self, SwiftF0};
 use crate::notes::voice::VoiceGate;
 
 /// How frames become notes.
@@ -783,6 +784,10 @@ pub struct MonoModels {
     /// A sound model with YAMNet's AudioSet classifier: where it hears a voice, the detector
     /// is set aside for the rules (see [`crate::notes::voice`]).
     pub voice: Option<Arc<SoundClassifier>>,
+    /// A learned pitch network (SwiftF0) whose posterior reweights pYIN's F0 candidates (see
+    /// [`PitchPrior`]): computed as the audio arrives in a stream, over the whole buffer in
+    /// [`transcribe_mono_frames`].
+    pub f0: Option<Arc<SwiftF0>>,
 }
 
 /// The streaming monophonic transcriber: samples in, pitch frames and finished notes out.
@@ -808,7 +813,10 @@ impl MonoTracker {
     /// sings. A voice model that cannot serve (no AudioSet classifier) is left out, with a
     /// warning.
     pub fn build(p: MonoParams, models: MonoModels) -> Self {
-        let pitch = PitchTracker::new(p.pitch.clone());
+        let mut pitch = PitchTracker::new(p.pitch.clone());
+        if let Some(net) = models.f0.clone().filter(|_| f0_rate_ok(&p)) {
+            pitch = pitch.with_live_prior(net);
+        }
         let (seg, onsets) = match &models.onsets {
             Some(m) => (
                 Segmenter::with_onsets(p.segment.clone(), pitch.frame_s(), m.config.threshold),
@@ -839,7 +847,8 @@ impl MonoTracker {
     }
 
     /// Reweights pYIN's candidates by a learned F0 posterior over the samples to come, from the
-    /// first one (offline: a restart drops it, as its times would no longer line up).
+    /// first one, instead of the live one of `models.f0` (offline: a restart drops it, as its
+    /// times would no longer line up).
     pub fn with_f0_prior(mut self, prior: Arc<PitchPrior>) -> Self {
         self.pitch = self.pitch.with_prior(prior);
         self
@@ -902,14 +911,25 @@ pub fn transcribe_mono(samples: &[f32], params: &MonoParams, models: MonoModels)
     transcribe_mono_frames(samples, params, models, None).notes
 }
 
-/// Transcribes a whole buffer: its notes and every pitch frame; with `prior`, pYIN's candidates
-/// are reweighted by a learned F0 posterior over the same buffer.
+/// Whether the tracker's rate is the one the pitch network hears (16 kHz, as every caller
+/// resamples to).
+fn f0_rate_ok(p: &MonoParams) -> bool {
+    p.pitch.sample_rate == swift_f0::SAMPLE_RATE
+}
+
+/// Transcribes a whole buffer: its notes and every pitch frame. pYIN's candidates are
+/// reweighted by `prior`, a learned F0 posterior over the same buffer, or else by the posterior
+/// of `models.f0` over the whole buffer.
 pub fn transcribe_mono_frames(
     samples: &[f32],
     params: &MonoParams,
     models: MonoModels,
     prior: Option<Arc<PitchPrior>>,
 ) -> MonoOutput {
+    let prior = prior.or_else(|| {
+        let net = models.f0.as_ref().filter(|_| f0_rate_ok(params))?;
+        Some(Arc::new(PitchPrior::from_swift_f0(net, samples)))
+    });
     let mut t = MonoTracker::build(params.clone(), models);
     if let Some(p) = prior {
         t = t.with_f0_prior(p);
@@ -1354,6 +1374,7 @@ mod dump {
             let models = super::MonoModels {
                 onsets: model,
                 voice: None,
+                f0: None,
             };
             let notes = super::transcribe_mono(&x, &params, models);
             let mut s = String::new();

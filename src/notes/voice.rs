@@ -204,6 +204,7 @@ mod tests {
         let models = MonoModels {
             onsets: Some(Arc::new(onsets)),
             voice: Some(Arc::new(load_voice_model(VOICE_MODEL).unwrap())),
+            f0: None,
         };
         let x = fixture("jfk.flac");
         let whole = transcribe_mono(&x, &MonoParams::default(), models.clone());

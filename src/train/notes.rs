@@ -58,6 +58,9 @@ pub struct NotesEvalOptions {
     /// Mono, with a detector: the voice model that sets it aside where a voice sings (model
     /// name or directory); None: the detector everywhere.
     pub voice_model: Option<String>,
+    /// Mono: the pitch network whose posterior steers the tracker (model name or directory;
+    /// `f0_prior` takes its place where given); None: pYIN alone.
+    pub f0_model: Option<String>,
     /// Write each transcription here as `<stem>.tsv` (to inspect errors, or to score again
     /// with `estimates` without transcribing).
     pub save_estimates: Option<PathBuf>,
@@ -306,6 +309,7 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                         o.mode,
                         o.onset_model.as_deref(),
                         o.voice_model.as_deref(),
+                        o.f0_model.as_deref(),
                     )?);
                 }
                 let (notes, frames) = transcriber
@@ -454,6 +458,7 @@ mod tests {
             mode: Mode::Poly,
             onset_model: None,
             voice_model: None,
+            f0_model: None,
             save_estimates: None,
             room: None,
             noise: Vec::new(),
