@@ -445,6 +445,10 @@ enum EvalCommand {
         /// model name or directory), or `none` for pYIN alone. `--f0-prior` takes its place.
         #[arg(long, default_value = "swift-f0")]
         f0_model: String,
+        /// Mono: stream each file through the tracker in 10 ms chunks, as harkd's note stage
+        /// hears it (the pitch network then sees only the audio a live stream has).
+        #[arg(long, conflicts_with_all = ["estimates", "f0_prior"])]
+        live: bool,
         /// Write each transcription to DIR/<stem>.tsv (scored again later with --estimates)
         /// and, in mono mode, its pitch frames to DIR/<stem>.f0.tsv (time_s, hz, voiced,
         /// p_voiced; for frame metrics, `benches/notes_frames.py`).
@@ -816,6 +820,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     onset_model,
                     voice_model,
                     f0_model,
+                    live,
                     save_estimates,
                     room,
                     noise,
@@ -838,6 +843,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 onset_model: Some(onset_model).filter(|m| m != "none"),
                 voice_model: Some(voice_model).filter(|m| m != "none"),
                 f0_model: Some(f0_model).filter(|m| m != "none"),
+                live,
                 mode: match mode {
                     ModeArg::Mono => Mode::Mono,
                     ModeArg::Poly => Mode::Poly,

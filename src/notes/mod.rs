@@ -214,6 +214,30 @@ impl Transcriber {
             )),
         }
     }
+
+    /// As [`Self::transcribe`], but mono mode hears the samples as the daemon's note stage
+    /// does: streamed in chunks of `chunk` samples, so the pitch network's posterior is the
+    /// live one (see [`pitch::LivePrior`]) rather than the whole recording's. Poly mode is the
+    /// same either way.
+    pub fn transcribe_streamed(
+        &self,
+        samples: &[f32],
+        chunk: usize,
+    ) -> Result<(Vec<Note>, Vec<pitch::PitchFrame>), NotesError> {
+        match self {
+            Self::Mono(models) => {
+                let mut t = track::MonoTracker::build(track::MonoParams::default(), models.clone());
+                let (mut notes, mut frames) = (Vec::new(), Vec::new());
+                for c in samples.chunks(chunk.max(1)).chain([&[][..]]) {
+                    let out = if c.is_empty() { t.finish() } else { t.push(c) };
+                    notes.extend(out.notes);
+                    frames.extend(out.frames);
+                }
+                Ok((notes, frames))
+            }
+            Self::Poly(_) => self.transcribe(samples, None),
+        }
+    }
 }
 
 #[cfg(test)]

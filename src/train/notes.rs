@@ -61,6 +61,9 @@ pub struct NotesEvalOptions {
     /// Mono: the pitch network whose posterior steers the tracker (model name or directory;
     /// `f0_prior` takes its place where given); None: pYIN alone.
     pub f0_model: Option<String>,
+    /// Mono: stream each file through the tracker in 10 ms chunks, as the daemon's note stage
+    /// hears it (the pitch network's posterior then only sees the audio a live stream has).
+    pub live: bool,
     /// Write each transcription here as `<stem>.tsv` (to inspect errors, or to score again
     /// with `estimates` without transcribing).
     pub save_estimates: Option<PathBuf>,
@@ -79,6 +82,9 @@ pub struct NotesEvalOptions {
     /// steer the pitch tracker (see [`crate::notes::pitch::PitchPrior`]).
     pub f0_prior: Option<PathBuf>,
 }
+
+/// Samples per chunk of `--live`: the daemon's 10 ms.
+const LIVE_CHUNK: usize = 160;
 
 /// `--f0-prior`'s file name after the stem.
 const F0_PRIOR_SUFFIX: &str = ".f0prior.safetensors";
@@ -250,6 +256,11 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
             o.noise
         )));
     }
+    if o.live && o.f0_prior.is_some() {
+        return Err(TrainError::Setting(
+            "--f0-prior is a whole-file posterior: it cannot be heard live (--live)".into(),
+        ));
+    }
     if o.f0_prior.is_some() && o.mode != Mode::Mono {
         return Err(TrainError::Setting(
             "--f0-prior steers the mono pitch tracker: it needs --mode mono".into(),
@@ -312,11 +323,13 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
                         o.f0_model.as_deref(),
                     )?);
                 }
-                let (notes, frames) = transcriber
-                    .as_ref()
-                    .expect("loaded above")
-                    .transcribe(&samples, prior)
-                    .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
+                let t = transcriber.as_ref().expect("loaded above");
+                let (notes, frames) = if o.live {
+                    t.transcribe_streamed(&samples, LIVE_CHUNK)
+                } else {
+                    t.transcribe(&samples, prior)
+                }
+                .map_err(|e| data_err(a, format!("transcribing: {e}")))?;
                 let saved = match &o.save_estimates {
                     Some(dir) => {
                         let p = dir.join(format!("{name}.tsv"));
@@ -459,6 +472,7 @@ mod tests {
             onset_model: None,
             voice_model: None,
             f0_model: None,
+            live: false,
             save_estimates: None,
             room: None,
             noise: Vec::new(),
