@@ -342,7 +342,8 @@ fn model_card(onnx: &[u8]) -> String {
          Copyright (c) 2025-2026 Lars Nieradzik.\n\n\
          ## Accuracy of the port\n\n\
          Golden test (`cargo test --lib swift_f0`, fixture made by \
-         `tests/fixtures/swift_f0_golden.py` with ONNX Runtime on a sung phrase): max absolute \
+         `tests/fixtures/swift_f0_golden.py` with ONNX Runtime on a rendered voice and a real \
+         flute): max absolute \
          difference of the pitch logits {GOLDEN_MAX_ERROR}.\n",
         pin.package,
         pin.version,
