@@ -123,10 +123,11 @@ impl Conv2d {
     }
 }
 
-/// Every tensor of `dir/model.safetensors`, which must all be f32, by name: `(shape, values)`.
-pub(super) fn read_f32_safetensors(
-    path: &Path,
-) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, NnError> {
+/// Named f32 tensors: `(shape, values)`.
+pub(super) type F32Tensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Every tensor of a safetensors file, which must all be f32, by name.
+pub(super) fn read_f32_safetensors(path: &Path) -> Result<F32Tensors, NnError> {
     let bytes = read(path)?;
     let st =
         safetensors::SafeTensors::deserialize(&bytes).map_err(|e| super::invalid_file(path, e))?;
