@@ -458,6 +458,22 @@ mod tests {
         }
     }
 
+    /// No audio, a few samples, and non-numbers give finite posteriors (one frame at least).
+    #[test]
+    fn swift_f0_takes_empty_short_and_broken_audio() {
+        let model = SwiftF0::load(&shipped_dir()).unwrap();
+        for audio in [
+            vec![],
+            vec![0.1; 100],
+            vec![f32::NAN; 3000],
+            vec![f32::INFINITY; 600],
+        ] {
+            let p = model.posterior(&audio);
+            assert_eq!(p.len(), SwiftF0::frames(audio.len()) * PITCH_BINS);
+            assert!(p.iter().all(|v| v.is_finite()));
+        }
+    }
+
     #[test]
     fn swift_f0_refuses_a_wrong_shape() {
         let dir = shipped_dir();
