@@ -78,8 +78,21 @@ impl Conv2d {
                                     continue;
                                 }
                                 let src = &x[(ci * h + ty) * w..(ci * h + ty + 1) * w];
-                                for (j, d) in dst[r * wo..(r + 1) * wo].iter_mut().enumerate() {
-                                    let xi = (j * self.sw + dx * self.dw).wrapping_sub(self.pw.0);
+                                let row = &mut dst[r * wo..(r + 1) * wo];
+                                let shift = dx * self.dw;
+                                if self.sw == 1 {
+                                    // Output j reads input j + shift - pw.0: one slice copy
+                                    // between the paddings.
+                                    let lo = self.pw.0.saturating_sub(shift);
+                                    let hi = (w + self.pw.0).saturating_sub(shift).min(wo);
+                                    if lo < hi {
+                                        let s0 = lo + shift - self.pw.0;
+                                        row[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                                    }
+                                    continue;
+                                }
+                                for (j, d) in row.iter_mut().enumerate() {
+                                    let xi = (j * self.sw + shift).wrapping_sub(self.pw.0);
                                     if xi < w {
                                         *d = src[xi];
                                     }
@@ -233,5 +246,7 @@ mod tests {
         check(3, 1, (2, 2));
         check(1, 3, (9, 9));
         check(1, 1, (1, 0));
+        check(1, 17, (51, 51));
+        check(2, 2, (0, 3));
     }
 }
