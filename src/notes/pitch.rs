@@ -213,7 +213,7 @@ impl PitchPrior {
 
 /// SwiftF0 run on a live stream: a [`PitchPrior`] that grows as audio arrives. Frames are
 /// computed four at a time (a frame needs 6 frames of context either side, so one at a time
-/// would cost 13 frames each, 15 % of a core; four at a time cost 5.5 %), a batch once the
+/// would cost the work of 13 frames each; four at a time cost 3 % of a core), a batch once the
 /// stream holds [`LIVE_LOOKAHEAD`] samples past the batch's last frame. The frames of a batch
 /// so see 16-64 ms of audio past their centre (the whole-file posterior sees 176 ms; 32 ms kept
 /// the gain on singing in a room, README "a learned pitch prior"). The batches do not depend on

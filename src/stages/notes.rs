@@ -56,7 +56,7 @@ pub struct NotesConfig {
     /// converted from the swift-f0 package) whose pitch posterior reweights the tracker's F0
     /// candidates: it keeps the pitch where YIN takes a harmonic or noise fills its troughs
     /// (live: singing in a bright room 0.688 -> 0.723 note F1, rendered instruments in
-    /// ambient noise at 10 dB 0.731 -> 0.742). Live it takes the tracker from 1.9 % to 7.4 % of
+    /// ambient noise at 10 dB 0.731 -> 0.742). Live it takes the tracker from 1.7 % to 4.7 % of
     /// a core and holds a frame back up to 48 ms until its posterior is computed (notes still
     /// go out 270 ms after their end at p90). Empty: pYIN alone.
     pub f0_model: String,
