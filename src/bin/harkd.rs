@@ -1,6 +1,9 @@
 //! harkd: the hark daemon.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -274,31 +277,47 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             }
         }
         ModelsCommand::ImportBasicPitch { path, dir } => {
-            let dest = root(dir);
-            let installed = match path {
-                Some(p) => models::basic_pitch::install(&p, &dest)?,
-                None => models::basic_pitch::obtain_and_install(
-                    &models::fetch::wheel_cache_dir(&dest),
-                    &models::FetchOptions::default(),
-                    &dest,
-                )?,
-            };
+            let installed = import_onnx(
+                path,
+                &root(dir),
+                models::basic_pitch::install,
+                models::basic_pitch::obtain_and_install,
+            )?;
             println!("installed basic-pitch at {}", installed.display());
         }
         ModelsCommand::ImportSwiftF0 { path, dir } => {
-            let dest = root(dir);
-            let installed = match path {
-                Some(p) => models::swift_f0::install(&p, &dest)?,
-                None => models::swift_f0::obtain_and_install(
-                    &models::fetch::wheel_cache_dir(&dest),
-                    &models::FetchOptions::default(),
-                    &dest,
-                )?,
-            };
+            let installed = import_onnx(
+                path,
+                &root(dir),
+                models::swift_f0::install,
+                models::swift_f0::obtain_and_install,
+            )?;
             println!("installed swift-f0 at {}", installed.display());
         }
     }
     Ok(())
+}
+
+type Install = fn(&Path, &Path) -> Result<PathBuf, hark::models::ModelError>;
+type ObtainAndInstall =
+    fn(&Path, &hark::models::FetchOptions, &Path) -> Result<PathBuf, hark::models::ModelError>;
+
+/// An ONNX importer's command: from `path` (a wheel or the `.onnx`) when given, else from the
+/// pinned wheel, downloaded into the models root's wheel cache.
+fn import_onnx(
+    path: Option<PathBuf>,
+    dest: &Path,
+    install: Install,
+    obtain: ObtainAndInstall,
+) -> anyhow::Result<PathBuf> {
+    Ok(match path {
+        Some(p) => install(&p, dest)?,
+        None => obtain(
+            &hark::models::fetch::wheel_cache_dir(dest),
+            &hark::models::FetchOptions::default(),
+            dest,
+        )?,
+    })
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -16,7 +16,6 @@
 //! against the graph's attributes, so a different export fails here rather than computing
 //! something else.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::ModelError;
@@ -52,22 +51,8 @@ fn bad(what: &str, reason: impl Into<String>) -> ModelError {
     }
 }
 
-/// The converted model: config and `(name, shape, values)` tensors.
-#[derive(Debug, Clone)]
-pub struct Converted {
-    pub config: BasicPitchConfig,
-    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
-}
-
-impl Converted {
-    /// The tensors by name, as [`crate::nn::basic_pitch::BasicPitch::from_tensors`] takes them.
-    pub fn tensor_map(&self) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-        self.tensors
-            .iter()
-            .map(|(n, s, d)| (n.clone(), (s.clone(), d.clone())))
-            .collect()
-    }
-}
+/// The converted model.
+pub type Converted = super::Converted<BasicPitchConfig>;
 
 /// Reads the network out of `nmp.onnx` bytes.
 pub fn convert_onnx(what: &str, onnx: &[u8]) -> Result<Converted, ModelError> {

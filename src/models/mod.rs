@@ -382,6 +382,23 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), ModelError> {
     Ok((hex(&hasher.finalize()), size))
 }
 
+/// A network converted from ONNX: its config and f32 `(name, shape, values)` tensors.
+#[derive(Debug, Clone)]
+pub struct Converted<C> {
+    pub config: C,
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl<C> Converted<C> {
+    /// The tensors by name, as the networks' `from_tensors` take them.
+    pub fn tensor_map(&self) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+        self.tensors
+            .iter()
+            .map(|(n, s, d)| (n.clone(), (s.clone(), d.clone())))
+            .collect()
+    }
+}
+
 /// A network converted from an ONNX member of a pinned wheel, ready to be written as a hark
 /// model directory (the ONNX importers share this).
 pub(crate) struct OnnxImport<'a, C: Serialize> {

@@ -17,7 +17,6 @@
 //! checked against the graph, and the graph's windows against the periodic Hann window, so a
 //! different export fails here rather than computing something else.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::ModelError;
@@ -53,22 +52,8 @@ fn bad(what: &str, reason: impl Into<String>) -> ModelError {
     }
 }
 
-/// The converted model: config and `(name, shape, values)` tensors.
-#[derive(Debug, Clone)]
-pub struct Converted {
-    pub config: SwiftF0Config,
-    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
-}
-
-impl Converted {
-    /// The tensors by name, as [`SwiftF0::from_tensors`] takes them.
-    pub fn tensor_map(&self) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-        self.tensors
-            .iter()
-            .map(|(n, s, d)| (n.clone(), (s.clone(), d.clone())))
-            .collect()
-    }
-}
+/// The converted model.
+pub type Converted = super::Converted<SwiftF0Config>;
 
 /// The initializer feeding input `i` of `n`.
 fn init<'g>(

@@ -121,9 +121,7 @@ pub fn load_onset_model(
     name: &str,
     root: Option<&Path>,
 ) -> Result<crate::nn::onset::OnsetModel, NotesError> {
-    let dir = model_dir("notes", name, root)?;
-    crate::nn::onset::OnsetModel::load(&dir)
-        .map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
+    load_named(name, root, crate::nn::onset::OnsetModel::load)
 }
 
 /// Name of the learned pitch network whose posterior steers the mono tracker (bundled in
@@ -136,9 +134,17 @@ pub fn load_f0_model(
     name: &str,
     root: Option<&Path>,
 ) -> Result<crate::nn::swift_f0::SwiftF0, NotesError> {
+    load_named(name, root, crate::nn::swift_f0::SwiftF0::load)
+}
+
+/// Loads the notes model `name` (a name or a path, see [`model_dir`]) with `load`.
+fn load_named<T>(
+    name: &str,
+    root: Option<&Path>,
+    load: impl FnOnce(&Path) -> Result<T, crate::nn::NnError>,
+) -> Result<T, NotesError> {
     let dir = model_dir("notes", name, root)?;
-    crate::nn::swift_f0::SwiftF0::load(&dir)
-        .map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
+    load(&dir).map_err(|e| NotesError::Model(format!("{}: {e}", dir.display())))
 }
 
 /// The directory of a model the notes config names: a path to a model directory, or a name
@@ -228,8 +234,11 @@ impl Transcriber {
             Self::Mono(models) => {
                 let mut t = track::MonoTracker::build(track::MonoParams::default(), models.clone());
                 let (mut notes, mut frames) = (Vec::new(), Vec::new());
-                for c in samples.chunks(chunk.max(1)).chain([&[][..]]) {
-                    let out = if c.is_empty() { t.finish() } else { t.push(c) };
+                let outs = samples
+                    .chunks(chunk.max(1))
+                    .map(|c| t.push(c))
+                    .collect::<Vec<_>>();
+                for out in outs.into_iter().chain([t.finish()]) {
                     notes.extend(out.notes);
                     frames.extend(out.frames);
                 }
