@@ -106,6 +106,11 @@ fn main() {
             } else {
                 hark::nn::whisper::trainable::LoraScope::All
             },
+            decode_scope: if std::env::var("HARK_ADAPT_DECODE_SCOPE").as_deref() == Ok("all") {
+                hark::nn::whisper::adapter::DecodeScope::All
+            } else {
+                hark::nn::whisper::adapter::DecodeScope::Words
+            },
             lr: None,
             steps: 20,
             batch: 8,

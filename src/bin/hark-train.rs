@@ -25,7 +25,10 @@ use hark::{
     models,
     nn::{
         sound::Arch,
-        whisper::trainable::{Freeze, LoraScope},
+        whisper::{
+            adapter::DecodeScope,
+            trainable::{Freeze, LoraScope},
+        },
     },
     notes::Mode,
     telemetry,
@@ -121,6 +124,15 @@ enum FreezeArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum DecodeScopeArg {
+    /// The adapted decoder decides only tokens that spell the new words; the base decoder
+    /// decides every other token.
+    Words,
+    /// The adapted decoder decides every token.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum LoraScopeArg {
     /// Self-attention, the MLP, and cross-attention's query and output.
     All,
@@ -165,6 +177,10 @@ struct AdaptArgs {
     /// The decoder matrices LoRA adapts.
     #[arg(long, value_enum, default_value = "all")]
     lora_scope: LoraScopeArg,
+    /// Which tokens the adapted model decides when it transcribes. `words` (needs the encoder
+    /// frozen and at least one new word) keeps every other word as the base model writes it.
+    #[arg(long, value_enum, default_value = "words")]
+    decode_scope: DecodeScopeArg,
     /// Learning rate (default: 1e-3 for LoRA, 1e-5 for full fine-tuning).
     #[arg(long)]
     lr: Option<f64>,
@@ -386,6 +402,9 @@ enum EvalCommand {
         /// Decode with these hotwords (faster-whisper's route).
         #[arg(long)]
         hotwords: Option<String>,
+        /// For an adapter: which tokens it decides, in place of what its adapter.json says.
+        #[arg(long, value_enum)]
+        decode_scope: Option<DecodeScopeArg>,
         #[arg(long)]
         json: bool,
     },
@@ -530,6 +549,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     LoraScopeArg::All => LoraScope::All,
                     LoraScopeArg::CrossAttention => LoraScope::CrossAttention,
                 },
+                decode_scope: match a.decode_scope {
+                    DecodeScopeArg::Words => DecodeScope::Words,
+                    DecodeScopeArg::All => DecodeScope::All,
+                },
                 lr: a.lr,
                 steps: a.steps,
                 batch: a.batch,
@@ -622,6 +645,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     words,
                     prompt,
                     hotwords,
+                    decode_scope,
                     json,
                 },
         } => {
@@ -631,7 +655,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 hotwords,
                 ..Default::default()
             };
-            let (s, clips) = whisper::evaluate(&dir, &clips, &words, &decode)
+            let load = hark::nn::whisper::LoadOptions {
+                decode_scope: decode_scope.map(|s| match s {
+                    DecodeScopeArg::Words => DecodeScope::Words,
+                    DecodeScopeArg::All => DecodeScope::All,
+                }),
+                ..Default::default()
+            };
+            let (s, clips) = whisper::evaluate(&dir, &load, &clips, &words, &decode)
                 .with_context(|| format!("evaluating {}", dir.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);

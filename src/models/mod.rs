@@ -561,7 +561,8 @@ pub const WHISPER_KIND: &str = "whisper";
 /// model, loaded as base + adapter wherever a Whisper model name is accepted.
 pub const WHISPER_ADAPTER_KIND: &str = "whisper-adapter";
 
-/// One line about the adapter in `dir` (`tiny.en + lora r8 adapter, ready`), from its
+/// One line about the adapter in `dir` (`tiny.en + lora r8 adapter, ready`; `tiny.en + lora
+/// r8 (bess only) adapter, ready` when its decoding is scoped to its words), from its
 /// `adapter.json`; `None` when there is none.
 pub fn adapter_summary(dir: &Path) -> Option<String> {
     let v: serde_json::Value =
@@ -571,11 +572,22 @@ pub fn adapter_summary(dir: &Path) -> Option<String> {
     let rank = v.get("rank").and_then(|r| r.as_u64()).unwrap_or(0);
     let ready = v.get("ready").and_then(|r| r.as_bool()).unwrap_or(false);
     let gate = v.get("gate").and_then(|g| g.as_str()).unwrap_or("");
-    let what = if method == "lora" {
+    let mut what = if method == "lora" {
         format!("lora r{rank}")
     } else {
         method.to_string()
     };
+    let listed = |key: &str| {
+        v.get(key)
+            .and_then(|w| w.as_array())
+            .filter(|w| !w.is_empty())
+    };
+    if v.get("decode_scope").and_then(|s| s.as_str()) == Some("words")
+        && let Some(words) = listed("spellings").or_else(|| listed("new_words"))
+    {
+        let words: Vec<&str> = words.iter().filter_map(|w| w.as_str()).collect();
+        what = format!("{what} ({} only)", words.join(", "));
+    }
     Some(if ready {
         format!("{base} + {what} adapter, ready")
     } else {

@@ -52,7 +52,7 @@ use serde::Serialize;
 use super::{TrainError, data::load_16k, write_err};
 use crate::nn::whisper::{
     DecodeOptions, LoadOptions, N_SAMPLES, WhisperModel,
-    adapter::{self, AdapterMeta, Method},
+    adapter::{self, AdapterMeta, DecodeScope, Method},
     model::Config,
     text::{normalize, word_errors},
     trainable::{Cross, Freeze, LoraScope, TrainSpec, TrainableWhisper},
@@ -101,6 +101,9 @@ pub struct AdaptOptions {
     pub alpha: Option<f32>,
     /// The decoder matrices LoRA adapts.
     pub lora_scope: LoraScope,
+    /// Which tokens the adapted model decides when it transcribes (`Words` falls back to `All`
+    /// when the encoder is trained or there is no new word).
+    pub decode_scope: DecodeScope,
     /// None: 1e-3 for LoRA, 1e-5 for full fine-tuning.
     pub lr: Option<f64>,
     pub steps: usize,
@@ -408,6 +411,28 @@ fn score_set_cached(
         s.hypotheses.push(hyp);
     }
     Ok(s)
+}
+
+/// How the examples write each of `words` (normalised): every distinct form, punctuation
+/// around it removed ("Bess," and "Bess?" are "Bess"). A word the examples never write (given
+/// with `--words` only) is kept as given, so that every word has a spelling.
+pub fn spellings<'a>(words: &[String], examples: impl Iterator<Item = &'a Clip>) -> Vec<String> {
+    let is_taught = |form: &str| matches!(normalize(form).as_slice(), [w] if words.contains(w));
+    let mut out: Vec<String> = Vec::new();
+    for c in examples {
+        for token in c.transcript.split_whitespace() {
+            let form = token.trim_matches(|ch: char| !ch.is_alphanumeric());
+            if is_taught(form) && !out.iter().any(|f| f == form) {
+                out.push(form.to_string());
+            }
+        }
+    }
+    for w in words {
+        if !out.iter().any(|f| normalize(f) == [w.clone()]) {
+            out.push(w.clone());
+        }
+    }
+    out
 }
 
 /// Words of the examples that the base model misses in at least half the clips that hold
@@ -908,6 +933,8 @@ pub struct AdaptReport {
     pub heldout_examples: Vec<String>,
     pub replay_clips: usize,
     pub new_words: Vec<String>,
+    /// "words" or "all" (see [`DecodeScope`]).
+    pub decode_scope: String,
     /// (step, example loss, replay loss).
     pub losses: Vec<(usize, f32, Option<f32>)>,
     pub prepare_s: f32,
@@ -1237,6 +1264,16 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
         path: adapter_path.clone(),
         reason: e.to_string(),
     })?;
+    let decode_scope = match opts.decode_scope {
+        DecodeScope::Words if words.is_empty() || opts.freeze.trains_encoder() => {
+            tracing::warn!(
+                "Decoding is not scoped to the new words: scoping needs at least one new word \
+                 and the encoder frozen (the base decoder reads the same audio encoding)."
+            );
+            DecodeScope::All
+        }
+        s => s,
+    };
     let base_name = opts
         .model
         .file_name()
@@ -1253,6 +1290,8 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
         ready: false,
         gate: "not evaluated yet".into(),
         new_words: words.clone(),
+        decode_scope,
+        spellings: spellings(&words, examples.iter().chain(&heldout)),
         trained_at: crate::models::utc_now_rfc3339(),
         base_path: std::fs::canonicalize(&opts.model)
             .ok()
@@ -1363,6 +1402,7 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
             .collect(),
         replay_clips: replay.len(),
         new_words: words,
+        decode_scope: decode_scope.as_str().into(),
         losses,
         prepare_s,
         train_s,
@@ -1478,6 +1518,16 @@ fn write_outputs(
         r.replay_clips
     );
     let _ = writeln!(md, "- new words: {}", r.new_words.join(", "));
+    let _ = writeln!(
+        md,
+        "- decode scope: {} ({})",
+        r.decode_scope,
+        if r.decode_scope == "words" {
+            "the adapter decides only tokens that spell the new words"
+        } else {
+            "the adapter decides every token"
+        }
+    );
     let _ = writeln!(
         md,
         "- time: preparation {:.1} s, training {:.1} s, evaluation {:.1} s\n",
@@ -1687,11 +1737,12 @@ fn plot_changes(path: &Path, changes: &[TensorChange]) -> Result<bool, TrainErro
 /// `hark-train eval whisper`: WER and new-word recall of a model on a clip directory.
 pub fn evaluate(
     model: &Path,
+    load: &LoadOptions,
     clips_dir: &Path,
     words: &[String],
     decode: &DecodeOptions,
 ) -> Result<(SetScore, Vec<Clip>), TrainError> {
-    let m = WhisperModel::load(model)?;
+    let m = WhisperModel::load_with(model, load)?;
     let clips = load_clips(clips_dir)?;
     let words: Vec<String> = words.iter().flat_map(|w| normalize(w)).collect();
     let s = score_set(&m, &clips, &words, decode)?;
@@ -1829,6 +1880,9 @@ mod tests {
         let hyps = vec!["Hello, my name is Beth.".into(), "Bess likes tea.".into()];
         let words = derive_new_words(&ex, &hyps, &["I like tea and my name"]);
         assert_eq!(words, vec!["bess".to_string()]);
+        // Spelled as the examples write them; a word they never write is kept as given.
+        let taught = vec!["bess".to_string(), "zorblax".to_string()];
+        assert_eq!(spellings(&taught, ex.iter()), vec!["Bess", "zorblax"]);
     }
 
     #[test]

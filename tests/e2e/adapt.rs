@@ -265,7 +265,8 @@ async fn sighup_swaps_to_the_model_the_config_names() {
     assert!(
         listing
             .lines()
-            .any(|l| l.contains("bess") && l.contains("tiny.en + lora r8 adapter, ready")),
+            .any(|l| l.contains("bess")
+                && l.contains("tiny.en + lora r8 (Bess only) adapter, ready")),
         "{listing}"
     );
     assert!(

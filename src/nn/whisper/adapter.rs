@@ -37,6 +37,30 @@ pub enum Method {
     Full,
 }
 
+/// Which tokens the adapter may decide when the model decodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeScope {
+    /// The adapted decoder decides every token (adapters written before the scope existed).
+    #[default]
+    All,
+    /// The base decoder decides every token except those that spell one of `new_words`, which
+    /// the adapted decoder decides. Training moves words the examples never mention (a
+    /// placebo adapter that teaches nothing flipped "ill-disposed" to "old-sposed"); scoped
+    /// decoding keeps every other word as the base model would have written it. Needs the
+    /// encoder unchanged: both decoders read the same audio encoding.
+    Words,
+}
+
+impl DecodeScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Words => "words",
+        }
+    }
+}
+
 /// `adapter.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterMeta {
@@ -63,6 +87,13 @@ pub struct AdapterMeta {
     /// Words the adapter was trained to recognise (from the examples, absent from replay).
     #[serde(default)]
     pub new_words: Vec<String>,
+    /// Which tokens the adapted decoder decides (absent: all of them).
+    #[serde(default)]
+    pub decode_scope: DecodeScope,
+    /// `new_words` as the examples write them ("Bess"), which word-scoped decoding matches
+    /// with their case; absent: `new_words` in any case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spellings: Vec<String>,
     /// UTC, RFC 3339.
     pub trained_at: String,
     /// Where the base was when the adapter was trained: tried when no models directory holds
@@ -149,15 +180,15 @@ pub fn base_dir(dir: &Path, meta: &AdapterMeta) -> Result<PathBuf, NnError> {
     })
 }
 
-/// Adds the adapter's changes to `base` (f32 tensors by name) in place. Every adapter tensor
-/// must name a base tensor of the right shape and hold finite values; nothing is changed unless
-/// all of them do.
+/// Adds the adapter's changes to `base` (f32 tensors by name) in place and returns the
+/// tensors it replaced, as they were. Every adapter tensor must name a base tensor of the
+/// right shape and hold finite values; nothing is changed unless all of them do.
 pub fn apply(
     base: &mut HashMap<String, Tensor>,
     adapter: &HashMap<String, Tensor>,
     meta: &AdapterMeta,
     path: &Path,
-) -> Result<usize, NnError> {
+) -> Result<HashMap<String, Tensor>, NnError> {
     let invalid = |reason: String| NnError::InvalidFile {
         path: path.to_path_buf(),
         reason,
@@ -215,21 +246,32 @@ pub fn apply(
         }
         updates.push((target.to_string(), delta));
     }
-    let n = updates.len();
+    let mut originals = HashMap::new();
     for (target, delta) in updates {
         let w = base.get(&target).expect("checked above");
         let w = (w.to_dtype(DType::F32)? + delta)?;
-        base.insert(target, w);
+        if let Some(old) = base.insert(target.clone(), w) {
+            originals.insert(target, old);
+        }
     }
-    Ok(n)
+    Ok(originals)
+}
+
+/// An adapter directory loaded for decoding.
+#[derive(Debug)]
+pub struct Merged {
+    pub meta: AdapterMeta,
+    /// The base model's directory (config, tokenizer, weights).
+    pub base_dir: PathBuf,
+    /// The base weights with the adapter applied (f32).
+    pub tensors: HashMap<String, Tensor>,
+    /// The base weights the adapter changed, as they were (f32).
+    pub originals: HashMap<String, Tensor>,
 }
 
 /// Loads an adapter directory: its description, base directory and the base weights with the
 /// adapter applied (f32). Refuses an adapter that is not ready unless `allow_unready`.
-pub fn load_merged(
-    dir: &Path,
-    allow_unready: bool,
-) -> Result<(AdapterMeta, PathBuf, HashMap<String, Tensor>), NnError> {
+pub fn load_merged(dir: &Path, allow_unready: bool) -> Result<Merged, NnError> {
     let meta = AdapterMeta::load(dir)?;
     if !meta.ready && !allow_unready {
         return Err(NnError::InvalidFile {
@@ -282,8 +324,13 @@ pub fn load_merged(
             reason: "the adapter holds no tensors".into(),
         });
     }
-    apply(&mut tensors, &adapter, &meta, &path)?;
-    Ok((meta, base, tensors))
+    let originals = apply(&mut tensors, &adapter, &meta, &path)?;
+    Ok(Merged {
+        meta,
+        base_dir: base,
+        tensors,
+        originals,
+    })
 }
 
 #[cfg(test)]
@@ -302,6 +349,8 @@ mod tests {
             ready: true,
             gate: "test".into(),
             new_words: vec![],
+            decode_scope: DecodeScope::All,
+            spellings: vec![],
             trained_at: String::new(),
             base_path: None,
         }
@@ -333,7 +382,12 @@ mod tests {
                 .to_dtype(DType::F16)
                 .unwrap(),
         );
-        assert_eq!(apply(&mut base, &ad, &meta(1), Path::new("x")).unwrap(), 2);
+        let originals = apply(&mut base, &ad, &meta(1), Path::new("x")).unwrap();
+        assert_eq!(originals.len(), 2);
+        assert_eq!(
+            originals["w"].to_vec2::<f32>().unwrap(),
+            vec![vec![1., 1.]; 3]
+        );
         let w = base["w"].to_vec2::<f32>().unwrap();
         assert_eq!(w, vec![vec![3., 5.], vec![5., 9.], vec![7., 13.]]);
         assert_eq!(base["b"].to_vec1::<f32>().unwrap(), vec![0.5, -1., 0.]);

@@ -8,10 +8,112 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 
-use super::model::{CrossKv, DecoderState, Whisper, log_softmax, rows};
+use super::model::{CrossKv, Decoder, DecoderState, Whisper, log_softmax, rows};
 use super::text::compression_ratio;
 use super::tokenizer::WhisperTokenizer;
 use crate::nn::NnError;
+
+/// The base model's decoder beside an adapted one, for word-scoped decoding
+/// ([`DecodeScope::Words`](super::adapter::DecodeScope)): the adapted decoder decides the
+/// tokens of its taught words (see [`choose_row`]); every other token is the base's.
+#[derive(Debug)]
+pub(crate) struct Guide {
+    pub decoder: Decoder,
+    pub words: TaughtWords,
+}
+
+/// The words an adapter was taught, as word-scoped decoding matches them.
+#[derive(Debug, Clone)]
+pub(crate) struct TaughtWords {
+    spellings: Vec<String>,
+    /// Match without regard to case: only the normalised (lower-case) words are known.
+    fold_case: bool,
+}
+
+impl TaughtWords {
+    /// Words as the examples write them ("Bess"): matched with their case, so that the common
+    /// word "be" is not taken for the start of "Bess". With none, the normalised `words` are
+    /// matched in any case.
+    pub fn new(spellings: &[String], words: &[String]) -> Self {
+        if spellings.is_empty() {
+            Self {
+                spellings: words.iter().map(|w| w.to_lowercase()).collect(),
+                fold_case: true,
+            }
+        } else {
+            Self {
+                spellings: spellings.to_vec(),
+                fold_case: false,
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spellings.is_empty()
+    }
+
+    /// The words, for messages.
+    pub fn list(&self) -> &[String] {
+        &self.spellings
+    }
+
+    fn fold(&self, word: &str) -> String {
+        let word = word.trim_start_matches(|c: char| !c.is_alphanumeric());
+        if self.fold_case {
+            word.to_lowercase()
+        } else {
+            word.to_string()
+        }
+    }
+
+    /// `word` (leading punctuation aside) is a non-empty prefix of a taught word.
+    fn starts(&self, word: &str) -> bool {
+        let word = self.fold(word);
+        !word.is_empty() && self.spellings.iter().any(|w| w.starts_with(&word))
+    }
+
+    /// `word` (leading punctuation aside) is a taught word.
+    fn is_word(&self, word: &str) -> bool {
+        let word = self.fold(word);
+        self.spellings.contains(&word)
+    }
+}
+
+/// The decoder(s) one decode runs, with the audio each reads.
+pub(crate) struct Decoders<'a> {
+    pub net: &'a Whisper,
+    pub cross: &'a CrossKv,
+    /// The base decoder and its cross-attention keys/values, when decoding is word-scoped.
+    pub guide: Option<(&'a Guide, &'a CrossKv)>,
+}
+
+/// Self-attention caches of the decoder(s), kept in step.
+struct States {
+    main: DecoderState,
+    guide: Option<DecoderState>,
+}
+
+impl States {
+    fn new(d: &Decoders<'_>) -> Self {
+        Self {
+            main: DecoderState::new(d.net.decoder.n_layers()),
+            guide: d
+                .guide
+                .map(|(g, _)| DecoderState::new(g.decoder.n_layers())),
+        }
+    }
+
+    fn select(&mut self, rows: &[u32]) -> Result<(), NnError> {
+        self.main.select(rows)?;
+        if let Some(g) = &mut self.guide {
+            g.select(rows)?;
+        }
+        Ok(())
+    }
+}
+
+/// One sequence's next-token logits: the model's, and the base decoder's when guided.
+pub(crate) type RowPair = (Vec<f32>, Option<Vec<f32>>);
 
 /// Everything a decode of one window needs besides the audio.
 #[derive(Debug, Clone)]
@@ -178,7 +280,7 @@ pub(crate) fn apply_filters(
     }
 }
 
-fn argmax(row: &[f32]) -> u32 {
+pub(crate) fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
         if x > row[best] {
@@ -219,15 +321,15 @@ fn sample(row: &[f32], temperature: f32, rng: &mut Rng) -> u32 {
     argmax(row)
 }
 
-/// Decoder pass over `tokens` (one row per sequence, same length) returning logits rows of
-/// Per-row logits of the last position, and optionally row 0's logits at another position.
-type StepLogits = (Vec<Vec<f32>>, Option<Vec<f32>>);
+/// Per-row logits of the last position, and optionally row 0's (model) logits at another
+/// position.
+type StepLogits = (Vec<RowPair>, Option<Vec<f32>>);
 
-/// the last position; with `extra_position`, also the logits of that position in row 0.
+/// Decoder pass over `tokens` (one row per sequence, same length) returning the logits of the
+/// last position; with `extra_position`, also the logits of that position in row 0.
 fn step(
-    net: &Whisper,
-    cross: &CrossKv,
-    state: &mut DecoderState,
+    d: &Decoders<'_>,
+    states: &mut States,
     tokens: &[Vec<u32>],
     extra_position: Option<usize>,
 ) -> Result<StepLogits, NnError> {
@@ -235,42 +337,156 @@ fn step(
     let t = tokens[0].len();
     let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
     let input = Tensor::from_vec(flat, (b, t), &Device::Cpu)?;
-    let out = net.decoder.forward(&input, cross, state, &[])?;
-    let last = out.hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
-    let logits = rows(&net.decoder.logits(&last)?)?;
+    let last_rows = |decoder: &Decoder, hidden: &Tensor| -> Result<Vec<Vec<f32>>, NnError> {
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        Ok(rows(&decoder.logits(&last)?)?)
+    };
+    let out = d
+        .net
+        .decoder
+        .forward(&input, d.cross, &mut states.main, &[])?;
+    let main = last_rows(&d.net.decoder, &out.hidden)?;
     let extra = match extra_position {
         Some(p) if p < t => {
             let h = out.hidden.narrow(0, 0, 1)?.narrow(1, p, 1)?.squeeze(1)?;
-            rows(&net.decoder.logits(&h)?)?.into_iter().next()
+            rows(&d.net.decoder.logits(&h)?)?.into_iter().next()
         }
         _ => None,
     };
-    Ok((logits, extra))
+    let guided = match (d.guide, &mut states.guide) {
+        (Some((g, cross)), Some(state)) => {
+            let out = g.decoder.forward(&input, cross, state, &[])?;
+            Some(last_rows(&g.decoder, &out.hidden)?)
+        }
+        _ => None,
+    };
+    let pairs = match guided {
+        Some(base) => main.into_iter().zip(base.into_iter().map(Some)).collect(),
+        None => main.into_iter().map(|r| (r, None)).collect(),
+    };
+    Ok((pairs, extra))
+}
+
+/// How far down the adapter's ranking a token that spells a taught word is looked for.
+const WORD_RANK: usize = 3;
+
+/// The filtered logits the next token of `seq` is chosen from: the model's alone, or for a
+/// guided decode the base decoder's unless the adapter has a say. The adapter decides the
+/// token when the two differ and
+/// 1. its choice spells a taught word (starts it or goes on with it);
+/// 2. the text so far ends in a taught word: the adapter decides where its word ends ("Tell
+///    Bess that" came out "Tell Bessnacht" when the base went on after "Bess");
+/// 3. it ranks a token that spells a taught word (within its top [`WORD_RANK`]) above the
+///    base's choice: the adapter wanted a comma and then "Bess", the base wanted "best"
+///    there. The row then has the adapter's higher-ranked tokens removed, so that the word
+///    is what is chosen.
+///
+/// Returns the chosen row and, when guided, the other one (see [`token_logprob`]).
+pub(crate) fn choose_row(
+    (mut row, base): RowPair,
+    seq: &[u32],
+    setup: &DecodeSetup,
+    tok: &WhisperTokenizer,
+    guide: Option<&Guide>,
+) -> RowPair {
+    apply_filters(&mut row, seq, setup, tok);
+    let (Some(mut base), Some(guide)) = (base, guide) else {
+        return (row, None);
+    };
+    apply_filters(&mut base, seq, setup, tok);
+    let wanted = argmax(&row);
+    let said = argmax(&base);
+    if wanted == said {
+        return (base, Some(row));
+    }
+    let words = &guide.words;
+    if spells_word(tok, seq, wanted, words) || ends_in_word(tok, seq, words) {
+        return (row, Some(base));
+    }
+    let ranked = top_k(&row, WORD_RANK);
+    let word = ranked
+        .iter()
+        .take_while(|&&(v, _)| v > row[said as usize])
+        .find(|&&(_, t)| spells_word(tok, seq, t, words));
+    match word {
+        Some(&(v, _)) => {
+            for &(above, t) in &ranked {
+                if above > v {
+                    row[t as usize] = f32::NEG_INFINITY;
+                }
+            }
+            (row, Some(base))
+        }
+        None => (base, Some(row)),
+    }
+}
+
+/// Log probability of `token` as a decode scores it: under the chosen row, or for a guided
+/// decode under whichever of the two decoders is surer of it. Each decoder is unsure of the
+/// other's tokens: scored by the chosen rows alone, a mixed transcript of an accent both find
+/// odd fell under the no-speech gate's log-probability limit, and was dropped, where the
+/// adapter's own transcript of the same clip was kept.
+fn token_logprob((row, other): &RowPair, token: u32) -> f32 {
+    let lp = log_softmax(row)[token as usize];
+    match other {
+        Some(o) => lp.max(log_softmax(o)[token as usize]),
+        None => lp,
+    }
+}
+
+/// Whether the text of `seq` ends in a taught word.
+fn ends_in_word(tok: &WhisperTokenizer, seq: &[u32], words: &TaughtWords) -> bool {
+    let text = tok.decode(seq).unwrap_or_default();
+    !text.ends_with(char::is_whitespace)
+        && words.is_word(text.rsplit(char::is_whitespace).next().unwrap_or_default())
+}
+
+/// Whether appending `next` to `seq` starts or continues a taught word: the word that `next`
+/// ends is a prefix of one.
+pub(crate) fn spells_word(
+    tok: &WhisperTokenizer,
+    seq: &[u32],
+    next: u32,
+    words: &TaughtWords,
+) -> bool {
+    if next >= tok.eot {
+        return false;
+    }
+    let Ok(piece) = tok.decode(&[next]) else {
+        return false;
+    };
+    if piece.starts_with(char::is_whitespace) {
+        return words.starts(piece.trim_start());
+    }
+    let before = tok.decode(seq).unwrap_or_default();
+    let tail = before
+        .rsplit(char::is_whitespace)
+        .next()
+        .unwrap_or_default();
+    words.starts(&format!("{tail}{piece}"))
 }
 
 /// One decode at one temperature (greedy, sampling, or beam search at temperature 0 with
 /// `beam_size > 1`).
 pub(crate) fn decode_once(
-    net: &Whisper,
+    d: &Decoders<'_>,
     tok: &WhisperTokenizer,
-    cross: &CrossKv,
     setup: &DecodeSetup,
     temperature: f32,
     rng: &mut Rng,
 ) -> Result<DecodingResult, NnError> {
-    let n_ctx = net.decoder.n_ctx();
+    let n_ctx = d.net.decoder.n_ctx();
     if setup.initial_tokens.len() >= n_ctx {
         return Err(NnError::InvalidInput(format!(
             "prompt of {} tokens does not fit the decoder context ({n_ctx})",
             setup.initial_tokens.len()
         )));
     }
-    let mut state = DecoderState::new(net.decoder.n_layers());
+    let mut states = States::new(d);
     // The prompt pass runs once; its cache is duplicated for the beams / samples.
     let (mut first, at_sot) = step(
-        net,
-        cross,
-        &mut state,
+        d,
+        &mut states,
         std::slice::from_ref(&setup.initial_tokens),
         Some(setup.sot_index),
     )?;
@@ -291,16 +507,13 @@ pub(crate) fn decode_once(
     let max_steps = setup.sample_len.min(n_ctx - setup.initial_tokens.len());
 
     let (tokens, sum_logprob) = if beam {
-        beam_search(
-            net, tok, cross, setup, &mut state, first_row, n_group, max_steps,
-        )?
+        beam_search(d, tok, setup, &mut states, first_row, n_group, max_steps)?
     } else {
         sample_group(
-            net,
+            d,
             tok,
-            cross,
             setup,
-            &mut state,
+            &mut states,
             first_row,
             n_group,
             max_steps,
@@ -326,12 +539,11 @@ pub(crate) fn decode_once(
 /// length-normalised log probability.
 #[allow(clippy::too_many_arguments)]
 fn sample_group(
-    net: &Whisper,
+    d: &Decoders<'_>,
     tok: &WhisperTokenizer,
-    cross: &CrossKv,
     setup: &DecodeSetup,
-    state: &mut DecoderState,
-    first_row: Vec<f32>,
+    states: &mut States,
+    first_row: RowPair,
     n_group: usize,
     max_steps: usize,
     temperature: f32,
@@ -339,8 +551,9 @@ fn sample_group(
 ) -> Result<(Vec<u32>, f32), NnError> {
     let eot = tok.eot;
     if n_group > 1 {
-        state.select(&vec![0u32; n_group])?;
+        states.select(&vec![0u32; n_group])?;
     }
+    let guide = d.guide.map(|(g, _)| g);
     let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); n_group];
     let mut sums = vec![0f32; n_group];
     let mut done = vec![false; n_group];
@@ -350,29 +563,28 @@ fn sample_group(
             if done[k] {
                 continue;
             }
-            let row = &mut logits[k];
-            apply_filters(row, &seqs[k], setup, tok);
+            let rows = choose_row(std::mem::take(&mut logits[k]), &seqs[k], setup, tok, guide);
             let next = if temperature == 0.0 {
-                argmax(row)
+                argmax(&rows.0)
             } else {
-                sample(row, temperature, rng)
+                sample(&rows.0, temperature, rng)
             };
             // The log probability of <|endoftext|> counts too (avg_logprob divides by
             // len + 1).
-            sums[k] += log_softmax(row)[next as usize];
+            sums[k] += token_logprob(&rows, next);
             if next == eot {
                 done[k] = true;
             } else {
                 seqs[k].push(next);
             }
         }
-        if done.iter().all(|&d| d) || state.len >= net.decoder.n_ctx() {
+        if done.iter().all(|&d| d) || states.main.len >= d.net.decoder.n_ctx() {
             break;
         }
         let last: Vec<Vec<u32>> = (0..n_group)
             .map(|k| vec![seqs[k].last().copied().filter(|_| !done[k]).unwrap_or(eot)])
             .collect();
-        logits = step(net, cross, state, &last, None)?.0;
+        logits = step(d, states, &last, None)?.0;
     }
     let best = (0..n_group)
         .max_by(|&a, &b| {
@@ -388,12 +600,11 @@ fn sample_group(
 /// (score = sum log p / length).
 #[allow(clippy::too_many_arguments)]
 fn beam_search(
-    net: &Whisper,
+    d: &Decoders<'_>,
     tok: &WhisperTokenizer,
-    cross: &CrossKv,
     setup: &DecodeSetup,
-    state: &mut DecoderState,
-    first_row: Vec<f32>,
+    states: &mut States,
+    first_row: RowPair,
     beam_size: usize,
     max_steps: usize,
 ) -> Result<(Vec<u32>, f32), NnError> {
@@ -402,12 +613,13 @@ fn beam_search(
     let mut beams: Vec<(Vec<u32>, f32)> = vec![(Vec::new(), 0.0)];
     let mut logits = vec![first_row];
     let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
+    let guide = d.guide.map(|(g, _)| g);
     for _ in 0..max_steps {
         let mut candidates: HashMap<Vec<u32>, (f32, usize)> = HashMap::new();
         for (j, (seq, sum)) in beams.iter().enumerate() {
-            let row = &mut logits[j];
-            apply_filters(row, seq, setup, tok);
-            let lp = log_softmax(row);
+            // Beams are ranked by the chosen row alone.
+            let (row, _) = choose_row(std::mem::take(&mut logits[j]), seq, setup, tok, guide);
+            let lp = log_softmax(&row);
             for (l, t) in top_k(&lp, beam_size + 1) {
                 let mut s = seq.clone();
                 s.push(t);
@@ -443,16 +655,19 @@ fn beam_search(
             }
             finished.push(f);
         }
-        if finished.len() >= beam_size || next.is_empty() || state.len >= net.decoder.n_ctx() {
+        if finished.len() >= beam_size
+            || next.is_empty()
+            || states.main.len >= d.net.decoder.n_ctx()
+        {
             beams = next;
             break;
         }
-        state.select(&sources)?;
+        states.select(&sources)?;
         let last: Vec<Vec<u32>> = next
             .iter()
             .map(|(s, _)| vec![*s.last().unwrap_or(&eot)])
             .collect();
-        logits = step(net, cross, state, &last, None)?.0;
+        logits = step(d, states, &last, None)?.0;
         beams = next;
     }
     // Not enough finished: add the live beams by score.
@@ -521,9 +736,8 @@ pub(crate) fn empty_but_speech(r: &DecodingResult, no_speech_threshold: Option<f
 /// window is judged silent. When every temperature fails, keeps the attempt with the best
 /// average log probability among those under the compression threshold (faster-whisper).
 pub(crate) fn decode_with_fallback(
-    net: &Whisper,
+    d: &Decoders<'_>,
     tok: &WhisperTokenizer,
-    cross: &CrossKv,
     setup: &DecodeSetup,
     fallback: &Fallback,
     rng: &mut Rng,
@@ -540,7 +754,7 @@ pub(crate) fn decode_with_fallback(
         if stop() {
             return Err(NnError::Cancelled);
         }
-        let r = decode_once(net, tok, cross, setup, t, rng)?;
+        let r = decode_once(d, tok, setup, t, rng)?;
         // A short loop ("I'm, I'm, I'm, ...") cut by the token budget compresses too little to
         // trip the ratio test; not finishing within the budget is the better sign.
         let too_repetitive = r.truncated

@@ -66,7 +66,9 @@ use std::{
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use self::decode::{DecodeSetup, DecodingResult, Fallback, Rng, decode_with_fallback};
+use self::decode::{
+    DecodeSetup, Decoders, DecodingResult, Fallback, Guide, Rng, TaughtWords, decode_with_fallback,
+};
 use self::model::{Config, CrossKv, Whisper, log_softmax, rows};
 use self::tokenizer::{TIME_PRECISION, WhisperTokenizer};
 use super::NnError;
@@ -222,6 +224,9 @@ pub struct LoadOptions {
     /// Encode every window padded to 30 s, as Whisper was trained (true), or only the mel
     /// frames holding audio (faster on short inputs, less accurate).
     pub pad_to_30s: bool,
+    /// For an adapter: which tokens it decides, in place of its `decode_scope` (to compare the
+    /// two on the same adapter). None: as the adapter says.
+    pub decode_scope: Option<adapter::DecodeScope>,
 }
 
 impl Default for LoadOptions {
@@ -231,6 +236,7 @@ impl Default for LoadOptions {
             q8_layers: true,
             q8_encoder: true,
             pad_to_30s: true,
+            decode_scope: None,
         }
     }
 }
@@ -261,6 +267,15 @@ pub struct WhisperModel {
     pad_to_30s: bool,
     /// Set when the directory was an adapter over a base model.
     adapter: Option<adapter::AdapterMeta>,
+    /// The base decoder, when the adapter's decoding is scoped to its words.
+    guide: Option<Guide>,
+}
+
+/// One encoded window: cross-attention keys/values for the model's decoder, and for the base
+/// decoder when decoding is word-scoped.
+struct Encoded {
+    cross: CrossKv,
+    base: Option<CrossKv>,
 }
 
 /// A segment cut from one window's tokens, times relative to the window.
@@ -393,7 +408,7 @@ impl WhisperModel {
         };
         let files_dir = merged
             .as_ref()
-            .map(|(_, base, _)| base.clone())
+            .map(|m| m.base_dir.clone())
             .unwrap_or_else(|| dir.to_path_buf());
         let files_dir = files_dir.as_path();
         let config_path = files_dir.join("config.json");
@@ -446,11 +461,15 @@ impl WhisperModel {
             path: weights_path.clone(),
             reason: e.to_string(),
         };
-        let (adapter_meta, tensors) = match merged {
-            Some((meta, _, tensors)) => (Some(meta), tensors),
+        let (adapter_meta, tensors, guide) = match merged {
+            Some(m) => {
+                let guide = Self::guide(dir, &m, &config, opts)?;
+                (Some(m.meta), m.tensors, guide)
+            }
             None => (
                 None,
                 candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(invalid)?,
+                None,
             ),
         };
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
@@ -470,7 +489,47 @@ impl WhisperModel {
             .unwrap_or_else(|| "whisper".into());
         let mut model = Self::from_parts(net, tokenizer, name, generation, opts)?;
         model.adapter = adapter_meta;
+        model.guide = guide;
         Ok(model)
+    }
+
+    /// The base decoder of a word-scoped adapter: the merged weights with the tensors the
+    /// adapter changed put back (the rest are shared, not copied).
+    fn guide(
+        dir: &Path,
+        m: &adapter::Merged,
+        config: &Config,
+        opts: &LoadOptions,
+    ) -> Result<Option<Guide>, NnError> {
+        let scope = opts.decode_scope.unwrap_or(m.meta.decode_scope);
+        let words = TaughtWords::new(&m.meta.spellings, &m.meta.new_words);
+        if scope != adapter::DecodeScope::Words || words.is_empty() {
+            return Ok(None);
+        }
+        if let Some(name) = m
+            .originals
+            .keys()
+            .find(|k| !k.starts_with("model.decoder."))
+        {
+            return Err(NnError::InvalidFile {
+                path: dir.join(adapter::META_FILE),
+                reason: format!(
+                    "decoding is scoped to the adapter's words, which needs the base encoder, \
+                     but the adapter changes {name}; set \"decode_scope\": \"all\""
+                ),
+            });
+        }
+        let mut tensors = m.tensors.clone();
+        tensors.extend(m.originals.iter().map(|(k, t)| (k.clone(), t.clone())));
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let mut decoder = model::Decoder::load(vb.pp("model.decoder"), config)?;
+        if opts.q8_output {
+            decoder.quantize_output(true)?;
+        }
+        if opts.q8_layers {
+            decoder.quantize_layers(true)?;
+        }
+        Ok(Some(Guide { decoder, words }))
     }
 
     fn from_parts(
@@ -535,6 +594,7 @@ impl WhisperModel {
             alignment_heads,
             pad_to_30s: opts.pad_to_30s,
             adapter: None,
+            guide: None,
         })
     }
 
@@ -543,16 +603,21 @@ impl WhisperModel {
         self.adapter.as_ref()
     }
 
-    /// `NAME` for a plain model, `NAME (BASE + lora adapter)` for an adapter directory.
+    /// `NAME` for a plain model, `NAME (BASE + lora adapter)` for an adapter directory, with
+    /// the words it is scoped to when it is.
     pub fn description(&self) -> String {
         match &self.adapter {
             Some(a) => format!(
-                "{} ({} + {} adapter)",
+                "{} ({} + {} adapter{})",
                 self.name,
                 a.base,
                 match a.method {
                     adapter::Method::Lora => "lora",
                     adapter::Method::Full => "full",
+                },
+                match &self.guide {
+                    Some(g) => format!(", scoped to {}", g.words.list().join(", ")),
+                    None => String::new(),
                 }
             ),
             None => self.name.clone(),
@@ -637,8 +702,8 @@ impl WhisperModel {
         }
         let window = &audio[..audio.len().min(N_SAMPLES)];
         let (mel, frames) = self.window_mel(window);
-        let cross = self.encode_window(&mel, frames, if self.pad_to_30s { 30.0 } else { 0.0 })?;
-        self.language_probs(&cross)
+        let enc = self.encode_window(&mel, frames, if self.pad_to_30s { 30.0 } else { 0.0 })?;
+        self.language_probs(&enc.cross)
     }
 
     fn language_probs(&self, cross: &CrossKv) -> Result<Vec<(String, f32)>, NnError> {
@@ -701,7 +766,7 @@ impl WhisperModel {
         mel: &[f32],
         content_frames: usize,
         min_s: f32,
-    ) -> Result<CrossKv, NnError> {
+    ) -> Result<Encoded, NnError> {
         let n_mels = self.net.config.num_mel_bins;
         let n = Self::encoded_frames(content_frames, min_s);
         let features = if n == N_FRAMES {
@@ -713,7 +778,13 @@ impl WhisperModel {
             }
             self.net.encode(&cut, n)?
         };
-        Ok(self.net.decoder.cross_kv(&features)?)
+        Ok(Encoded {
+            cross: self.net.decoder.cross_kv(&features)?,
+            base: match &self.guide {
+                Some(g) => Some(g.decoder.cross_kv(&features)?),
+                None => None,
+            },
+        })
     }
 
     /// The language a decode with `opts` is pinned to, with the same errors as a decode
@@ -901,7 +972,7 @@ impl WhisperModel {
     #[allow(clippy::too_many_arguments)]
     fn decode_conditioned(
         &self,
-        cross: &CrossKv,
+        enc: &Encoded,
         opts: &DecodeOptions,
         sot_sequence: &[u32],
         prompt: &[u32],
@@ -917,15 +988,12 @@ impl WhisperModel {
             let mut setup = self.setup(opts, sot_sequence, prompt, hotwords, max_timestamp_index);
             setup.sample_len = setup.sample_len.min(sample_len);
             setup.has_previous_text = previous_text && !prompt.is_empty();
-            decode_with_fallback(
-                &self.net,
-                &self.tokenizer,
-                cross,
-                &setup,
-                &fallback,
-                rng,
-                stop,
-            )
+            let decoders = Decoders {
+                net: &self.net,
+                cross: &enc.cross,
+                guide: self.guide.as_ref().zip(enc.base.as_ref()),
+            };
+            decode_with_fallback(&decoders, &self.tokenizer, &setup, &fallback, rng, stop)
         };
         let r = run(prompt, rng)?;
         if !previous_text
@@ -1080,8 +1148,8 @@ impl WhisperModel {
         }
         let min_s = self.min_encode_s(opts);
         let (mel, frames) = self.window_mel(audio);
-        let cross = self.encode_window(&mel, frames, min_s)?;
-        let (language, _) = self.resolve_language(opts, Some(&cross))?;
+        let enc = self.encode_window(&mel, frames, min_s)?;
+        let (language, _) = self.resolve_language(opts, Some(&enc.cross))?;
         let sot_sequence = self.sot_sequence(&language, opts.task);
         let mut prompt_tokens = prompt.to_vec();
         if prompt_tokens.is_empty()
@@ -1095,7 +1163,7 @@ impl WhisperModel {
         let max_ts = (encoded < N_FRAMES).then_some(encoded as u32 / 2);
         let mut rng = Rng::new(0x5eed ^ audio.len() as u64);
         let (r, prompted) = self.decode_conditioned(
-            &cross,
+            &enc,
             opts,
             &sot_sequence,
             &prompt_tokens,
@@ -1134,7 +1202,7 @@ impl WhisperModel {
             let mut last_speech = 0.0;
             self.add_words(
                 &mut segments,
-                &cross,
+                &enc.cross,
                 &sot_sequence,
                 frames,
                 &language,
@@ -1230,9 +1298,9 @@ impl WhisperModel {
             chunk[..n].copy_from_slice(&avail[..n]);
             chunk[n..].fill(0.0);
             let window = self.mel.compute(&chunk);
-            let cross = self.encode_window(&window, segment_frames, min_s)?;
+            let enc = self.encode_window(&window, segment_frames, min_s)?;
             if language.is_none() {
-                let l = self.resolve_language(opts, Some(&cross))?;
+                let l = self.resolve_language(opts, Some(&enc.cross))?;
                 let _ = observe(Progress::Language {
                     code: &l.0,
                     probs: &l.1,
@@ -1244,7 +1312,7 @@ impl WhisperModel {
             let encoded = Self::encoded_frames(segment_frames, min_s);
             let max_ts = (encoded < N_FRAMES).then_some(encoded as u32 / 2);
             let (r, kept_prompt) = self.decode_conditioned(
-                &cross,
+                &enc,
                 opts,
                 &sot_sequence,
                 &all_tokens[prompt_reset_since..],
@@ -1286,7 +1354,7 @@ impl WhisperModel {
             if opts.word_timestamps && !current.is_empty() {
                 self.add_words(
                     &mut current,
-                    &cross,
+                    &enc.cross,
                     &sot_sequence,
                     segment_frames,
                     &lang,

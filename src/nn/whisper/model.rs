@@ -765,7 +765,7 @@ pub struct DecoderOutput {
 }
 
 impl Decoder {
-    fn load(vb: VarBuilder<'_>, cfg: &Config) -> Result<Self> {
+    pub(crate) fn load(vb: VarBuilder<'_>, cfg: &Config) -> Result<Self> {
         let d = cfg.d_model;
         let h = cfg.decoder_attention_heads;
         let layers = (0..cfg.decoder_layers)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use super::decode::{DecodeSetup, Rng, apply_filters, decode_once};
+use super::decode::{DecodeSetup, Decoders, Rng, TaughtWords, apply_filters, decode_once};
 use super::model::{Config, DecoderState, Whisper};
 use super::tokenizer::WhisperTokenizer;
 use super::*;
@@ -26,9 +26,26 @@ const SPECIALS: [&str; 8] = [
 ];
 
 fn tiny_tokenizer() -> tokenizers::Tokenizer {
+    let pieces: Vec<String> = (0..N_TEXT).map(|i| format!("w{i}")).collect();
+    pieces_tokenizer(&pieces, false)
+}
+
+/// Text tokens " a" .. " t": byte-level pieces that each start a one-letter word.
+fn letter_tokenizer() -> tokenizers::Tokenizer {
+    let pieces: Vec<String> = (0..N_TEXT as u8)
+        .map(|i| format!("\u{120}{}", (b'a' + i) as char))
+        .collect();
+    pieces_tokenizer(&pieces, true)
+}
+
+/// `pieces` as text tokens 0.. (at most [`N_TEXT`], padded), then the specials. With
+/// `byte_level`, `\u{120}` (Ġ) in a piece decodes to a space, as in Whisper's GPT-2 vocabulary.
+fn pieces_tokenizer(pieces: &[String], byte_level: bool) -> tokenizers::Tokenizer {
+    assert!(pieces.len() <= N_TEXT as usize);
     let mut vocab = serde_json::Map::new();
-    for i in 0..N_TEXT {
-        vocab.insert(format!("w{i}"), (i).into());
+    for i in 0..N_TEXT as usize {
+        let piece = pieces.get(i).cloned().unwrap_or_else(|| format!("pad{i}"));
+        vocab.insert(piece, i.into());
     }
     let added: Vec<serde_json::Value> = SPECIALS
         .iter()
@@ -41,11 +58,18 @@ fn tiny_tokenizer() -> tokenizers::Tokenizer {
     for (k, s) in SPECIALS.iter().enumerate() {
         vocab.insert(s.to_string(), (N_TEXT + k as u32).into());
     }
+    let decoder = if byte_level {
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
+            "use_regex": false})
+    } else {
+        serde_json::Value::Null
+    };
+    let unk = pieces[0].clone();
     let json = serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+        "decoder": decoder,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": unk}
     });
     tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap()
 }
@@ -105,9 +129,11 @@ fn tiny_net(seed: u64) -> Whisper {
 }
 
 fn tiny_model(seed: u64) -> WhisperModel {
-    let net = tiny_net(seed);
-    let tok =
-        WhisperTokenizer::from_tokenizer(tiny_tokenizer(), net.config.vocab_size, false).unwrap();
+    model_with(tiny_net(seed), tiny_tokenizer())
+}
+
+fn model_with(net: Whisper, tokenizer: tokenizers::Tokenizer) -> WhisperModel {
+    let tok = WhisperTokenizer::from_tokenizer(tokenizer, net.config.vocab_size, false).unwrap();
     WhisperModel::from_parts(
         net,
         tok,
@@ -118,6 +144,7 @@ fn tiny_model(seed: u64) -> WhisperModel {
             q8_layers: false,
             q8_encoder: false,
             pad_to_30s: true,
+            decode_scope: None,
         },
     )
     .unwrap()
@@ -439,13 +466,18 @@ fn greedy_and_beam_decode_random_model() {
 
     // Beam search never scores below greedy on the same window (same filters, same start).
     let (mel, frames) = model.window_mel(&audio);
-    let cross = model.encode_window(&mel, frames, 30.0).unwrap();
+    let enc = model.encode_window(&mel, frames, 30.0).unwrap();
     let setup = setup_for(&model, &ungated());
     let mut rng = Rng::new(1);
-    let g = decode_once(&model.net, &model.tokenizer, &cross, &setup, 0.0, &mut rng).unwrap();
+    let d = Decoders {
+        net: &model.net,
+        cross: &enc.cross,
+        guide: None,
+    };
+    let g = decode_once(&d, &model.tokenizer, &setup, 0.0, &mut rng).unwrap();
     let mut setup5 = setup.clone();
     setup5.beam_size = 4;
-    let b = decode_once(&model.net, &model.tokenizer, &cross, &setup5, 0.0, &mut rng).unwrap();
+    let b = decode_once(&d, &model.tokenizer, &setup5, 0.0, &mut rng).unwrap();
     let score = |r: &super::decode::DecodingResult| {
         r.avg_logprob * (r.tokens.len() + 1) as f32 / r.tokens.len().max(1) as f32
     };
@@ -460,15 +492,7 @@ fn greedy_and_beam_decode_random_model() {
     // Sampling at temperature > 0 with best_of runs too.
     let mut setup_s = setup.clone();
     setup_s.best_of = 2;
-    let s = decode_once(
-        &model.net,
-        &model.tokenizer,
-        &cross,
-        &setup_s,
-        0.7,
-        &mut rng,
-    )
-    .unwrap();
+    let s = decode_once(&d, &model.tokenizer, &setup_s, 0.7, &mut rng).unwrap();
     assert_eq!(s.temperature, 0.7);
 }
 
@@ -681,4 +705,224 @@ fn real_tiny_en_long_form_keeps_every_window_of_speech() {
     let (errors, words) = text::word_errors(&reference, &t.text);
     let wer = errors as f32 / words as f32;
     assert!(wer < 0.06, "WER {:.1}%: {}", 100.0 * wer, t.text);
+}
+
+#[test]
+fn the_word_rule_follows_word_pieces() {
+    let pieces: Vec<String> = [
+        "ĠHello", ",", "Ġmy", "Ġname", "Ġis", "ĠB", "ess", "Ġbest", "Ġwood", "bl", "ax", "ĠZor",
+        "Ġbe", "Ġ(", "ĠBess",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    let tok = WhisperTokenizer::from_tokenizer(
+        pieces_tokenizer(&pieces, true),
+        tiny_config().vocab_size,
+        false,
+    )
+    .unwrap();
+    let id = |p: &str| pieces.iter().position(|x| x == p).unwrap() as u32;
+    let words = TaughtWords::new(&["Bess".into(), "Zorblax".into()], &[]);
+    let spells = |seq: &[&str], next: &str| {
+        let seq: Vec<u32> = seq.iter().map(|p| id(p)).collect();
+        super::decode::spells_word(&tok, &seq, id(next), &words)
+    };
+    assert!(spells(&["ĠHello", ",", "Ġmy", "Ġname", "Ġis"], "ĠB"));
+    assert!(spells(&["Ġis", "ĠB"], "ess"));
+    assert!(spells(&["Ġis"], "ĠBess"));
+    assert!(spells(&["Ġ("], "ĠBess"));
+    assert!(spells(&["ĠZor"], "bl"));
+    assert!(spells(&["ĠZor", "bl"], "ax"));
+    // The common word, the name with punctuation after it (the base decides that), and a
+    // word the adapter should not respell ("wood blocks" is not "woodblax").
+    assert!(!spells(&["Ġis"], "Ġbest"));
+    assert!(!spells(&["Ġis", "ĠB", "ess"], ","));
+    assert!(!spells(&["Ġwood"], "bl"));
+    assert!(!spells(&["Ġis"], "Ġmy"));
+    // The common word "be" is not the start of "Bess": the examples write the name with a
+    // capital. An adapter that knows only the normalised word matches in any case.
+    assert!(!spells(&["Ġis"], "Ġbe"));
+    let folded = TaughtWords::new(&[], &["bess".into()]);
+    let seq = vec![id("Ġis")];
+    assert!(super::decode::spells_word(&tok, &seq, id("Ġbe"), &folded));
+    assert!(super::decode::spells_word(&tok, &seq, id("ĠBess"), &folded));
+    // Specials and timestamps are never the adapter's.
+    let seq = vec![id("Ġis")];
+    assert!(!super::decode::spells_word(&tok, &seq, tok.eot, &words));
+    assert!(!super::decode::spells_word(
+        &tok,
+        &seq,
+        tok.timestamp_begin,
+        &words
+    ));
+}
+
+#[test]
+fn a_word_scoped_decode_is_the_base_off_the_words() {
+    let audio = chirp(4.0);
+    // The "adapted" network is seed 5; the "base" decoder is seed 6, reading the same encoder.
+    let scoped = |base_seed: u64, words: Vec<String>| {
+        let mut m = model_with(tiny_net(5), letter_tokenizer());
+        m.guide = Some(Guide {
+            decoder: tiny_net(base_seed).decoder,
+            words: TaughtWords::new(&words, &[]),
+        });
+        m
+    };
+    let base_only = model_with(
+        Whisper {
+            encoder: tiny_net(5).encoder,
+            decoder: tiny_net(6).decoder,
+            config: tiny_config(),
+        },
+        letter_tokenizer(),
+    );
+    let adapted_only = model_with(tiny_net(5), letter_tokenizer());
+    let tokens = |m: &WhisperModel, beam: usize| {
+        let (mel, frames) = m.window_mel(&audio);
+        let enc = m.encode_window(&mel, frames, 30.0).unwrap();
+        let mut setup = setup_for(m, &ungated());
+        setup.beam_size = beam;
+        let d = Decoders {
+            net: &m.net,
+            cross: &enc.cross,
+            guide: m.guide.as_ref().zip(enc.base.as_ref()),
+        };
+        decode_once(&d, &m.tokenizer, &setup, 0.0, &mut Rng::new(1))
+            .unwrap()
+            .tokens
+    };
+    let letters: Vec<String> = (b'a'..b'a' + N_TEXT as u8)
+        .map(|c| (c as char).to_string())
+        .collect();
+    for beam in [1, 3] {
+        // No word to spell: every token is the base decoder's, beams and caches in step.
+        assert_eq!(tokens(&scoped(6, vec![]), beam), tokens(&base_only, beam));
+        // A base identical to the adapter changes nothing.
+        assert_eq!(
+            tokens(&scoped(5, letters.clone()), beam),
+            tokens(&adapted_only, beam)
+        );
+    }
+    // Every text token spells a word: the adapter decides where it wants text the base does
+    // not, and nowhere else.
+    let base = tokens(&base_only, 1);
+    let mixed = tokens(&scoped(6, letters), 1);
+    let first = (0..mixed.len().min(base.len()))
+        .find(|&i| mixed[i] != base[i])
+        .expect("the adapter never decided a token");
+    assert!(mixed[first] < base_only.tokenizer().eot, "{mixed:?}");
+}
+
+#[test]
+fn the_adapter_decides_its_words_where_they_start_and_end() {
+    let pieces: Vec<String> = ["ĠTell", "ĠBes", "s", "Ġbest", ",", "Ġthat", "nacht"]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let vocab = tiny_config().vocab_size;
+    let tok =
+        WhisperTokenizer::from_tokenizer(pieces_tokenizer(&pieces, true), vocab, false).unwrap();
+    let id = |p: &str| pieces.iter().position(|x| x == p).unwrap() as u32;
+    let setup = DecodeSetup {
+        initial_tokens: vec![],
+        sot_index: 0,
+        without_timestamps: true,
+        suppress: vec![],
+        begin_suppress: vec![],
+        max_initial_timestamp_index: None,
+        max_timestamp_index: None,
+        sample_len: 10,
+        has_previous_text: false,
+        beam_size: 1,
+        best_of: 1,
+    };
+    let guide = Guide {
+        decoder: tiny_net(1).decoder,
+        words: TaughtWords::new(&["Bess".into()], &["bess".into()]),
+    };
+    let row = |scores: &[(&str, f32)]| {
+        let mut r = vec![-10f32; vocab];
+        for &(p, v) in scores {
+            r[id(p) as usize] = v;
+        }
+        r
+    };
+    let choose = |seq: &[&str], adapter: &[(&str, f32)], base: &[(&str, f32)]| {
+        let seq: Vec<u32> = seq.iter().map(|p| id(p)).collect();
+        let r = super::decode::choose_row(
+            (row(adapter), Some(row(base))),
+            &seq,
+            &setup,
+            &tok,
+            Some(&guide),
+        );
+        pieces[super::decode::argmax(&r.0) as usize].clone()
+    };
+    // 1. The adapter's choice starts the word.
+    assert_eq!(
+        choose(&["ĠTell"], &[("ĠBes", 5.)], &[("Ġbest", 5.)]),
+        "ĠBes"
+    );
+    // 2. After the word, the adapter decides where it ends.
+    let after = choose(
+        &["ĠTell", "ĠBes", "s"],
+        &[("Ġthat", 5.), ("nacht", 1.)],
+        &[("nacht", 5.)],
+    );
+    assert_eq!(after, "Ġthat");
+    // 3. The adapter wanted a comma first, then the name, and the base the common word.
+    let ranked = choose(
+        &["ĠTell"],
+        &[(",", 5.), ("ĠBes", 4.), ("Ġbest", 1.)],
+        &[("Ġbest", 5.)],
+    );
+    assert_eq!(ranked, "ĠBes");
+    // Elsewhere the base decides: the adapter too ranks the name below the base's word, or no
+    // taught word is in sight.
+    let below = choose(
+        &["ĠTell"],
+        &[("Ġthat", 5.), ("Ġbest", 3.), ("ĠBes", 2.)],
+        &[("Ġbest", 5.)],
+    );
+    assert_eq!(below, "Ġbest");
+    assert_eq!(choose(&["ĠTell"], &[("Ġthat", 5.)], &[(",", 5.)]), ",");
+}
+
+#[test]
+fn word_scoping_refuses_an_adapter_that_changes_the_encoder() {
+    let meta = adapter::AdapterMeta {
+        schema: 1,
+        base: "tiny".into(),
+        base_sha256: String::new(),
+        method: adapter::Method::Lora,
+        rank: 1,
+        alpha: 2.0,
+        freeze: "none".into(),
+        ready: true,
+        gate: "test".into(),
+        new_words: vec!["bess".into()],
+        decode_scope: adapter::DecodeScope::Words,
+        spellings: vec!["Bess".into()],
+        trained_at: String::new(),
+        base_path: None,
+    };
+    let changed = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+    let merged = adapter::Merged {
+        meta,
+        base_dir: PathBuf::new(),
+        tensors: std::collections::HashMap::new(),
+        originals: [("model.encoder.layers.0.fc1.weight".to_string(), changed)].into(),
+    };
+    let opts = LoadOptions::default();
+    let err = WhisperModel::guide(Path::new("a"), &merged, &tiny_config(), &opts).unwrap_err();
+    assert!(err.to_string().contains("model.encoder"), "{err}");
+    // Scoped to all tokens, nothing is asked of the base decoder.
+    let all = LoadOptions {
+        decode_scope: Some(adapter::DecodeScope::All),
+        ..LoadOptions::default()
+    };
+    let guide = WhisperModel::guide(Path::new("a"), &merged, &tiny_config(), &all).unwrap();
+    assert!(guide.is_none());
 }
