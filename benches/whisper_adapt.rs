@@ -8,16 +8,19 @@
 //! clips from the held-out voices (`train::synth::Voice::held_out`: whole speakers never used
 //! for training), the adapter is trained with the defaults, and the base model, the base with a
 //! prompt, the base with hotwords and the adapter are scored on the test clips (WER, recall of
-//! the word).
+//! the word), the adapter both as installed (deciding only the tokens of its word) and deciding
+//! every token (`decode_scope` all).
 //!
 //! `cargo bench --profile dev --config 'profile.dev.opt-level=3' --bench whisper_adapt`
 //! (`HARK_ADAPT_SETS=bess` picks sets; `HARK_ADAPT_REPLAY_LOSS=ce` replays with cross-entropy
-//! instead of distillation; `HARK_ADAPT_LORA_SCOPE=cross` adapts cross-attention only; needs tiny.en, the synthesisers and
+//! instead of distillation; `HARK_ADAPT_LORA_SCOPE=cross` adapts cross-attention only;
+//! `HARK_ADAPT_DECODE_SCOPE=all` trains for decoding every token, at that scope's learning rate;
+//! needs tiny.en, the synthesisers and
 //! `../shared/data/speech` for the default replay and regression sets).
 
 use std::{path::Path, time::Instant};
 
-use hark::nn::whisper::{DecodeOptions, WhisperModel};
+use hark::nn::whisper::{DecodeOptions, LoadOptions, WhisperModel, adapter::DecodeScope};
 use hark::train::{
     synth::Engine,
     whisper::{self, AdaptOptions, ExamplesOptions},
@@ -144,6 +147,14 @@ fn main() {
         );
         let base = WhisperModel::load(&base_dir).expect("base");
         let adapted = WhisperModel::load(&out).expect("adapter");
+        let unscoped = WhisperModel::load_with(
+            &out,
+            &LoadOptions {
+                decode_scope: Some(DecodeScope::All),
+                ..Default::default()
+            },
+        )
+        .expect("adapter");
         let clips = whisper::load_clips(&test).expect("test clips");
         let words = vec![set.to_string()];
         let runs: Vec<(&str, &WhisperModel, DecodeOptions)> = vec![
@@ -165,6 +176,11 @@ fn main() {
                 },
             ),
             ("tiny.en + adapter", &adapted, DecodeOptions::default()),
+            (
+                "tiny.en + adapter, every token",
+                &unscoped,
+                DecodeOptions::default(),
+            ),
         ];
         for (name, m, opts) in runs {
             let s = whisper::score_set(m, &clips, &words, &opts).expect("scoring");

@@ -181,7 +181,8 @@ struct AdaptArgs {
     /// frozen and at least one new word) keeps every other word as the base model writes it.
     #[arg(long, value_enum, default_value = "words")]
     decode_scope: DecodeScopeArg,
-    /// Learning rate (default: 1e-3 for LoRA, 1e-5 for full fine-tuning).
+    /// Learning rate (default: 2e-3 for LoRA with --decode-scope words, 1e-3 for LoRA with
+    /// --decode-scope all, 1e-5 for full fine-tuning).
     #[arg(long)]
     lr: Option<f64>,
     /// Optimiser steps (on tiny.en with 15 examples the example loss is ~0.01 by step 20; more

@@ -104,7 +104,8 @@ pub struct AdaptOptions {
     /// Which tokens the adapted model decides when it transcribes (`Words` falls back to `All`
     /// when the encoder is trained or there is no new word).
     pub decode_scope: DecodeScope,
-    /// None: 1e-3 for LoRA, 1e-5 for full fine-tuning.
+    /// None: 2e-3 for LoRA with word-scoped decoding, 1e-3 for LoRA deciding every token,
+    /// 1e-5 for full fine-tuning.
     pub lr: Option<f64>,
     pub steps: usize,
     pub batch: usize,
@@ -1137,9 +1138,24 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
         ));
     }
 
-    let lr = opts.lr.unwrap_or(match method {
-        Method::Lora => 1e-3,
-        Method::Full => 1e-5,
+    let decode_scope = match opts.decode_scope {
+        DecodeScope::Words if words.is_empty() || opts.freeze.trains_encoder() => {
+            tracing::warn!(
+                "Decoding is not scoped to the new words: scoping needs at least one new word \
+                 and the encoder frozen (the base decoder reads the same audio encoding)."
+            );
+            DecodeScope::All
+        }
+        s => s,
+    };
+    // Word-scoped decoding keeps the base's every other word, so the update no longer has to
+    // stay small for their sake: at 2e-3 Bess's held-out recall rose from 86 % to 92 % (two
+    // seeds, 96 clips) with regression WER unchanged; decoding every token, 1e-3 was already
+    // at the gate's limit.
+    let lr = opts.lr.unwrap_or(match (method, decode_scope) {
+        (Method::Lora, DecodeScope::Words) => 2e-3,
+        (Method::Lora, DecodeScope::All) => 1e-3,
+        (Method::Full, _) => 1e-5,
     });
     let mut opt = candle_nn::AdamW::new(
         net.vars(),
@@ -1264,16 +1280,6 @@ pub fn adapt(opts: &AdaptOptions) -> Result<AdaptReport, TrainError> {
         path: adapter_path.clone(),
         reason: e.to_string(),
     })?;
-    let decode_scope = match opts.decode_scope {
-        DecodeScope::Words if words.is_empty() || opts.freeze.trains_encoder() => {
-            tracing::warn!(
-                "Decoding is not scoped to the new words: scoping needs at least one new word \
-                 and the encoder frozen (the base decoder reads the same audio encoding)."
-            );
-            DecodeScope::All
-        }
-        s => s,
-    };
     let base_name = opts
         .model
         .file_name()

@@ -90,8 +90,8 @@ pub struct AdapterMeta {
     /// Which tokens the adapted decoder decides (absent: all of them).
     #[serde(default)]
     pub decode_scope: DecodeScope,
-    /// `new_words` as the examples write them ("Bess"), which word-scoped decoding matches
-    /// with their case; absent: `new_words` in any case.
+    /// `new_words` as the examples write them ("Bess"): word-scoped decoding matches a
+    /// spelling with a capital in its case, a lower-case one in any case. Absent: `new_words`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spellings: Vec<String>,
     /// UTC, RFC 3339.

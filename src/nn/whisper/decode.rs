@@ -22,30 +22,24 @@ pub(crate) struct Guide {
     pub words: TaughtWords,
 }
 
-/// The words an adapter was taught, as word-scoped decoding matches them.
+/// The words an adapter was taught, as word-scoped decoding matches them: a spelling with a
+/// capital ("Bess", as the examples write it) is matched with its case, so that the common word
+/// "be" is not taken for the start of "Bess"; a lower-case one (a normalised word, all that is
+/// known of a word the examples never write) in any case.
 #[derive(Debug, Clone)]
 pub(crate) struct TaughtWords {
     spellings: Vec<String>,
-    /// Match without regard to case: only the normalised (lower-case) words are known.
-    fold_case: bool,
 }
 
 impl TaughtWords {
-    /// Words as the examples write them ("Bess"): matched with their case, so that the common
-    /// word "be" is not taken for the start of "Bess". With none, the normalised `words` are
-    /// matched in any case.
+    /// `spellings` as the examples write the words; with none, the normalised `words`.
     pub fn new(spellings: &[String], words: &[String]) -> Self {
-        if spellings.is_empty() {
-            Self {
-                spellings: words.iter().map(|w| w.to_lowercase()).collect(),
-                fold_case: true,
-            }
+        let spellings = if spellings.is_empty() {
+            words.iter().map(|w| w.to_lowercase()).collect()
         } else {
-            Self {
-                spellings: spellings.to_vec(),
-                fold_case: false,
-            }
-        }
+            spellings.to_vec()
+        };
+        Self { spellings }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -57,25 +51,29 @@ impl TaughtWords {
         &self.spellings
     }
 
-    fn fold(&self, word: &str) -> String {
+    /// Whether `word` (leading punctuation aside) relates to a taught spelling by `test`,
+    /// compared in the spelling's case rule.
+    fn any(&self, word: &str, test: impl Fn(&str, &str) -> bool) -> bool {
         let word = word.trim_start_matches(|c: char| !c.is_alphanumeric());
-        if self.fold_case {
-            word.to_lowercase()
-        } else {
-            word.to_string()
-        }
+        let lower = word.to_lowercase();
+        !word.is_empty()
+            && self.spellings.iter().any(|w| {
+                if w.chars().any(char::is_uppercase) {
+                    test(w, word)
+                } else {
+                    test(w, &lower)
+                }
+            })
     }
 
-    /// `word` (leading punctuation aside) is a non-empty prefix of a taught word.
+    /// `word` is a non-empty prefix of a taught word.
     fn starts(&self, word: &str) -> bool {
-        let word = self.fold(word);
-        !word.is_empty() && self.spellings.iter().any(|w| w.starts_with(&word))
+        self.any(word, |w, x| w.starts_with(x))
     }
 
-    /// `word` (leading punctuation aside) is a taught word.
+    /// `word` is a taught word.
     fn is_word(&self, word: &str) -> bool {
-        let word = self.fold(word);
-        self.spellings.contains(&word)
+        self.any(word, |w, x| w == x)
     }
 }
 
