@@ -1,9 +1,10 @@
-//! Whisper adapters end to end: an adapter trained by `hark-train whisper-adapt` (the fixture
-//! `tests/fixtures/adapt/bess`, LoRA r8 on tiny.en's decoder, taught "Bess" from 15 synthetic
-//! clips) is swapped in with `ReloadModel` while audio streams, compared with its base through
-//! `Transcribe`'s model field, and broken adapters are refused while the old model keeps
-//! serving. The test sentences are spoken by voices the adapter never heard (flite and
-//! festival's `slt`). Needs the real tiny.en weights; skips when they are absent.
+//! Whisper adapters end to end: an adapter trained by `hark-train whisper-adapt` with its
+//! defaults (the fixture `tests/fixtures/adapt/bess`: LoRA r8 on tiny.en's decoder, taught
+//! "Bess" from 15 synthetic clips, word-scoped) is swapped in with `ReloadModel` while audio
+//! streams, compared with its base through `Transcribe`'s model field, and broken adapters are
+//! refused while the old model keeps serving. The test sentences are spoken by voices the
+//! adapter never heard (flite and festival's `slt`). Needs the real tiny.en weights; skips when
+//! they are absent.
 
 use std::{path::Path, time::Duration};
 
@@ -102,6 +103,13 @@ async fn a_reloaded_adapter_hears_the_new_name_mid_stream_and_broken_ones_are_re
     assert_eq!(
         s.name, "tiny.en",
         "a one-shot model must not change the active one"
+    );
+    // The adapter decides only the tokens of its word: speech without the name comes out as
+    // the base model writes it.
+    let jfk_bytes = std::fs::read(repo().join("tests/fixtures/jfk.flac")).unwrap();
+    assert_eq!(
+        transcribe(&mut client, &jfk_bytes, "bess").await,
+        transcribe(&mut client, &jfk_bytes, "").await
     );
 
     // Stream JFK, swap to the adapter while it plays, then the sentences with the name.
