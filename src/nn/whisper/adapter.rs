@@ -13,6 +13,10 @@
 //!
 //! The adapter records the sha256 of the base weights it was trained on and is refused on any
 //! other base: a LoRA product added to different weights is noise.
+//!
+//! `decode_scope` says which tokens the adapted decoder decides: all of them, or only those
+//! that spell its new words, the base decoder deciding the rest ([`DecodeScope::Words`]; then
+//! [`Merged::originals`] rebuild the base decoder beside the adapted one).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

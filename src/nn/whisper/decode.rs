@@ -2,7 +2,9 @@
 //! the temperature fallback around it. Follows openai/whisper `decoding.py` (`DecodingTask`,
 //! `SuppressBlank`, `SuppressTokens`, `ApplyTimestampRules`, `GreedyDecoder`,
 //! `BeamSearchDecoder`, `MaximumLikelihoodRanker`) and `transcribe.py` (`decode_with_fallback`,
-//! with faster-whisper's choice of the best attempt when every temperature fails).
+//! with faster-whisper's choice of the best attempt when every temperature fails). A
+//! word-scoped adapter decodes with the base decoder beside the adapted one ([`Guide`],
+//! [`choose_row`]).
 
 use std::collections::HashMap;
 
