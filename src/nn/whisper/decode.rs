@@ -22,6 +22,9 @@ use crate::nn::NnError;
 pub(crate) struct Guide {
     pub decoder: Decoder,
     pub words: TaughtWords,
+    /// The adapter changed the cross-attention key or value projections, so the base decoder
+    /// needs its own keys and values of the audio (otherwise it reads the adapted decoder's).
+    pub own_cross: bool,
 }
 
 /// The words an adapter was taught, as word-scoped decoding matches them: a spelling with a

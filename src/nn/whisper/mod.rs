@@ -272,7 +272,7 @@ pub struct WhisperModel {
 }
 
 /// One encoded window: cross-attention keys/values for the model's decoder, and for the base
-/// decoder when decoding is word-scoped.
+/// decoder when decoding is word-scoped and the adapter changed how they are projected.
 struct Encoded {
     cross: CrossKv,
     base: Option<CrossKv>,
@@ -461,16 +461,10 @@ impl WhisperModel {
             path: weights_path.clone(),
             reason: e.to_string(),
         };
-        let (adapter_meta, tensors, guide) = match merged {
-            Some(m) => {
-                let guide = Self::guide(dir, &m, &config, opts)?;
-                (Some(m.meta), m.tensors, guide)
-            }
-            None => (
-                None,
-                candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(invalid)?,
-                None,
-            ),
+        let tensors = match &merged {
+            // The map's tensors are shared, not copied: the base decoder reuses them.
+            Some(m) => m.tensors.clone(),
+            None => candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(invalid)?,
         };
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let mut net = Whisper::load(vb, config.clone()).map_err(invalid)?;
@@ -487,19 +481,26 @@ impl WhisperModel {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "whisper".into());
+        let guide = match &merged {
+            Some(m) => Self::guide(dir, m, &config, opts, &net.decoder)?,
+            None => None,
+        };
         let mut model = Self::from_parts(net, tokenizer, name, generation, opts)?;
-        model.adapter = adapter_meta;
+        model.adapter = merged.map(|m| m.meta);
         model.guide = guide;
         Ok(model)
     }
 
     /// The base decoder of a word-scoped adapter: the merged weights with the tensors the
-    /// adapter changed put back (the rest are shared, not copied).
+    /// adapter changed put back. The rest are shared with the adapted decoder `main`, and so
+    /// are its output projection and cross-attention keys/values when the adapter leaves the
+    /// embedding and those projections alone (LoRA does).
     fn guide(
         dir: &Path,
         m: &adapter::Merged,
         config: &Config,
         opts: &LoadOptions,
+        main: &model::Decoder,
     ) -> Result<Option<Guide>, NnError> {
         let scope = opts.decode_scope.unwrap_or(m.meta.decode_scope);
         let words = TaughtWords::new(&m.meta.spellings, &m.meta.new_words);
@@ -523,13 +524,25 @@ impl WhisperModel {
         tensors.extend(m.originals.iter().map(|(k, t)| (k.clone(), t.clone())));
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         let mut decoder = model::Decoder::load(vb.pp("model.decoder"), config)?;
-        if opts.q8_output {
-            decoder.quantize_output(true)?;
+        if m.originals
+            .contains_key("model.decoder.embed_tokens.weight")
+        {
+            decoder.quantize_output(opts.q8_output)?;
+        } else {
+            decoder.share_output(main);
         }
         if opts.q8_layers {
             decoder.quantize_layers(true)?;
         }
-        Ok(Some(Guide { decoder, words }))
+        let own_cross = m
+            .originals
+            .keys()
+            .any(|k| k.contains(".encoder_attn.k_proj.") || k.contains(".encoder_attn.v_proj."));
+        Ok(Some(Guide {
+            decoder,
+            words,
+            own_cross,
+        }))
     }
 
     fn from_parts(
@@ -781,8 +794,8 @@ impl WhisperModel {
         Ok(Encoded {
             cross: self.net.decoder.cross_kv(&features)?,
             base: match &self.guide {
-                Some(g) => Some(g.decoder.cross_kv(&features)?),
-                None => None,
+                Some(g) if g.own_cross => Some(g.decoder.cross_kv(&features)?),
+                _ => None,
             },
         })
     }
@@ -991,7 +1004,10 @@ impl WhisperModel {
             let decoders = Decoders {
                 net: &self.net,
                 cross: &enc.cross,
-                guide: self.guide.as_ref().zip(enc.base.as_ref()),
+                guide: self
+                    .guide
+                    .as_ref()
+                    .map(|g| (g, enc.base.as_ref().unwrap_or(&enc.cross))),
             };
             decode_with_fallback(&decoders, &self.tokenizer, &setup, &fallback, rng, stop)
         };

@@ -750,7 +750,8 @@ pub struct Decoder {
     positions: Tensor,
     layers: Vec<DecoderLayer>,
     ln: LayerNorm,
-    output: OutputProjection,
+    /// Shared with the base decoder of a word-scoped adapter, which reads the same embedding.
+    output: std::sync::Arc<OutputProjection>,
     n_ctx: usize,
 }
 
@@ -782,7 +783,7 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         let embed_tokens = vb.get((cfg.vocab_size, d), "embed_tokens.weight")?;
         Ok(Self {
-            output: OutputProjection::F32,
+            output: std::sync::Arc::new(OutputProjection::F32),
             embed_tokens,
             positions: vb.get((cfg.max_target_positions, d), "embed_positions.weight")?,
             layers,
@@ -803,7 +804,7 @@ impl Decoder {
 
     /// Replaces the f32 output projection with an int8 copy (per-row scales; or back).
     pub fn quantize_output(&mut self, int8: bool) -> Result<()> {
-        self.output = if int8 {
+        self.output = std::sync::Arc::new(if int8 {
             let (v, d) = self.embed_tokens.dims2()?;
             let packed = if qgemm::available() {
                 with_f32(&self.embed_tokens, |w| PackedI8::quantize(w, v, d))?
@@ -818,8 +819,14 @@ impl Decoder {
             }
         } else {
             OutputProjection::F32
-        };
+        });
         Ok(())
+    }
+
+    /// Uses `other`'s output projection (int8 or not) in place of this decoder's: for two
+    /// decoders with the same token embedding, one copy of the largest matrix.
+    pub(crate) fn share_output(&mut self, other: &Decoder) {
+        self.output = std::sync::Arc::clone(&other.output);
     }
 
     /// Gives every decoder linear layer an int8 copy for decode steps (or drops them).
@@ -843,7 +850,7 @@ impl Decoder {
 
     /// True when the output projection is int8.
     pub fn output_is_int8(&self) -> bool {
-        !matches!(self.output, OutputProjection::F32)
+        !matches!(*self.output, OutputProjection::F32)
     }
 
     /// Cross-attention keys/values of the encoder output `xa` (1, S, D).
@@ -926,7 +933,7 @@ impl Decoder {
         let (n, d) = hidden.dims2()?;
         let (v, _) = self.embed_tokens.dims2()?;
         let h = hidden.to_dtype(DType::F32)?.contiguous()?;
-        let out = with_f32(&h, |x| match &self.output {
+        let out = with_f32(&h, |x| match &*self.output {
             OutputProjection::F32 => with_f32(&self.embed_tokens, |w| matmul_f32(x, d, w, v, None)),
             OutputProjection::I8(q) => Ok(matmul_i8(x, q)),
             OutputProjection::Packed(q) => Ok(qgemm::matmul(x, q, None)),

@@ -769,6 +769,8 @@ fn a_word_scoped_decode_is_the_base_off_the_words() {
         m.guide = Some(Guide {
             decoder: tiny_net(base_seed).decoder,
             words: TaughtWords::new(&words, &[]),
+            // Another network: its own cross-attention projections.
+            own_cross: true,
         });
         m
     };
@@ -843,6 +845,7 @@ fn the_adapter_decides_its_words_where_they_start_and_end() {
     let guide = Guide {
         decoder: tiny_net(1).decoder,
         words: TaughtWords::new(&["Bess".into()], &["bess".into()]),
+        own_cross: false,
     };
     let row = |scores: &[(&str, f32)]| {
         let mut r = vec![-10f32; vocab];
@@ -918,13 +921,15 @@ fn word_scoping_refuses_an_adapter_that_changes_the_encoder() {
         originals: [("model.encoder.layers.0.fc1.weight".to_string(), changed)].into(),
     };
     let opts = LoadOptions::default();
-    let err = WhisperModel::guide(Path::new("a"), &merged, &tiny_config(), &opts).unwrap_err();
+    let main = tiny_net(1).decoder;
+    let err =
+        WhisperModel::guide(Path::new("a"), &merged, &tiny_config(), &opts, &main).unwrap_err();
     assert!(err.to_string().contains("model.encoder"), "{err}");
     // Scoped to all tokens, nothing is asked of the base decoder.
     let all = LoadOptions {
         decode_scope: Some(adapter::DecodeScope::All),
         ..LoadOptions::default()
     };
-    let guide = WhisperModel::guide(Path::new("a"), &merged, &tiny_config(), &all).unwrap();
+    let guide = WhisperModel::guide(Path::new("a"), &merged, &tiny_config(), &all, &main).unwrap();
     assert!(guide.is_none());
 }
