@@ -330,7 +330,8 @@ pub fn obtain_and_install(
 }
 
 fn model_card(onnx: &[u8]) -> String {
-    let pin = BASIC_PITCH_WHEEL;
+    let source =
+        super::onnx_card_source(&BASIC_PITCH_WHEEL, ONNX_MEMBER, onnx, "import-basic-pitch");
     format!(
         "# basic-pitch (polyphonic note transcription)\n\n\
          Spotify's Basic Pitch network (Bittner et al., \"A Lightweight Instrument-Agnostic \
@@ -339,22 +340,12 @@ fn model_card(onnx: &[u8]) -> String {
          posteriors for the 88 piano keys and a pitch contour at 1/3 semitone (264 bins). \
          hark runs it in plain Rust (`hark::nn::basic_pitch`) and decodes notes with the \
          package's `output_to_notes` algorithm (`hark::notes::poly`).\n\n\
-         ## Source\n\n\
-         | package | version | file | sha256 |\n|---|---|---|---|\n\
-         | {} | {} | {} | `{}` |\n\n\
-         Member `{ONNX_MEMBER}` ({} bytes, sha256 `{}`), converted to f32 safetensors by \
-         `harkd models import-basic-pitch` (no retraining, no quantisation).\n\n\
+         {source}\
          ## Licence\n\nApache-2.0 (the `basic-pitch` package and its model weights).\n\n\
          ## Accuracy of the port\n\n\
          Golden test (`cargo test --lib basic_pitch`, fixture made by \
          `tests/fixtures/basic_pitch_golden.py` with ONNX Runtime on 2 s of a Bach chorale): \
-         max absolute difference of note, onset and contour posteriors {GOLDEN_MAX_ERROR}.\n",
-        pin.package,
-        pin.version,
-        pin.file,
-        pin.sha256,
-        onnx.len(),
-        super::sha256_bytes(onnx),
+         max absolute difference of note, onset and contour posteriors {GOLDEN_MAX_ERROR}.\n"
     )
 }
 

@@ -399,6 +399,29 @@ impl<C> Converted<C> {
     }
 }
 
+/// The "## Source" section of an ONNX import's model card: the pinned wheel, the member the
+/// graph came from with its size and digest, and the `harkd` command that converts it.
+pub(crate) fn onnx_card_source(
+    pin: &fetch::WheelPin,
+    member: &str,
+    onnx: &[u8],
+    command: &str,
+) -> String {
+    format!(
+        "## Source\n\n\
+         | package | version | file | sha256 |\n|---|---|---|---|\n\
+         | {} | {} | {} | `{}` |\n\n\
+         Member `{member}` ({} bytes, sha256 `{}`), converted to f32 safetensors by \
+         `harkd models {command}` (no retraining, no quantisation).\n\n",
+        pin.package,
+        pin.version,
+        pin.file,
+        pin.sha256,
+        onnx.len(),
+        sha256_bytes(onnx),
+    )
+}
+
 /// A network converted from an ONNX member of a pinned wheel, ready to be written as a hark
 /// model directory (the ONNX importers share this).
 pub(crate) struct OnnxImport<'a, C: Serialize> {

@@ -309,7 +309,7 @@ pub fn obtain_and_install(
 }
 
 fn model_card(onnx: &[u8]) -> String {
-    let pin = SWIFT_F0_WHEEL;
+    let source = super::onnx_card_source(&SWIFT_F0_WHEEL, ONNX_MEMBER, onnx, "import-swift-f0");
     format!(
         "# swift-f0 (monophonic pitch posterior)\n\n\
          SwiftF0 (Lars Nieradzik, \"SwiftF0: Fast and Accurate Monophonic Pitch Detection\", \
@@ -318,24 +318,14 @@ fn model_card(onnx: &[u8]) -> String {
          plain Rust (`hark::nn::swift_f0`) and uses the softmax of its logits as the prior its \
          pYIN tracker reweights F0 candidates by (`hark::notes::pitch::PitchPrior`); the \
          network's own voicing head is not used.\n\n\
-         ## Source\n\n\
-         | package | version | file | sha256 |\n|---|---|---|---|\n\
-         | {} | {} | {} | `{}` |\n\n\
-         Member `{ONNX_MEMBER}` ({} bytes, sha256 `{}`), converted to f32 safetensors by \
-         `harkd models import-swift-f0` (no retraining, no quantisation).\n\n\
+         {source}\
          ## Licence\n\nMIT (the `swift-f0` package and its model weights), \
          Copyright (c) 2025-2026 Lars Nieradzik.\n\n\
          ## Accuracy of the port\n\n\
          Golden test (`cargo test --lib swift_f0`, fixture made by \
          `tests/fixtures/swift_f0_golden.py` with ONNX Runtime on a rendered voice and a real \
          flute): max absolute \
-         difference of the pitch logits {GOLDEN_MAX_ERROR}.\n",
-        pin.package,
-        pin.version,
-        pin.file,
-        pin.sha256,
-        onnx.len(),
-        super::sha256_bytes(onnx),
+         difference of the pitch logits {GOLDEN_MAX_ERROR}.\n"
     )
 }
 

@@ -205,18 +205,11 @@ impl BasicPitch {
         for (name, shape, sw, (ph, pw)) in names::CONVS {
             let w = take(&format!("{name}.weight"), &shape)?;
             let b = take(&format!("{name}.bias"), &shape[..1])?;
-            let [cout, cin, kh, kw] = shape;
             convs.push(Conv2d {
-                cin,
-                cout,
-                kh,
-                kw,
                 sw,
-                dw: 1,
                 ph,
                 pw: (pw, pw),
-                w,
-                b,
+                ..Conv2d::new(shape, w, b)
             });
         }
         let mut convs = convs.into_iter();

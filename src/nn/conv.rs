@@ -47,6 +47,23 @@ pub(super) struct Conv2d {
 const CHUNK_VALUES: usize = 256 * 1024;
 
 impl Conv2d {
+    /// A convolution of `[cout, cin, kh, kw]` weights (OIHW) and bias, unit stride and
+    /// dilation, no padding; the networks set their geometry with struct update syntax.
+    pub fn new([cout, cin, kh, kw]: [usize; 4], w: Vec<f32>, b: Vec<f32>) -> Self {
+        Self {
+            cin,
+            cout,
+            kh,
+            kw,
+            sw: 1,
+            dw: 1,
+            ph: 0,
+            pw: (0, 0),
+            w,
+            b,
+        }
+    }
+
     pub fn out_w(&self, w: usize) -> usize {
         (w + self.pw.0 + self.pw.1 - self.dw * (self.kw - 1) - 1) / self.sw + 1
     }
@@ -215,17 +232,14 @@ mod tests {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
+        let weights = (0..4 * 3 * 5 * 7).map(|_| rnd()).collect();
+        let bias = (0..4).map(|_| rnd()).collect();
         let c = Conv2d {
-            cin: 3,
-            cout: 4,
-            kh: 5,
-            kw: 7,
             sw,
             dw,
             ph: 2,
             pw,
-            w: (0..4 * 3 * 5 * 7).map(|_| rnd()).collect(),
-            b: (0..4).map(|_| rnd()).collect(),
+            ..Conv2d::new([4, 3, 5, 7], weights, bias)
         };
         let (h, w) = (9, 31);
         let x: Vec<f32> = (0..3 * h * w).map(|_| rnd()).collect();

@@ -213,18 +213,11 @@ impl SwiftF0 {
         for (name, shape, dw, ph, pw) in names::CONVS {
             let w = take(&format!("{name}.weight"), Some(&shape))?;
             let b = take(&format!("{name}.bias"), Some(&shape[..1]))?;
-            let [cout, cin, kh, kw] = shape;
             convs.push(Conv2d {
-                cin,
-                cout,
-                kh,
-                kw,
-                sw: 1,
                 dw,
                 ph,
                 pw,
-                w,
-                b,
+                ..Conv2d::new(shape, w, b)
             });
         }
         if let Some(extra) = map.keys().next() {

@@ -403,14 +403,15 @@ pub(crate) fn choose_row(
         return (base, Some(row));
     }
     let words = &guide.words;
-    if spells_word(tok, seq, wanted, words) || ends_in_word(tok, seq, words) {
+    let tail = tail_word(tok, seq);
+    if spells_after(tok, &tail, wanted, words) || words.is_word(&tail) {
         return (row, Some(base));
     }
     let ranked = top_k(&row, WORD_RANK);
     let word = ranked
         .iter()
         .take_while(|&&(v, _)| v > row[said as usize])
-        .find(|&&(_, t)| spells_word(tok, seq, t, words));
+        .find(|&&(_, t)| spells_after(tok, &tail, t, words));
     match word {
         Some(&(v, _)) => {
             for &(above, t) in &ranked {
@@ -437,21 +438,30 @@ fn token_logprob((row, other): &RowPair, token: u32) -> f32 {
     }
 }
 
-/// Whether the text of `seq` ends in a taught word.
-fn ends_in_word(tok: &WhisperTokenizer, seq: &[u32], words: &TaughtWords) -> bool {
+/// The word the text of `seq` ends in (empty after a space): decoded once per choice, since
+/// every rule of [`choose_row`] reads it.
+fn tail_word(tok: &WhisperTokenizer, seq: &[u32]) -> String {
     let text = tok.decode(seq).unwrap_or_default();
-    !text.ends_with(char::is_whitespace)
-        && words.is_word(text.rsplit(char::is_whitespace).next().unwrap_or_default())
+    text.rsplit(char::is_whitespace)
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
-/// Whether appending `next` to `seq` starts or continues a taught word: the word that `next`
-/// ends is a prefix of one.
+/// Whether appending `next` to `seq` starts or continues a taught word.
+#[cfg(test)]
 pub(crate) fn spells_word(
     tok: &WhisperTokenizer,
     seq: &[u32],
     next: u32,
     words: &TaughtWords,
 ) -> bool {
+    spells_after(tok, &tail_word(tok, seq), next, words)
+}
+
+/// Whether `next`, after text ending in the word `tail`, starts or continues a taught word:
+/// the word that `next` ends is a prefix of one.
+fn spells_after(tok: &WhisperTokenizer, tail: &str, next: u32, words: &TaughtWords) -> bool {
     if next >= tok.eot {
         return false;
     }
@@ -459,14 +469,10 @@ pub(crate) fn spells_word(
         return false;
     };
     if piece.starts_with(char::is_whitespace) {
-        return words.starts(piece.trim_start());
+        words.starts(piece.trim_start())
+    } else {
+        words.starts(&format!("{tail}{piece}"))
     }
-    let before = tok.decode(seq).unwrap_or_default();
-    let tail = before
-        .rsplit(char::is_whitespace)
-        .next()
-        .unwrap_or_default();
-    words.starts(&format!("{tail}{piece}"))
 }
 
 /// One decode at one temperature (greedy, sampling, or beam search at temperature 0 with
