@@ -43,7 +43,9 @@ Variation so that a model generalises:
 Labels are the pitch that sounds, which is the MIDI key except where the soundfont's patch sounds
 an octave or two below it: FluidR3's drawbar organ (16) has its strongest partials at a quarter
 and a half of the key's frequency, so its waveform repeats two octaves down and a pitch
-tracker (like an ear) puts it there; its percussive organ (17) one octave down. `sounding_shift` measures this per
+tracker (like an ear) puts it there; its percussive and rock organs (17, 18) one octave down
+(their registrations hold a 16' stop: partials at 1/2, 1, 3/2, 2 and 3 times the key's
+frequency, a harmonic series on the sub-octave). `sounding_shift` measures this per
 program by rendering a probe note (the MIDI files keep the keys that were played), and
 `--relabel` rewrites the TSVs of splits rendered before it existed. The ranges below are
 sounding ranges, so those patches are played that much higher.
@@ -499,12 +501,18 @@ _SHIFTS = {}
 
 def sounding_shift(program):
     """Semitones from the MIDI key to the pitch the FluidR3 patch sounds: -12 * k for the
-    largest k in 1..2 whose sub-octave (key frequency / 2**k) is within 6 dB of the probe
-    note's strongest partial, else 0. Only the organs have such partials: the drawbar organ's
-    quarter and half (-1 and 0 dB, the key's own frequency -5 dB), the percussive organ's half
-    (0 dB, the key -8 dB). The rock organ's half is 8 dB under the key: a single partial, not
-    the base of a series, so the key is its pitch (other programs: 18 dB down or less). The
-    probe is the middle of the program's range, 0.6 s of it after a 0.3 s attack."""
+    largest k in 1..2 whose sub-octave (key frequency / 2**k) is the base of the tone's
+    harmonic series, else 0. It is when that partial is within 6 dB of the probe note's
+    strongest, or within 10 dB with its own 3rd harmonic (3/2**k times the key's frequency, a
+    partial the key's series lacks) also within 10 dB: then the waveform repeats at the
+    sub-octave. Only the organs have such partials (levels at 1/4, 1/2, 1, 3/2 of the key's
+    frequency, dB): drawbar organ (16) -1, 0, -5, -15; percussive organ (17) -73, 0, -8, -9;
+    rock organ (18) -80, -8, 0, -9 (middle C; -2 and -9 dB an octave higher). An earlier
+    version looked at the sub-octave alone, took the rock organ's for a single partial 8 dB
+    under the key and labelled its key; pYIN hears it an octave down, as organists hear a 16'
+    stop (SwiftF0 put it two octaves up). Other programs: the
+    sub-octave 18 dB down or less. The probe is the middle of the program's range, 0.6 s of
+    it after a 0.3 s attack."""
     if program in _SHIFTS:
         return _SHIFTS[program]
     key = sum(RANGES[program]) // 2
@@ -532,7 +540,8 @@ def sounding_shift(program):
 
     shift = 0
     for k in (1, 2):
-        if level_db(f0 / 2 ** k) > -6.0:
+        sub = level_db(f0 / 2 ** k)
+        if sub > -6.0 or (sub > -10.0 and level_db(3 * f0 / 2 ** k) > -10.0):
             shift = -12 * k
     _SHIFTS[program] = shift
     return shift
