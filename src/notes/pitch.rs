@@ -333,6 +333,10 @@ pub struct PitchFrame {
     pub rms_db: f32,
     /// Half-wave rectified log-spectral flux against the frame two hops back (onset cue).
     pub flux: f32,
+    /// Spectral power of the analysis window by pitch class (C = 0), summed over 0.5-5 kHz
+    /// (the harmonics a 64 ms window resolves to a semitone): where a new note's pitch class
+    /// began to sound, before its pitch took over (zero in frames too quiet to analyse).
+    pub chroma: [f32; 12],
 }
 
 /// An F0 candidate of one frame: a YIN trough.
@@ -351,6 +355,7 @@ struct Pending {
     p_voiced: f32,
     rms_db: f32,
     flux: f32,
+    chroma: [f32; 12],
     /// Best predecessor of each state (voiced bins, then unvoiced bins).
     back: Vec<u16>,
 }
@@ -386,6 +391,12 @@ pub struct PitchTracker {
     spec: Vec<Complex32>,
     log_mag: VecDeque<Vec<f32>>,
     diff: Vec<f32>,
+    /// `(FFT bin, pitch class)` of the bins the chroma sums.
+    chroma_bins: Vec<(usize, u8)>,
+    chroma_fft: Arc<dyn Fft<f32>>,
+    chroma_window: Vec<f32>,
+    chroma_spec: Vec<Complex32>,
+    chroma: [f32; 12],
     // Decoder state: log-probability of the best path into each state.
     delta: Vec<f32>,
     next_delta: Vec<f32>,
@@ -407,6 +418,11 @@ impl std::fmt::Debug for PitchTracker {
 const FLUX_WIN: usize = 512;
 /// Spectral bins used by the flux (up to 5 kHz at 16 kHz: the harmonics that carry onsets).
 const FLUX_BINS: usize = 160;
+/// Lowest frequency the chroma sums (Hz): below it a 64 ms Hann window's main lobe (+-31 Hz)
+/// is wider than a semitone.
+const CHROMA_MIN_HZ: f32 = 500.0;
+/// Highest frequency the chroma sums (Hz): the harmonics that tell pitch classes apart.
+const CHROMA_MAX_HZ: f32 = 5000.0;
 /// Half of the span (samples) the level is measured over: 20 ms around the frame centre.
 const LEVEL_HALF: usize = 160;
 
@@ -436,11 +452,23 @@ impl PitchTracker {
         let fwd = planner.plan_fft_forward(fft_n);
         let inv = planner.plan_fft_inverse(fft_n);
         let spec_fft = planner.plan_fft_forward(FLUX_WIN);
+        let chroma_fft = planner.plan_fft_forward(p.frame);
         let scratch_len = fwd
             .get_inplace_scratch_len()
             .max(inv.get_inplace_scratch_len())
-            .max(spec_fft.get_inplace_scratch_len());
+            .max(spec_fft.get_inplace_scratch_len())
+            .max(chroma_fft.get_inplace_scratch_len());
         let states = 2 * n_bins;
+        let chroma_bins = (1..p.frame / 2)
+            .filter_map(|k| {
+                let hz = k as f32 * sr / p.frame as f32;
+                if !(CHROMA_MIN_HZ..=CHROMA_MAX_HZ).contains(&hz) {
+                    return None;
+                }
+                let midi = 69.0 + 12.0 * (hz / 440.0).log2();
+                Some((k, (midi.round() as i32).rem_euclid(12) as u8))
+            })
+            .collect();
         Self {
             n_bins,
             tau_min,
@@ -465,6 +493,11 @@ impl PitchTracker {
             spec: vec![Complex32::default(); FLUX_WIN],
             log_mag: VecDeque::new(),
             diff: vec![0.0; p.frame / 2 + 1],
+            chroma_bins,
+            chroma_fft,
+            chroma_window: crate::dsp::stft::hann_window(p.frame),
+            chroma_spec: vec![Complex32::default(); p.frame],
+            chroma: [0.0; 12],
             delta: vec![-(states as f32).ln(); states],
             next_delta: vec![0.0; states],
             pending: VecDeque::new(),
@@ -580,9 +613,11 @@ impl PitchTracker {
             10.0 * (e + 1e-12).log10()
         };
         let flux = self.flux();
+        self.chroma = [0.0; 12];
         let (candidates, p_voiced) = if rms_db < self.p.silence_db {
             (Vec::new(), 0.0)
         } else {
+            self.chroma();
             let (mut cands, p_voiced) = self.candidates();
             let t_s = index as f64 * self.p.frame_s();
             match &mut self.prior {
@@ -628,6 +663,23 @@ impl PitchTracker {
         }
         self.log_mag.push_back(mag);
         flux
+    }
+
+    /// The current frame's power by pitch class (Hann window over the whole frame).
+    fn chroma(&mut self) {
+        for ((d, s), w) in self
+            .chroma_spec
+            .iter_mut()
+            .zip(&self.frame)
+            .zip(&self.chroma_window)
+        {
+            *d = Complex32::new(s * w, 0.0);
+        }
+        self.chroma_fft
+            .process_with_scratch(&mut self.chroma_spec, &mut self.scratch);
+        for &(k, class) in &self.chroma_bins {
+            self.chroma[usize::from(class)] += self.chroma_spec[k].norm_sqr();
+        }
     }
 
     /// pYIN's F0 candidates of the current frame and its voicing probability.
@@ -800,6 +852,7 @@ impl PitchTracker {
             p_voiced,
             rms_db,
             flux,
+            chroma: self.chroma,
             back,
         });
     }
@@ -835,6 +888,7 @@ impl PitchTracker {
             p_voiced: f.p_voiced,
             rms_db: f.rms_db,
             flux: f.flux,
+            chroma: f.chroma,
         }
     }
 }
@@ -897,6 +951,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_chroma_hears_the_pitch_class_through_the_harmonics() {
+        // A5 (880 Hz): its class (9) gets the 1st and 2nd harmonics, the fifth (E, 4) only
+        // the 3rd.
+        let frames = track(&tone(880.0, 0.5, &[1.0, 0.5, 0.3]), PitchParams::default());
+        let mid = &frames[frames.len() / 2];
+        let class = argmax(&mid.chroma);
+        assert_eq!(class, 9, "{:?}", mid.chroma);
+        assert!(mid.chroma[9] > 2.0 * mid.chroma[4], "{:?}", mid.chroma);
+        // Silence has none.
+        let quiet = track(&vec![0.0; 8000], PitchParams::default());
+        assert!(quiet.iter().all(|f| f.chroma == [0.0; 12]));
     }
 
     /// A prior of 95 bins over SwiftF0's range, every frame a narrow peak at `hz`.
