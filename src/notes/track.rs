@@ -231,8 +231,9 @@ const BEHIND: usize = 64;
 /// and the shared melodies with the change alone (note F1, micro): held-out-instrument
 /// renders 0.911 -> 0.918, training instruments 0.903 -> 0.903, `test` 0.842 -> 0.845,
 /// shared synth mono 0.921 -> 0.923; no file lost more than one note. 15 dB read 0.917,
-/// 0.901, 0.846, 0.921. Without the [`RISE_SWELL`] test the walk ran back over an overtone of
-/// the old note and cost the training-instrument renders 0.004-0.010.
+/// 0.901, 0.846, 0.921. A chroma of the unwindowed frame from 55 Hz, which leaks into the
+/// neighbouring classes of low notes, cost the training-instrument renders 0.010 (0.004 with
+/// the [`RISE_SWELL`] test) by walking back over the old note's overtones.
 const RISE_DB: f32 = 10.0;
 /// How far before the onset a pitch class's rise is looked for (frames): 300 ms.
 const RISE_LOOKBACK: u64 = 30;
