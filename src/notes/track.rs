@@ -7,9 +7,10 @@
 //! trained on rendered melodies: it hears legato repeats and slow attacks) when one is loaded,
 //! and from two rules in any case: a spectral-flux peak with a rise in level, and a level dip
 //! with a voicing dip (a breath or consonant). A pitch change's note starts at the detector's
-//! peak before it (else at the flux peak for a jump, or where a glide began). A note ends after
-//! `gap_frames` unvoiced frames or where the next note starts. Its pitch is the median F0 of its
-//! frames; its velocity follows its loudest early frame.
+//! peak before it (else at the flux peak for a jump, or where a glide began), or, where no
+//! voice sings, earlier still where its pitch class began to rise under the old note's
+//! release. A note ends after `gap_frames` unvoiced frames or where the next note starts. Its
+//! pitch is the median F0 of its frames; its velocity follows its loudest early frame.
 //!
 //! Everything is streaming: [`MonoTracker::push`] returns the pitch frames decided so far and
 //! the notes that have ended, so a live client gets a note shortly after it stops sounding.
@@ -1120,10 +1121,10 @@ mod tests {
         assert_eq!(one.len(), 1, "{one:?}");
     }
 
-    /// A slow attack under a release: the pitch reads C for 40 frames, then G, while G's pitch
-    /// class (7) rises from frame `rise_from` (power 0.001, x1.5 a frame up to 1; never under
-    /// `g_before`) and C's (0) stays at 1. Returns the second note's start frame, with or without a
-    /// voice singing.
+    /// A slow attack under a release: the pitch reads C for 40 frames, then G, while G's
+    /// pitch class (7) rises from frame `rise_from` (power 0.001, x1.5 a frame up to 1; never
+    /// under `g_before`) and C's (0) stays at 1. Returns the second note's start frame, with
+    /// or without a voice singing.
     fn second_start(rise_from: usize, g_before: f32, voice: bool) -> f64 {
         let mut frames = flat_frames(&[60.0; 40]);
         frames.extend(flat_frames(&[67.0; 40]));
