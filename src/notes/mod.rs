@@ -58,6 +58,11 @@ pub fn hz_to_midi(hz: f64) -> f64 {
     69.0 + 12.0 * (hz / 440.0).log2()
 }
 
+/// Pitch class (C = 0 ... B = 11) of the nearest note to a fractional MIDI note number.
+pub fn pitch_class(midi: f64) -> usize {
+    (midi.round() as i64).rem_euclid(12) as usize
+}
+
 /// Which transcriber to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

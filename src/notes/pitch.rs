@@ -465,8 +465,8 @@ impl PitchTracker {
                 if !(CHROMA_MIN_HZ..=CHROMA_MAX_HZ).contains(&hz) {
                     return None;
                 }
-                let midi = 69.0 + 12.0 * (hz / 440.0).log2();
-                Some((k, (midi.round() as i32).rem_euclid(12) as u8))
+                let class = super::pitch_class(super::hz_to_midi(f64::from(hz)));
+                Some((k, class as u8))
             })
             .collect();
         Self {

@@ -20,6 +20,7 @@ use std::{collections::VecDeque, sync::Arc};
 use super::{
     Note, hz_to_midi,
     pitch::{PitchFrame, PitchParams, PitchPrior, PitchTracker},
+    pitch_class,
 };
 use crate::nn::onset::{OnsetDetector, OnsetModel};
 use crate::nn::sound::SoundClassifier;
@@ -652,12 +653,11 @@ impl Segmenter {
         let start = if merged {
             done.start
         } else {
-            let start = if self.voice {
+            let s = if self.voice {
                 start
             } else {
                 self.rise_start(start, done.start, f.index, new_pitch, done.median())
             };
-            let s = start;
             self.emit(done, s, quick, out);
             s
         };
@@ -684,7 +684,7 @@ impl Segmenter {
         new_pitch: f32,
         old_pitch: f32,
     ) -> u64 {
-        let class = |m: f32| (m.round() as i32).rem_euclid(12) as usize;
+        let class = |m: f32| pitch_class(f64::from(m));
         let c = class(new_pitch);
         if class(old_pitch) == c {
             return start;
