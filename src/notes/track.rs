@@ -7,9 +7,10 @@
 //! trained on rendered melodies: it hears legato repeats and slow attacks) when one is loaded,
 //! and from two rules in any case: a spectral-flux peak with a rise in level, and a level dip
 //! with a voicing dip (a breath or consonant). A pitch change's note starts at the detector's
-//! peak before it (else at the flux peak for a jump, or where a glide began), or, where no
-//! voice sings, earlier still where its pitch class began to rise under the old note's
-//! release. A note ends after `gap_frames` unvoiced frames or where the next note starts. Its
+//! peak before it (but not at the peak the note before began at, when that note had a clear
+//! pitch of its own: a fast legato run), else at the flux peak for a jump, or where a glide
+//! began, or, where no voice sings, earlier still where its pitch class began to rise under
+//! the old note's release. A note ends after `gap_frames` unvoiced frames or where the next note starts. Its
 //! pitch is the median F0 of its frames; its velocity follows its loudest early frame.
 //!
 //! Everything is streaming: [`MonoTracker::push`] returns the pitch frames decided so far and
