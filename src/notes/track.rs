@@ -1406,7 +1406,7 @@ mod tests {
         assert_eq!(notes_of(&frames, &probs, None), vec![(77, 20)]);
         // Nor a blip after silence that ends in silence.
         let blip = after_silence(10, &[78.0f32; 10]);
-        assert!(notes_of(&blip, &vec![0.01; 20], Some(false)).is_empty());
+        assert!(notes_of(&blip, &[0.01; 20], Some(false)).is_empty());
     }
 
     #[test]
