@@ -128,20 +128,37 @@ struct Building {
     head: Vec<(u64, f32)>,
     /// Begun while a voice sang (the segmenter's voice gate held).
     voice: bool,
-    /// Begun at a quick pitch step from the note before (see [`Segmenter::is_stepped_note`]).
-    stepped: bool,
-    /// Begun at a confirmed pitch change, so its pitch is its own (a note split off at an
-    /// onset may still be the old pitch ringing in the analysis window).
-    changed: bool,
-    /// Begun after silence (its attack is where the sound began).
-    after_silence: bool,
-    /// Ended at a quick pitch step into the next note.
-    stepped_out: bool,
+    /// How it began.
+    begin: Begin,
+}
+
+/// How a note began.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Begin {
+    /// After silence: its attack is where the sound began.
+    Silence,
+    /// At an onset (or merged into the note an onset began), where the pitch before it may
+    /// still ring in the analysis window.
+    Onset,
+    /// At a confirmed pitch change, so its pitch is its own; `step`: a quick step from the
+    /// note before ([`Segmenter::is_step`]).
+    Change { step: bool },
+}
+
+/// How a note ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum End {
+    /// At a quick pitch step into the next note.
+    Step,
+    /// At an onset, or silence followed.
+    Cut,
+    /// At a slower pitch change (a glide).
+    Glide,
 }
 
 impl Building {
     /// A note from frame `start`, sung when `voice` (the voice gate held there).
-    fn new(start: u64, voice: bool) -> Self {
+    fn new(start: u64, voice: bool, begin: Begin) -> Self {
         Self {
             start,
             midis: Vec::new(),
@@ -154,10 +171,7 @@ impl Building {
             first_deviant_midi: 0.0,
             head: Vec::new(),
             voice,
-            stepped: false,
-            changed: false,
-            after_silence: false,
-            stepped_out: false,
+            begin,
         }
     }
 
@@ -198,6 +212,11 @@ fn median(v: &[f32]) -> f32 {
 /// 0.12 s minimum (16th notes at 125 beats/min, for one).
 fn lasts(frame_s: f64, frames: u64, secs: f64) -> bool {
     frames as f64 * frame_s >= secs - 1e-9
+}
+
+/// The fewest frames of `frame_s` seconds that last `secs` (as [`lasts`] counts).
+fn frames_for(frame_s: f64, secs: f64) -> u64 {
+    ((secs - 1e-9) / frame_s).ceil() as u64
 }
 
 /// Whether a short note's pitch holds within [`STRUCK_SPREAD`] once its attack is past (the
@@ -392,7 +411,7 @@ impl Segmenter {
         let end = self.behind.back().map_or(0, |f| f.index + 1);
         if let Some(b) = self.cur.take() {
             let end = end - b.unvoiced_run as u64;
-            self.emit(b, end, true, &mut out);
+            self.emit(b, end, End::Cut, &mut out);
         }
         out
     }
@@ -573,8 +592,8 @@ impl Segmenter {
             let midi = hz_to_midi(f64::from(f.hz)) as f32;
             match self.cur.as_mut() {
                 None => {
-                    let mut b = Building::new(self.attack_start(f.index), self.voice);
-                    b.after_silence = true;
+                    let start = self.attack_start(f.index);
+                    let mut b = Building::new(start, self.voice, Begin::Silence);
                     b.add(&f, midi);
                     self.cur = Some(b);
                 }
@@ -606,8 +625,8 @@ impl Segmenter {
                         }
                     } else if onset && long_enough {
                         let done = self.cur.take().expect("current note");
-                        self.emit(done, f.index, true, out);
-                        let mut nb = Building::new(f.index, self.voice);
+                        self.emit(done, f.index, End::Cut, out);
+                        let mut nb = Building::new(f.index, self.voice, Begin::Onset);
                         nb.add(&f, midi);
                         self.cur = Some(nb);
                     } else {
@@ -626,7 +645,7 @@ impl Segmenter {
             if b.unvoiced_run >= self.p.gap_frames {
                 let end = f.index + 1 - b.unvoiced_run as u64;
                 let done = self.cur.take().expect("current note");
-                self.emit(done, end, true, out);
+                self.emit(done, end, End::Cut, out);
             }
         }
         self.flux_hist.push_back(f.flux);
@@ -668,8 +687,9 @@ impl Segmenter {
         // split off at an onset, by contrast, may be the pitch before it ringing on in the
         // window, and the new note starts at that onset.)
         let clear = done.n > 0 && done.p_sum / done.n as f32 >= CLEAR_VOICING;
-        let floor = if done.changed && !attack && clear {
-            done.start + (self.p.min_onset_note_s / self.frame_s).round() as u64
+        let changed = matches!(done.begin, Begin::Change { .. });
+        let floor = if changed && !attack && clear {
+            done.start + frames_for(self.frame_s, self.p.min_onset_note_s)
         } else {
             0
         };
@@ -690,19 +710,20 @@ impl Segmenter {
         let start = if merged {
             done.start
         } else {
-            let mut done = done;
-            done.stepped_out = quick;
             let s = if self.voice {
                 start
             } else {
                 self.rise_start(start, done.start, f.index, new_pitch, done.median())
             };
-            self.emit(done, s, quick, out);
+            self.emit(done, s, if quick { End::Step } else { End::Glide }, out);
             s
         };
-        let mut nb = Building::new(start, self.voice);
-        nb.stepped = quick && !merged;
-        nb.changed = !merged;
+        let begin = if merged {
+            Begin::Onset
+        } else {
+            Begin::Change { step: quick }
+        };
+        let mut nb = Building::new(start, self.voice, begin);
         for (i, m) in dev {
             let g = self.frame(i).unwrap_or(*f);
             nb.add(&g, m);
@@ -737,7 +758,7 @@ impl Segmenter {
         let quiet = full * 10f32.powf(-RISE_DB / 10.0);
         let lo = start
             .saturating_sub(RISE_LOOKBACK)
-            .max(done_start + (self.p.min_note_s / self.frame_s).ceil() as u64)
+            .max(done_start + frames_for(self.frame_s, self.p.min_note_s))
             .max(self.last_end);
         let mut i = start;
         while i > lo {
@@ -809,23 +830,23 @@ impl Segmenter {
 
     /// Whether a short note `b` was a note of a fast legato run: no voice sings (the voice gate
     /// says so), it began at a quick pitch step from the note before, it ends at another one
-    /// (`step_end`; an onset or silence also counts) and its pitch holds within
+    /// (`end`; an onset or silence also counts) and its pitch holds within
     /// [`STRUCK_SPREAD`]. A legato run on a wind or bowed instrument has no attack for the
     /// detector to hear, only steps: the test renders' piccolo reel lost 23 of its 122 notes
     /// as too short, at 80-110 ms each. A note that began after silence and ends at a quick
     /// step counts too (a tune's first note: its attack out of silence is as clear a start).
     /// A singer's scoop also looks like this, which is why it needs the gate: without one the
     /// rule is off.
-    fn is_stepped_note(&self, b: &Building, step_end: bool) -> bool {
-        self.gated
-            && !b.voice
-            && (b.stepped && step_end || b.after_silence && b.stepped_out)
-            && holds(b)
+    fn is_stepped_note(&self, b: &Building, end: End) -> bool {
+        let run = matches!(
+            (b.begin, end),
+            (Begin::Change { step: true }, End::Step | End::Cut) | (Begin::Silence, End::Step)
+        );
+        self.gated && !b.voice && run && holds(b)
     }
 
-    /// Ends note `b` at frame `end` (`step_end`: the next note begins there at a quick pitch
-    /// step, or an onset, or silence follows) and sends it when it is long enough.
-    fn emit(&mut self, b: Building, end: u64, step_end: bool, out: &mut Vec<Note>) {
+    /// Ends note `b` at frame `end` (`how` it ended) and sends it when it is long enough.
+    fn emit(&mut self, b: Building, end: u64, how: End, out: &mut Vec<Note>) {
         if b.n == 0 || end <= b.start {
             return;
         }
@@ -835,7 +856,7 @@ impl Segmenter {
         let frames = end - b.start;
         let long_enough = lasts(self.frame_s, frames, self.p.min_note_s)
             || (lasts(self.frame_s, frames, self.p.min_onset_note_s)
-                && (self.is_struck_note(&b, end) || self.is_stepped_note(&b, step_end)));
+                && (self.is_struck_note(&b, end) || self.is_stepped_note(&b, how)));
         if !long_enough || confidence < self.p.min_confidence {
             return;
         }
