@@ -130,6 +130,9 @@ struct Building {
     voice: bool,
     /// How it began.
     begin: Begin,
+    /// Its frames' power per pitch class, summed (which key sounds when the F0 reads between
+    /// two).
+    chroma: [f32; 12],
 }
 
 /// How a note began.
@@ -172,6 +175,7 @@ impl Building {
             head: Vec::new(),
             voice,
             begin,
+            chroma: [0.0; 12],
         }
     }
 
@@ -186,6 +190,36 @@ impl Building {
         if self.head.len() < VOWEL_FRAMES {
             self.head.push((f.index, f.rms_db));
         }
+        for (sum, p) in self.chroma.iter_mut().zip(f.chroma) {
+            *sum += p;
+        }
+    }
+
+    /// The key the note sounds and its pitch (fractional MIDI): the median F0, rounded, unless
+    /// that reads well between two keys ([`BETWEEN_KEYS`]) and the note's spectrum puts
+    /// [`BETWEEN_KEYS_RATIO`] times more power in the other key's pitch class. Then the F0 was
+    /// a blend (a crossfade: the old note rings on under the new one) and the pitch is the
+    /// median of the frames that read within a semitone of the key, or the key. Not for a
+    /// sung note: a voice sings between keys, and SSVD lost notes to the spectrum's choice.
+    fn key(&self) -> (f32, f32) {
+        let m = self.median();
+        let near = m.round();
+        let off = m - near;
+        if self.voice || off.abs() < BETWEEN_KEYS {
+            return (near, m);
+        }
+        let other = near + off.signum();
+        let power = |k: f32| self.chroma[pitch_class(f64::from(k))];
+        if power(other) <= BETWEEN_KEYS_RATIO * power(near) {
+            return (near, m);
+        }
+        let own: Vec<f32> = self
+            .midis
+            .iter()
+            .copied()
+            .filter(|x| (x - other).abs() < 0.5)
+            .collect();
+        (other, if own.is_empty() { other } else { median(&own) })
     }
 
     fn median(&self) -> f32 {
@@ -860,8 +894,8 @@ impl Segmenter {
         if !long_enough || confidence < self.p.min_confidence {
             return;
         }
-        let m = b.median();
-        let midi = m.round().clamp(0.0, 127.0);
+        let (key, m) = b.key();
+        let midi = key.clamp(0.0, 127.0);
         // -60 dBFS and below is pianissimo (1), full scale is 127.
         let velocity = (((b.peak_db + 60.0) / 60.0) * 126.0 + 1.0).clamp(1.0, 127.0);
         self.last_end = end;
@@ -875,6 +909,11 @@ impl Segmenter {
         });
     }
 }
+
+/// A note whose median F0 is this far from the nearest key (semitones) ...
+const BETWEEN_KEYS: f32 = 0.3;
+/// ... takes the other neighbouring key when its pitch class holds this many times the power.
+const BETWEEN_KEYS_RATIO: f32 = 2.0;
 
 /// Frames of a note's head (200 ms) searched for where its vowel begins.
 const VOWEL_FRAMES: usize = 20;
@@ -1185,6 +1224,39 @@ mod tests {
         let mut one = rules.push(&frames);
         one.extend(rules.finish());
         assert_eq!(one.len(), 1, "{one:?}");
+    }
+
+    /// 50 frames whose F0 reads 70.6 (a blend of A#4 and the B4 or C5 ringing on) with
+    /// `a_sharp` and `b` the power in A#'s and B's pitch classes; the note's (key, pitch).
+    fn crossfade_note(a_sharp: f32, b: f32, voice: bool) -> (u8, f32) {
+        let mut frames = flat_frames(&[70.6; 50]);
+        for (i, f) in frames.iter_mut().enumerate() {
+            if i >= 40 {
+                // The old note has faded: the last frames read the new one's own pitch.
+                f.hz = midi_to_hz(70.1) as f32;
+            }
+            (f.chroma[10], f.chroma[11]) = (a_sharp, b);
+        }
+        let mut s = Segmenter::new(SegmentParams::default(), 0.01);
+        s.push_voice(0, voice);
+        let mut notes = s.push(&frames);
+        notes.extend(s.finish());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        (
+            notes[0].midi,
+            f32::from(notes[0].midi) + notes[0].cents / 100.0,
+        )
+    }
+
+    #[test]
+    fn a_pitch_read_between_two_keys_takes_the_key_whose_class_sounds() {
+        let (key, pitch) = crossfade_note(1.0, 0.1, false);
+        assert_eq!(key, 70);
+        // Its pitch comes from the frames that read within a semitone of it.
+        assert!((pitch - 70.1).abs() < 0.01, "{pitch}");
+        // Rounding stands when the spectrum does not say otherwise, or a voice sings.
+        assert_eq!(crossfade_note(1.0, 1.0, false).0, 71);
+        assert_eq!(crossfade_note(1.0, 0.1, true).0, 71);
     }
 
     /// A slow attack under a release: the pitch reads C for 40 frames, then G, while G's
