@@ -177,8 +177,15 @@ impl PitchPrior {
     /// and the two nearest bins. Outside its pitch range: the mean over bins (no opinion).
     fn at(&self, t_s: f64, hz: f32) -> f32 {
         let neutral = 1.0 / self.bins as f32;
-        let pos = (hz / self.fmin).log2() / (self.fmax / self.fmin).log2() * (self.bins - 1) as f32;
-        if !(0.0..=(self.bins - 1) as f32).contains(&pos) {
+        // A pitch above the network's range has the weight of its octave below, which is
+        // where the network puts it: so the prior cannot pull a high note an octave down
+        // (SwiftF0 stops at 2094 Hz; a piccolo plays to 4 kHz) and pYIN decides between them.
+        if hz > self.fmax && hz <= 2.0 * self.fmax {
+            return self.at(t_s, hz / 2.0);
+        }
+        let top = (self.bins - 1) as f32;
+        let pos = (hz / self.fmin).log2() / (self.fmax / self.fmin).log2() * top;
+        if !(0.0..=top).contains(&pos) {
             return neutral;
         }
         if self.frames() == 0 {
@@ -1106,6 +1113,17 @@ mod tests {
         for (a, b) in elsewhere.iter().zip(&plain) {
             assert!((a.p_voiced - b.p_voiced).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn a_note_above_the_priors_range_is_not_pulled_an_octave_down() {
+        // A piccolo's D7 (2349 Hz) is above SwiftF0's 2094 Hz, which puts its mass on the
+        // octave below, where YIN also has a trough (two periods).
+        let x = tone(2349.0, 0.6, &[1.0, 0.5, 0.25]);
+        let mut t = PitchTracker::new(PitchParams::default()).with_prior(peaked_prior(1174.5, 40));
+        let mut out = t.push(&x);
+        out.extend(t.finish());
+        assert!(share_at(&out, 2349.0) > 0.9, "{}", share_at(&out, 2349.0));
     }
 
     /// A live prior holds frames back until their posterior exists, yet every frame comes out,
