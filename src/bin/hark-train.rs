@@ -314,6 +314,10 @@ struct NotesOnsetArgs {
     /// Versions of each training file: the first clean, the rest with noise and level changes.
     #[arg(long, default_value_t = 2)]
     copies: usize,
+    /// Share of the augmented versions played in a synthetic room (reverberation 0.2-1.2 s)
+    /// before the noise: a room's tail covers the next note's onset.
+    #[arg(long, default_value_t = 0.0)]
+    room_p: f32,
     /// Hidden channels of each convolution.
     #[arg(long, default_value_t = 32)]
     channels: usize,
@@ -805,6 +809,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             o.batch = a.batch;
             o.lr = a.lr;
             o.copies = a.copies;
+            o.room_p = a.room_p;
             o.seed = a.seed;
             o.config.channels = vec![a.channels; a.layers.max(1)];
             o.config.kernels = (0..a.layers.max(1))

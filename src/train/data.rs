@@ -249,6 +249,9 @@ pub struct AugmentConfig {
     /// Probability and range of a speed change (pitch and tempo together), as a factor.
     pub speed_p: f32,
     pub speed: (f32, f32),
+    /// Probability of playing the clip in a synthetic room ([`synthetic_room`]), before the
+    /// noise is added.
+    pub room_p: f32,
 }
 
 impl Default for AugmentConfig {
@@ -260,6 +263,7 @@ impl Default for AugmentConfig {
             snr_db: (0.0, 20.0),
             speed_p: 0.5,
             speed: (0.9, 1.1),
+            room_p: 0.0,
         }
     }
 }
@@ -296,6 +300,10 @@ impl<'a> Augment<'a> {
                 let k = self.rng.random_range(0..=max);
                 y.rotate_right(k);
             }
+        }
+        if c.room_p > 0.0 && self.rng.random::<f32>() < c.room_p {
+            let h = synthetic_room(&mut self.rng);
+            y = convolve(&y, &h);
         }
         if !self.noise.is_empty() && self.rng.random::<f32>() < c.noise_p {
             let (_, n) = &self.noise.clips[self.rng.random_range(0..self.noise.clips.len())];
@@ -363,6 +371,50 @@ pub fn convolve(x: &[f32], h: &[f32]) -> Vec<f32> {
     }
 }
 
+/// A random room impulse response (16 kHz) for augmentation: the direct sound at sample 0
+/// (so onsets stay where they were), 2-6 early reflections within 3-30 ms, and a diffuse tail
+/// of noise decaying with a reverberation time of 0.2-1.2 s, faster above ~1.5 kHz (air and
+/// walls absorb highs), at -6..+10 dB direct-to-reverberant ratio. Recorded responses are
+/// few and are kept for measuring (`hark-train eval notes --room`); a generated one is a
+/// different room every time, which is what a model that must work in rooms it never heard
+/// needs to see.
+pub fn synthetic_room(rng: &mut StdRng) -> Vec<f32> {
+    const SR: f32 = 16_000.0;
+    let rt60 = rng.random_range(0.2f32..=1.2);
+    let len = ((rt60 * SR) as usize).max(1);
+    let mut h = vec![0f32; len];
+    for _ in 0..rng.random_range(2..=6) {
+        let at = rng
+            .random_range((0.003 * SR) as usize..(0.03 * SR) as usize)
+            .min(len - 1);
+        let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+        h[at] += sign * rng.random_range(0.1f32..0.6);
+    }
+    // Two bands of noise (a one-pole low-pass and the rest), the upper one decaying at 0.6x
+    // the reverberation time: -60 dB at rt60 is a factor of 10^-3, ln(1000) = 6.91.
+    let onset = (0.005 * SR) as usize;
+    let (mut low, mut tail) = (0f32, vec![0f32; len]);
+    for (i, t) in tail.iter_mut().enumerate().skip(onset) {
+        let n: f32 = rng.random_range(-1.0..1.0);
+        low += 0.3 * (n - low);
+        let secs = i as f32 / SR;
+        *t = low * (-6.91 * secs / rt60).exp() + (n - low) * (-6.91 * secs / (0.6 * rt60)).exp();
+    }
+    let energy: f32 = tail.iter().map(|v| v * v).sum();
+    let drr_db = rng.random_range(-6.0f32..=10.0);
+    // Direct sound (energy 1) over the tail's energy is the ratio drawn.
+    let g = if energy > 0.0 {
+        (10f32.powf(-drr_db / 10.0) / energy).sqrt()
+    } else {
+        0.0
+    };
+    h[0] = 1.0;
+    for (a, t) in h.iter_mut().zip(&tail) {
+        *a += g * t;
+    }
+    h
+}
+
 /// The largest absolute sample.
 pub fn peak(x: &[f32]) -> f32 {
     x.iter().fold(0f32, |m, v| m.max(v.abs()))
@@ -404,6 +456,21 @@ pub fn write_wav(path: &Path, x: &[f32]) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_synthetic_room_starts_with_its_direct_sound_and_decays() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..20 {
+            let h = synthetic_room(&mut rng);
+            assert!((3_200..=19_200).contains(&h.len()), "{}", h.len());
+            // Nothing before the direct sound, which is the largest sample.
+            assert_eq!(peak(&h), h[0].abs());
+            let energy = |a: usize, b: usize| h[a..b].iter().map(|v| v * v).sum::<f32>();
+            let tenth = h.len() / 10;
+            // The tail decays: its last tenth holds far less energy than its second tenth.
+            assert!(energy(9 * tenth, h.len()) < 0.1 * energy(tenth, 2 * tenth));
+        }
+    }
 
     #[test]
     fn augmentation_is_deterministic_per_seed_and_never_clips() {

@@ -4,8 +4,9 @@
 //! Data: audio files with reference note files of the same stem (`x.flac` + `x.tsv`, as
 //! `hark-train eval notes` pairs them); `benches/notes_renders.py` renders such melodies from
 //! the music21 corpus with fluidsynth. Each file is used clean and in `copies - 1` augmented
-//! copies (real background noise at 5-35 dB SNR, level -24..+6 dB): the detector must fire on
-//! notes, not on the noise a phone records with them.
+//! copies (real background noise at 5-35 dB SNR, level -24..+6 dB, and with `--room-p` a
+//! synthetic room's reverberation first): the detector must fire on notes, not on the noise a
+//! phone records with them, and on a note under the tail of the one before it in a room.
 //!
 //! Targets: every reference onset marks its frame 1, the frames next to it 0.6 and the ones
 //! after those 0.2 (mir_eval accepts an onset within 50 ms, so a peak two frames off is still
@@ -63,6 +64,8 @@ pub struct OnsetTrainOptions {
     pub lr: f64,
     /// Versions of each training file (the first clean, the rest augmented).
     pub copies: usize,
+    /// Share of the augmented versions played in a synthetic room first.
+    pub room_p: f32,
     pub seed: u64,
     pub config: OnsetModelConfig,
 }
@@ -81,6 +84,7 @@ impl OnsetTrainOptions {
             crop: 256,
             lr: 2e-3,
             copies: 2,
+            room_p: 0.0,
             seed: 7,
             config: OnsetModelConfig::default(),
         }
@@ -177,6 +181,7 @@ fn analyse(x: &[f32], notes: Vec<Note>, cfg: &OnsetModelConfig, with_pitch: bool
 fn load_set(
     list: &[(String, PathBuf, PathBuf)],
     copies: usize,
+    room_p: f32,
     noise: &NoiseBank,
     cfg: &OnsetModelConfig,
     seed: u64,
@@ -206,6 +211,7 @@ fn load_set(
                                 snr_db: (5.0, 35.0),
                                 speed_p: 0.0,
                                 speed: (1.0, 1.0),
+                                room_p,
                             },
                             noise,
                             seed ^ ((h as u64) << 32) ^ i as u64,
@@ -359,6 +365,7 @@ pub fn train(opts: &OnsetTrainOptions) -> Result<OnsetOutcome, TrainError> {
     let train = load_set(
         &train_list,
         opts.copies,
+        opts.room_p,
         &noise,
         &cfg,
         opts.seed,
@@ -371,7 +378,7 @@ pub fn train(opts: &OnsetTrainOptions) -> Result<OnsetOutcome, TrainError> {
         .filter(|it| !it.pitch.is_empty())
         .take(30)
         .collect();
-    let dev = load_set(&dev_list, 1, &noise, &cfg, opts.seed, true, "dev data")?;
+    let dev = load_set(&dev_list, 1, 0.0, &noise, &cfg, opts.seed, true, "dev data")?;
     // Crops need whole windows: files shorter than a crop are padded by the sampler.
     let (mean, std) = band_stats(&train, m);
 
@@ -535,7 +542,8 @@ fn report_markdown(opts: &OnsetTrainOptions, o: &OnsetOutcome) -> String {
     let f = |v: Option<f32>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     let mut s = format!(
         "# Note-onset detector\n\n\
-         - Training data: {} files from `{}` ({} copies each, the first clean; noise from {:?})\n\
+         - Training data: {} files from `{}` ({} copies each, the first clean; noise from {:?}; \
+         {:.0} % of the augmented copies in a synthetic room)\n\
          - Development data: {} files{}\n\
          - {} parameters; {} epochs x {} steps, batch {} x {} frames, AdamW lr {} (cosine)\n\
          - Weights of epoch {} and threshold **{:.2}**, both chosen by development note F1\n\n\
@@ -546,6 +554,7 @@ fn report_markdown(opts: &OnsetTrainOptions, o: &OnsetOutcome) -> String {
         opts.audio.display(),
         opts.copies,
         opts.noise,
+        100.0 * opts.room_p,
         o.dev_files,
         opts.dev
             .as_ref()

@@ -281,6 +281,7 @@ fn augmented(clips: &[Clip], n: usize, seed: u64) -> Result<Vec<Clip>, TrainErro
         snr_db: (5.0, 25.0),
         speed_p: 0.7,
         speed: (0.88, 1.12),
+        room_p: 0.0,
     };
     let mut aug = super::data::Augment::new(cfg, &noise, seed ^ 0xa5a5);
     let mut out = Vec::with_capacity(clips.len() * n);
