@@ -174,7 +174,8 @@ impl PitchPrior {
     }
 
     /// The prior's probability at `hz`, `t_s` seconds in: linear between the two nearest frames
-    /// and the two nearest bins. Outside its pitch range: the mean over bins (no opinion).
+    /// and the two nearest bins. Up to an octave above its pitch range: its octave below's;
+    /// further outside it: the mean over bins (no opinion).
     fn at(&self, t_s: f64, hz: f32) -> f32 {
         let neutral = 1.0 / self.bins as f32;
         // A pitch above the network's range has the weight of its octave below, which is

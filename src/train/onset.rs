@@ -177,11 +177,18 @@ fn analyse(x: &[f32], notes: Vec<Note>, cfg: &OnsetModelConfig, with_pitch: bool
     }
 }
 
+/// How many versions of each file a set holds (the first clean), and the share of the
+/// augmented ones played in a synthetic room.
+#[derive(Debug, Clone, Copy)]
+struct Versions {
+    copies: usize,
+    room_p: f32,
+}
+
 /// Loads, augments and analyses a set, two files at a time.
 fn load_set(
     list: &[(String, PathBuf, PathBuf)],
-    copies: usize,
-    room_p: f32,
+    Versions { copies, room_p }: Versions,
     noise: &NoiseBank,
     cfg: &OnsetModelConfig,
     seed: u64,
@@ -364,8 +371,10 @@ pub fn train(opts: &OnsetTrainOptions) -> Result<OnsetOutcome, TrainError> {
     let m = cfg.n_mels;
     let train = load_set(
         &train_list,
-        opts.copies,
-        opts.room_p,
+        Versions {
+            copies: opts.copies,
+            room_p: opts.room_p,
+        },
         &noise,
         &cfg,
         opts.seed,
@@ -378,7 +387,18 @@ pub fn train(opts: &OnsetTrainOptions) -> Result<OnsetOutcome, TrainError> {
         .filter(|it| !it.pitch.is_empty())
         .take(30)
         .collect();
-    let dev = load_set(&dev_list, 1, 0.0, &noise, &cfg, opts.seed, true, "dev data")?;
+    let dev = load_set(
+        &dev_list,
+        Versions {
+            copies: 1,
+            room_p: 0.0,
+        },
+        &noise,
+        &cfg,
+        opts.seed,
+        true,
+        "dev data",
+    )?;
     // Crops need whole windows: files shorter than a crop are padded by the sampler.
     let (mean, std) = band_stats(&train, m);
 
