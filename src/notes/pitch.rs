@@ -5,8 +5,8 @@
 //! window; instead of one threshold, a Beta(2, b) prior over thresholds turns its troughs into F0
 //! candidates with probabilities, and what is left is the probability of "unvoiced" (from 500 Hz
 //! up a candidate's frequency is read off the nearest spectral peak, where the lag grid is
-//! coarse and inharmonic partials pull the trough). An HMM over
-//! pitch bins (20 cents) x {voiced, unvoiced} with local pitch transitions then picks a smooth
+//! coarse and inharmonic partials pull the trough). An HMM over pitch bins (20 cents) x
+//! {voiced, unvoiced} with local pitch transitions then picks a smooth
 //! path: octave slips and one-frame glitches that single-frame YIN makes cost more than they
 //! explain. The path is decided `lag` frames behind the newest frame (fixed-lag Viterbi), which
 //! bounds latency and memory; the decision for each frame is final once made.
@@ -442,8 +442,8 @@ const CHROMA_MAX_HZ: f32 = 5000.0;
 /// lag that fits best: a glockenspiel's 6.4x partial put its D6 84 cents sharp. From 500 Hz up
 /// a semitone (30 Hz there) is as wide as the Hann window's main lobe is on either side of its
 /// peak (31 Hz), so the spectrum tells the fundamental from a neighbour a semitone away, as for
-/// the chroma; further down two notes of a legato step share one lobe. Whole-file prior, before -> after: held-out-instrument renders
-/// 0.918 -> 0.923, training instruments 0.903 -> 0.905, `test` 0.845 -> 0.848 (glockenspiel
+/// the chroma; further down two notes of a legato step share one lobe. Whole-file prior,
+/// before -> after: held-out-instrument renders 0.918 -> 0.923, training instruments 0.903 -> 0.905, `test` 0.845 -> 0.848 (glockenspiel
 /// 0.20 -> 0.73, synth strings 0.52 -> 0.63, a piccolo reel 0.64 -> 0.60), real singing
 /// (SSVD) 0.709 -> 0.709, shared synth 0.923 -> 0.919 (two choir notes). From 250 Hz the
 /// renders gained more (0.926, 0.905, 0.852, shared 0.930) but singing fell to 0.693.
@@ -453,6 +453,17 @@ const REFINE_SEMITONES: f32 = 1.0;
 /// How far under the frame's strongest bin (power) that peak may be: 30 dB. Below it the
 /// fundamental is missing (a bell, a thin bass) and YIN's period stands.
 const REFINE_FLOOR: f32 = 1e-3;
+/// Where the parabola through `(-1, l)`, `(0, c)`, `(1, r)` has its vertex, within half a
+/// step of the middle point: a trough's or a peak's position between grid points.
+fn vertex_offset(l: f32, c: f32, r: f32) -> f32 {
+    let denom = l - 2.0 * c + r;
+    if denom.abs() > 1e-12 {
+        (0.5 * (l - r) / denom).clamp(-0.5, 0.5)
+    } else {
+        0.0
+    }
+}
+
 /// Half of the span (samples) the level is measured over: 20 ms around the frame centre.
 const LEVEL_HALF: usize = 160;
 
@@ -732,18 +743,8 @@ impl PitchTracker {
         (lo..=hi)
             .filter(|&k| power(k) > power(k - 1) && power(k) >= power(k + 1) && power(k) >= floor)
             .map(|k| {
-                let (a, b, c) = (
-                    power(k - 1).max(1e-20).ln(),
-                    power(k).ln(),
-                    power(k + 1).max(1e-20).ln(),
-                );
-                let denom = a - 2.0 * b + c;
-                let shift = if denom < 0.0 {
-                    (0.5 * (a - c) / denom).clamp(-0.5, 0.5)
-                } else {
-                    0.0
-                };
-                (k as f32 + shift) * bin_hz
+                let ln = |k: usize| power(k).max(1e-20).ln();
+                (k as f32 + vertex_offset(ln(k - 1), ln(k), ln(k + 1))) * bin_hz
             })
             .filter(|&f| (f / hz).log2().abs() * 12.0 <= REFINE_SEMITONES)
             .min_by(|a, b| (a / hz).ln().abs().total_cmp(&(b / hz).ln().abs()))
@@ -797,13 +798,7 @@ impl PitchTracker {
             if !is_min {
                 continue;
             }
-            let denom = l - 2.0 * c + r;
-            let shift = if denom.abs() > 1e-12 {
-                (0.5 * (l - r) / denom).clamp(-0.5, 0.5)
-            } else {
-                0.0
-            };
-            troughs.push((tau as f32 + shift, c));
+            troughs.push((tau as f32 + vertex_offset(l, c, r), c));
         }
         if troughs.is_empty() {
             return (Vec::new(), 0.0);

@@ -10,8 +10,10 @@
 //! peak before it (but not at the peak the note before began at, when that note had a clear
 //! pitch of its own: a fast legato run), else at the flux peak for a jump, or where a glide
 //! began, or, where no voice sings, earlier still where its pitch class began to rise under
-//! the old note's release. A note ends after `gap_frames` unvoiced frames or where the next note starts. Its
-//! pitch is the median F0 of its frames; its velocity follows its loudest early frame.
+//! the old note's release. A note ends after `gap_frames` unvoiced frames or where the next
+//! note starts. Its pitch is the median F0 of its frames (rounded to a key, or, read well
+//! between two keys, the one whose pitch class sounds); its velocity follows its loudest early
+//! frame.
 //!
 //! Everything is streaming: [`MonoTracker::push`] returns the pitch frames decided so far and
 //! the notes that have ended, so a live client gets a note shortly after it stops sounding.
@@ -1196,8 +1198,16 @@ mod tests {
     }
 
     fn segment_with(frames: &[PitchFrame], probs: &[f32]) -> Vec<Note> {
+        segment_gated(frames, probs, None)
+    }
+
+    /// [`segment_with`], the gate saying `voice` from frame 0 (None: no gate).
+    fn segment_gated(frames: &[PitchFrame], probs: &[f32], voice: Option<bool>) -> Vec<Note> {
         let mut s = Segmenter::with_onsets(SegmentParams::default(), 0.01, 0.5);
         s.push_onsets(probs);
+        if let Some(v) = voice {
+            s.push_voice(0, v);
+        }
         let mut notes = s.push(frames);
         notes.extend(s.finish());
         notes
@@ -1401,14 +1411,10 @@ mod tests {
         }
         midis.extend([77.0; 40]);
         let run = |frames: &[PitchFrame], voice: Option<bool>| {
-            let mut s = Segmenter::with_onsets(SegmentParams::default(), 0.01, 0.5);
-            s.push_onsets(&vec![0.01; frames.len()]);
-            if let Some(v) = voice {
-                s.push_voice(0, v);
-            }
-            let mut notes = s.push(frames);
-            notes.extend(s.finish());
-            notes.iter().map(|n| n.midi).collect::<Vec<u8>>()
+            segment_gated(frames, &vec![0.01; frames.len()], voice)
+                .iter()
+                .map(|n| n.midi)
+                .collect::<Vec<u8>>()
         };
         let frames = flat_frames(&midis);
         assert_eq!(run(&frames, Some(false)), vec![69, 71, 73, 75, 77]);
@@ -1430,14 +1436,7 @@ mod tests {
     /// Runs the segmenter over `frames` with detector `probs`, the gate saying `voice` from
     /// frame 0 (None: no gate); the notes' (midi, start frame).
     fn notes_of(frames: &[PitchFrame], probs: &[f32], voice: Option<bool>) -> Vec<(u8, u64)> {
-        let mut s = Segmenter::with_onsets(SegmentParams::default(), 0.01, 0.5);
-        s.push_onsets(probs);
-        if let Some(v) = voice {
-            s.push_voice(0, v);
-        }
-        let mut notes = s.push(frames);
-        notes.extend(s.finish());
-        notes
+        segment_gated(frames, probs, voice)
             .iter()
             .map(|n| (n.midi, (n.start / 0.01).round() as u64))
             .collect()
