@@ -46,9 +46,10 @@ pub struct NotesConfig {
     /// Mono, with the detector: a sound model with YAMNet's AudioSet classifier (a name or a
     /// path; default the bundled `sound-us8k`). Where it hears a voice singing or saying words
     /// (in at least half of the last four 0.96 s patches), notes are cut by the rules alone,
-    /// which suit a voice, and a sung note starts at its vowel; elsewhere the detector cuts
-    /// them too, and a short note between quick pitch steps is kept. Real singing 0.708 note
-    /// F1 with it, 0.681 without (the rules alone 0.703); instruments 0.001-0.008 above the
+    /// which suit a voice, a sung note starts at its vowel and a glide between two sung notes
+    /// is no note (under 200 ms, begun at a pitch change); elsewhere the detector cuts them
+    /// too, and a short note between quick pitch steps is kept. Real singing 0.722 note F1
+    /// with it, 0.681 without (the rules alone 0.703); instruments 0.001-0.008 above the
     /// detector alone. It costs about 1 % of a core (the tracker 1.7 %
     /// with it, 0.6 % without). Empty: the detector everywhere.
     pub voice_model: String,
