@@ -49,7 +49,7 @@ pub struct NotesConfig {
     /// which suit a voice, a sung note starts at its vowel and a glide between two sung notes
     /// is no note (under 200 ms, begun at a pitch change); elsewhere the detector cuts them
     /// too, and a short note between quick pitch steps is kept. Real singing 0.722 note F1
-    /// with it, 0.681 without (the rules alone 0.703); instruments 0.001-0.008 above the
+    /// with it, 0.677 without (the rules alone 0.687); instruments 0.001-0.008 above the
     /// detector alone. It costs about 1 % of a core (the tracker 1.7 %
     /// with it, 0.6 % without). Empty: the detector everywhere.
     pub voice_model: String,
