@@ -3,13 +3,13 @@
 //!
 //! Per 10 ms frame, YIN's cumulative mean normalised difference is computed (by FFT) over a 64 ms
 //! window; instead of one threshold, a Beta(2, b) prior over thresholds turns its troughs into F0
-//! candidates with probabilities, and what is left is the probability of "unvoiced" (from 500 Hz
-//! up a candidate's frequency is read off the nearest spectral peak, where the lag grid is
-//! coarse and inharmonic partials pull the trough). An HMM over pitch bins (20 cents) x
-//! {voiced, unvoiced} with local pitch transitions then picks a smooth
-//! path: octave slips and one-frame glitches that single-frame YIN makes cost more than they
-//! explain. The path is decided `lag` frames behind the newest frame (fixed-lag Viterbi), which
-//! bounds latency and memory; the decision for each frame is final once made.
+//! candidates with probabilities, and what is left is the probability of "unvoiced" (from 500 Hz up
+//! a candidate's frequency is read off the nearest spectral peak, where the lag grid is coarse and
+//! inharmonic partials pull the trough). An HMM over pitch bins (20 cents) x {voiced, unvoiced}
+//! with local pitch transitions then picks a smooth path: octave slips and one-frame glitches that
+//! single-frame YIN makes cost more than they explain. The path is decided `lag` frames behind the
+//! newest frame (fixed-lag Viterbi), which bounds latency and memory; the decision for each frame
+//! is final once made.
 //!
 //! Besides F0, each frame carries its level and a spectral flux (an onset cue used by the note
 //! segmenter to split repeated notes of the same pitch). Hand-written: no maintained Rust crate
@@ -437,15 +437,15 @@ const CHROMA_MIN_HZ: f32 = 500.0;
 /// Highest frequency the chroma sums (Hz): the harmonics that tell pitch classes apart.
 const CHROMA_MAX_HZ: f32 = 5000.0;
 /// From this F0 (Hz) up, a YIN candidate's frequency is taken from the spectral peak within
-/// [`REFINE_SEMITONES`] of it ([`PitchTracker::spectral_peak`]). A short period is measured
-/// on a coarse lag grid (13.6 samples at 1175 Hz), and a strong inharmonic partial pulls the
-/// lag that fits best: a glockenspiel's 6.4x partial put its D6 84 cents sharp. From 500 Hz up
-/// a semitone (30 Hz there) is as wide as the Hann window's main lobe is on either side of its
-/// peak (31 Hz), so the spectrum tells the fundamental from a neighbour a semitone away, as for
-/// the chroma; further down two notes of a legato step share one lobe. Whole-file prior,
-/// before -> after: held-out-instrument renders 0.918 -> 0.923, training instruments 0.903 -> 0.905, `test` 0.845 -> 0.848 (glockenspiel
-/// 0.20 -> 0.73, synth strings 0.52 -> 0.63, a piccolo reel 0.64 -> 0.60), real singing
-/// (SSVD) 0.709 -> 0.709, shared synth 0.923 -> 0.919 (two choir notes). From 250 Hz the
+/// [`REFINE_SEMITONES`] of it ([`PitchTracker::spectral_peak`]). A short period is measured on a
+/// coarse lag grid (13.6 samples at 1175 Hz), and a strong inharmonic partial pulls the lag that
+/// fits best: a glockenspiel's 6.4x partial put its D6 84 cents sharp. From 500 Hz up a semitone
+/// (30 Hz there) is as wide as the Hann window's main lobe is on either side of its peak (31 Hz),
+/// so the spectrum tells the fundamental from a neighbour a semitone away, as for the chroma;
+/// further down two notes of a legato step share one lobe. Whole-file prior, before -> after:
+/// held-out-instrument renders 0.918 -> 0.923, training instruments 0.903 -> 0.905, `test` 0.845 ->
+/// 0.848 (glockenspiel 0.20 -> 0.73, synth strings 0.52 -> 0.63, a piccolo reel 0.64 -> 0.60), real
+/// singing (SSVD) 0.709 -> 0.709, shared synth 0.923 -> 0.919 (two choir notes). From 250 Hz the
 /// renders gained more (0.926, 0.905, 0.852, shared 0.930) but singing fell to 0.693.
 const REFINE_MIN_HZ: f32 = 500.0;
 /// How far (semitones) the spectral peak may lie from the YIN candidate.

@@ -1220,6 +1220,12 @@ mod tests {
     fn segment_gated(frames: &[PitchFrame], probs: &[f32], voice: Option<bool>) -> Vec<Note> {
         let mut s = Segmenter::with_onsets(SegmentParams::default(), 0.01, 0.5);
         s.push_onsets(probs);
+        run_segmenter(s, frames, voice)
+    }
+
+    /// All of `frames` through segmenter `s`, its gate saying `voice` from frame 0 (None: no
+    /// gate); every note, the last one included.
+    fn run_segmenter(mut s: Segmenter, frames: &[PitchFrame], voice: Option<bool>) -> Vec<Note> {
         if let Some(v) = voice {
             s.push_voice(0, v);
         }
@@ -1247,9 +1253,11 @@ mod tests {
         assert_eq!(starts, vec![0.0, 50.0, 100.0], "{notes:?}");
         assert!(notes.iter().all(|n| n.midi == 69));
         // Without the detector the same frames are one note.
-        let mut rules = Segmenter::new(SegmentParams::default(), 0.01);
-        let mut one = rules.push(&frames);
-        one.extend(rules.finish());
+        let one = run_segmenter(
+            Segmenter::new(SegmentParams::default(), 0.01),
+            &frames,
+            None,
+        );
         assert_eq!(one.len(), 1, "{one:?}");
     }
 
@@ -1264,10 +1272,7 @@ mod tests {
             }
             (f.chroma[10], f.chroma[11]) = (a_sharp, b);
         }
-        let mut s = Segmenter::new(SegmentParams::default(), 0.01);
-        s.push_voice(0, voice);
-        let mut notes = s.push(&frames);
-        notes.extend(s.finish());
+        let notes = segment_voice(&frames, voice);
         assert_eq!(notes.len(), 1, "{notes:?}");
         (
             notes[0].midi,
@@ -1302,10 +1307,7 @@ mod tests {
                 (0.001 * 1.5f32.powi((i - rise_from) as i32)).clamp(g_before, 1.0)
             };
         }
-        let mut s = Segmenter::new(SegmentParams::default(), 0.01);
-        s.push_voice(0, voice);
-        let mut notes = s.push(&frames);
-        notes.extend(s.finish());
+        let notes = segment_voice(&frames, voice);
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert_eq!((notes[0].midi, notes[1].midi), (60, 67));
         (notes[1].start * 100.0).round()
@@ -1327,11 +1329,11 @@ mod tests {
 
     /// Runs the rules (no detector) over `frames`, with the voice gate saying `voice`.
     fn segment_voice(frames: &[PitchFrame], voice: bool) -> Vec<Note> {
-        let mut s = Segmenter::new(SegmentParams::default(), 0.01);
-        s.push_voice(0, voice);
-        let mut notes = s.push(frames);
-        notes.extend(s.finish());
-        notes
+        run_segmenter(
+            Segmenter::new(SegmentParams::default(), 0.01),
+            frames,
+            Some(voice),
+        )
     }
 
     #[test]
@@ -1395,9 +1397,11 @@ mod tests {
         assert_eq!((notes[0].midi, notes[1].midi), (69, 72));
         assert!((notes[1].start - 0.60).abs() <= 0.011, "{notes:?}");
         // The rules alone start it where the pitch moved.
-        let mut rules = Segmenter::new(SegmentParams::default(), 0.01);
-        let mut late = rules.push(&frames);
-        late.extend(rules.finish());
+        let late = run_segmenter(
+            Segmenter::new(SegmentParams::default(), 0.01),
+            &frames,
+            None,
+        );
         assert!(late[1].start >= 0.67, "{late:?}");
     }
 

@@ -1,12 +1,12 @@
 //! Voice or instrument: which onset rules a passage gets.
 //!
 //! The note-onset detector was trained on rendered instruments. On real singing it fires on
-//! consonants, and sung notes are annotated where the vowel's pitch starts, so it costs the
-//! sung tune note F1 (SSVD v2.0 test, when the gate was added: 0.681 with it, 0.703 with the
-//! flux and level rules alone), while on instruments it is worth 0.06 (dev renders 0.906 against 0.845). The
-//! tracker cannot tell the two apart from pitch frames; YAMNet's AudioSet classifier can,
-//! because AudioSet labels speech, singing and instruments. Sight-singing (solfege syllables)
-//! scores as *Singing* or *Speech*, so both count as a voice.
+//! consonants, and sung notes are annotated where the vowel's pitch starts, so it costs the sung
+//! tune note F1 (SSVD v2.0 test, when the gate was added: 0.681 with it, 0.703 with the flux and
+//! level rules alone), while on instruments it is worth 0.06 (dev renders 0.906 against 0.845). The
+//! tracker cannot tell the two apart from pitch frames; YAMNet's AudioSet classifier can, because
+//! AudioSet labels speech, singing and instruments. Sight-singing (solfege syllables) scores as
+//! *Singing* or *Speech*, so both count as a voice.
 //!
 //! [`VoiceGate`] runs the trunk and AudioSet classifier of the bundled sound model
 //! (`sound-us8k`, the weights the sound stage uses) on 0.96 s log-mel patches, one every
