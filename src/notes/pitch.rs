@@ -25,18 +25,18 @@ use crate::nn::swift_f0::{self, SwiftF0};
 #[derive(Debug, Clone, PartialEq)]
 pub struct PitchParams {
     pub sample_rate: u32,
-    /// Lowest F0 searched (Hz). 32 Hz is just above C1 (32.7 Hz) and just inside the longest
-    /// period YIN can measure in `frame` (half of it: 31.25 Hz at 1024 samples), so a bass
-    /// guitar's or a double bass's low E (41.2 Hz) and F (43.7 Hz) are heard. At 55 Hz (A1)
-    /// they were not: a picked bass reel of the `test` renders lost 5 notes, slap-bass files
-    /// 1-14 each. Note F1 55 -> 32 Hz: held-out-instrument renders 0.927 -> 0.931,
-    /// training-instrument renders 0.906 -> 0.908, a quarter of the training renders (150
-    /// files) 0.829 -> 0.829, shared synth melodies 0.919 -> 0.919, `test` 0.865 -> 0.864 (13
-    /// bass notes gained; lead 7 fifths, a chord per key read two octaves down, now also reads
-    /// its lowest notes: 16 more false ones), held-out renders in 0.8 s reverberation 0.675
-    /// -> 0.675, noise-bed false notes 9 -> 9. 40 and 45 Hz read 0.928 / 0.908 and 0.926 /
-    /// 0.908 on the first two. Real singing needs `LOWEST_SUNG` (in `track.rs`) with it:
-    /// without, SSVD train/valid read 0.677 -> 0.672 (46 notes under 55 Hz in the rests).
+    /// Lowest F0 searched (Hz). 32 Hz is just above C1 (32.7 Hz) and just inside the longest period
+    /// YIN can measure in `frame` (half of it: 31.25 Hz at 1024 samples), so a bass guitar's or a
+    /// double bass's low E (41.2 Hz) and F (43.7 Hz) are heard. At 55 Hz (A1) they were not: a
+    /// picked bass reel of the `test` renders lost 5 notes, the held-out slap-bass files 2-25 each.
+    /// Note F1 55 -> 32 Hz (whole-file prior): held-out-instrument renders 0.927 -> 0.931,
+    /// training-instrument renders 0.906 -> 0.908, a quarter of the training renders (150 files)
+    /// 0.829 -> 0.829, shared synth melodies 0.919 -> 0.919, `test` 0.865 -> 0.864 (13 bass notes
+    /// gained; lead 7 fifths, a chord per key read two octaves down, now also reads its lowest
+    /// notes: 16 more false ones), held-out renders in 0.8 s reverberation 0.675 -> 0.675,
+    /// noise-bed false notes 9 -> 9. 40 and 45 Hz read 0.928 / 0.908 and 0.926 / 0.908 on the first
+    /// two. Real singing needs `LOWEST_SUNG` (in `track.rs`) with it: without, SSVD train/valid
+    /// read 0.677 -> 0.672 (46 notes under 55 Hz in the rests).
     pub fmin: f32,
     /// Highest F0 searched (Hz). 4200 Hz is C8, the top of a piano and of a piccolo. At
     /// 2000 Hz (B6) a piccolo's high notes came out an octave low: on the held-out-instrument

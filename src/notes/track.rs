@@ -1181,29 +1181,26 @@ mod tests {
             ],
             0.0,
         );
-        let notes = transcribe_mono(&x, &MonoParams::default(), MonoModels::default());
-        let got: Vec<u8> = notes.iter().map(|n| n.midi).collect();
-        assert_eq!(
-            got,
-            truth.iter().map(|t| t.0).collect::<Vec<_>>(),
-            "{notes:?}"
-        );
+        let notes = keys_come_out(&x, &truth);
         for (n, t) in notes.iter().zip(&truth) {
             assert!((n.start - t.1).abs() < 0.05, "{n:?} vs {t:?}");
             assert!((n.end - t.2).abs() < 0.08, "{n:?} vs {t:?}");
         }
     }
 
+    /// Transcribes `x` and checks that its notes are the keys of `truth`, in order.
+    fn keys_come_out(x: &[f32], truth: &[(u8, f64, f64)]) -> Vec<Note> {
+        let notes = transcribe_mono(x, &MonoParams::default(), MonoModels::default());
+        let got: Vec<u8> = notes.iter().map(|n| n.midi).collect();
+        let want: Vec<u8> = truth.iter().map(|t| t.0).collect();
+        assert_eq!(got, want, "{notes:?}");
+        notes
+    }
+
     #[test]
     fn a_bass_guitars_low_e_and_f_come_out() {
         let (x, truth) = melody(&[(28, 0.6), (29, 0.5), (33, 0.6)], 0.0);
-        let notes = transcribe_mono(&x, &MonoParams::default(), MonoModels::default());
-        let got: Vec<u8> = notes.iter().map(|n| n.midi).collect();
-        assert_eq!(
-            got,
-            truth.iter().map(|t| t.0).collect::<Vec<_>>(),
-            "{notes:?}"
-        );
+        keys_come_out(&x, &truth);
     }
 
     #[test]
