@@ -890,8 +890,8 @@ impl Segmenter {
         self.gated && !b.voice && run && holds(b)
     }
 
-    /// Ends note `b` at frame `end` (`how` it ended) and sends it when it is long enough (and, sung,
-    /// not under [`LOWEST_SUNG`]).
+    /// Ends note `b` at frame `end` (`how` it ended) and sends it when it is long enough (and,
+    /// when sung, not under [`LOWEST_SUNG`]).
     fn emit(&mut self, b: Building, end: u64, how: End, out: &mut Vec<Note>) {
         if b.n == 0 || end <= b.start {
             return;
