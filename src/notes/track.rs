@@ -909,8 +909,11 @@ impl Segmenter {
         let long_enough = lasts(self.frame_s, frames, min_s)
             || (lasts(self.frame_s, frames, self.p.min_onset_note_s)
                 && (self.is_struck_note(&b, end) || self.is_stepped_note(&b, how)));
+        if !long_enough || confidence < self.p.min_confidence {
+            return;
+        }
         let (key, m) = b.key();
-        if !long_enough || confidence < self.p.min_confidence || (b.voice && m < LOWEST_SUNG) {
+        if b.voice && m < LOWEST_SUNG {
             return;
         }
         let midi = key.clamp(0.0, 127.0);
