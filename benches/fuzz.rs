@@ -131,7 +131,7 @@ fn main() {
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let flac = std::fs::read(repo.join("tests/fixtures/jfk.flac")).unwrap();
     // Small seeds keep decoding fast: the first 4 KB of the FLAC (header and first frames),
-    // and short WAVs in each sample format.
+    // short WAVs in each sample format, and a 4 s M4A.
     let mut audio_seeds = vec![flac[..4096].to_vec()];
     for (tag, bits, align) in [(1u16, 16u16, 2u16), (1, 24, 3), (3, 32, 4), (1, 8, 1)] {
         let mut v = b"RIFF".to_vec();
@@ -149,6 +149,10 @@ fn main() {
         v.extend((0..800).map(|i| (i * 7) as u8));
         audio_seeds.push(v);
     }
+    // An M4A (AAC in MP4, its moov and sample tables in the first 1 KB), whole: symphonia reads
+    // no MP4 without its whole mdat.
+    let m4a = std::fs::read(repo.join("tests/fixtures/melody_aac.m4a")).unwrap();
+    audio_seeds.push(m4a.clone());
     let config_seeds = vec![
         hark::config::Config::defaults_toml().into_bytes(),
         b"[server]\nlisten = [\"unix:/tmp/x.sock\"]\nmax_jobs = 2\nsocket_mode = \"660\"\n\
@@ -201,23 +205,32 @@ fn main() {
                 .map_err(|e| e.to_string())
         },
     ));
+    let upload = |b: &[u8]| {
+        let mut u = hark::audio::file::Upload16k::from_file_bytes(b.to_vec(), 60.0)
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            if !u.read(&mut out).map_err(|e| e.to_string())? {
+                break;
+            }
+        }
+        Ok(())
+    };
     tallies.push(run(
         "upload decode (header + symphonia + resample)",
         60_000 * scale,
         &audio_seeds,
         64,
         &mut rng,
-        &|b| {
-            let mut u = hark::audio::file::Upload16k::from_file_bytes(b.to_vec(), 60.0)
-                .map_err(|e| e.to_string())?;
-            let mut out = Vec::new();
-            for _ in 0..8 {
-                if !u.read(&mut out).map_err(|e| e.to_string())? {
-                    break;
-                }
-            }
-            Ok(())
-        },
+        &upload,
+    ));
+    tallies.push(run(
+        "upload decode, M4A (mutations over its atom tree)",
+        20_000 * scale,
+        &[m4a],
+        1100,
+        &mut rng,
+        &upload,
     ));
     tallies.push(run(
         "config parse + validate",

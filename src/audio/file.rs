@@ -1,5 +1,5 @@
-//! Audio files (WAV, FLAC, MP3, OGG/Vorbis) decoded with symphonia, played at real-time pace or as
-//! fast as the pipeline takes them.
+//! Audio files (WAV, FLAC, MP3, OGG/Vorbis, AAC in MP4/M4A, AIFF) decoded with symphonia, played
+//! at real-time pace or as fast as the pipeline takes them.
 
 use std::{
     fs::File,
@@ -18,6 +18,19 @@ use symphonia::core::{
 };
 
 use super::{Format, Source, SourceContext, SourceError};
+
+/// File extensions of the containers decoded here, in the order a directory prefers them when
+/// one recording is there twice (lossless first).
+pub const EXTENSIONS: &[&str] = &[
+    "flac", "wav", "aiff", "aif", "ogg", "oga", "mp3", "m4a", "mp4", "aac",
+];
+
+/// Whether `path` has one of [`EXTENSIONS`] (any case).
+pub fn is_audio_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
 
 /// A whole decoded file: interleaved f32 samples.
 #[derive(Debug, Clone)]
@@ -45,6 +58,14 @@ pub struct Decoder {
     pub skipped_packets: u64,
     /// The decoder panicked: its state is unknown, so it is never called again.
     poisoned: bool,
+    /// The container did not state the channels: the first decoded block sets the format.
+    learn_format: bool,
+    /// `buf` holds a block decoded ahead (to learn the format) that was not handed out yet.
+    primed: bool,
+    /// Decoded frames still to drop before the recording starts (an MP4's encoder priming).
+    trim_frames: u64,
+    /// Where in `buf` the block handed out starts (after the frames trimmed from it).
+    block_from: usize,
 }
 
 /// Text of a caught panic payload.
@@ -83,10 +104,27 @@ impl Drop for Decoder {
 
 impl Decoder {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Open {
+        let open_err = |source| SourceError::Open {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let mut file = File::open(path).map_err(open_err)?;
+        // An MP4's sample tables are sized by what the file states: checked before symphonia
+        // allocates them (see `header::check_mp4`). Other containers are bounded while decoding.
+        let mut head = [0u8; 8];
+        let n = std::io::Read::read(&mut file, &mut head).map_err(open_err)?;
+        let mut trim_s = 0.0;
+        if n == 8 && &head[4..] == b"ftyp" {
+            std::io::Seek::rewind(&mut file).map_err(open_err)?;
+            trim_s = super::header::check_mp4(&mut file).map_err(|e| match e {
+                SourceError::Decode { reason, .. } => SourceError::Decode {
+                    what: path.display().to_string(),
+                    reason,
+                },
+                e => e,
+            })?;
+        }
+        std::io::Seek::rewind(&mut file).map_err(open_err)?;
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
@@ -95,26 +133,35 @@ impl Decoder {
             MediaSourceStream::new(Box::new(file), Default::default()),
             hint,
             path.display().to_string(),
+            trim_s,
         )
     }
 
     /// Decodes an in-memory file (any supported container).
     pub fn from_bytes(bytes: Vec<u8>, what: &str) -> Result<Self, SourceError> {
+        let trim_s = super::header::mp4_trim(&bytes)?;
         let cursor = std::io::Cursor::new(bytes);
         Self::from_stream(
             MediaSourceStream::new(Box::new(cursor), Default::default()),
             Hint::new(),
             what.to_string(),
+            trim_s,
         )
     }
 
-    fn from_stream(mss: MediaSourceStream, hint: Hint, what: String) -> Result<Self, SourceError> {
+    /// `trim_s`: seconds of decoded audio that precede the recording (an MP4's edit list).
+    fn from_stream(
+        mss: MediaSourceStream,
+        hint: Hint,
+        what: String,
+        trim_s: f64,
+    ) -> Result<Self, SourceError> {
         // symphonia trusts headers and asserts on some of them (a 0 Hz WAV panicked building its
         // time base); [`super::header`] refuses those first, and a panic that still escapes is
         // a decode error for this file, never a crash of the caller.
         let w = what.clone();
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            Self::from_stream_inner(mss, hint, w)
+            Self::from_stream_inner(mss, hint, w, trim_s)
         }))
         .unwrap_or_else(|p| {
             Err(SourceError::Decode {
@@ -131,6 +178,7 @@ impl Decoder {
         mss: MediaSourceStream,
         hint: Hint,
         what: String,
+        trim_s: f64,
     ) -> Result<Self, SourceError> {
         let decode_err = |reason: String| SourceError::Decode {
             what: what.clone(),
@@ -154,21 +202,18 @@ impl Decoder {
             .codec_params
             .sample_rate
             .ok_or_else(|| decode_err("unknown sample rate".into()))?;
-        let channels = track
-            .codec_params
-            .channels
-            .map(|c| c.count())
-            .ok_or_else(|| decode_err("unknown channel layout".into()))?;
+        // MP4 leaves an AAC track's channels to the codec: the first decoded packet says.
+        let channels = track.codec_params.channels.map(|c| c.count());
         let format = Format {
             rate,
-            channels: u16::try_from(channels).unwrap_or(u16::MAX),
+            channels: channels.map_or(1, |c| u16::try_from(c).unwrap_or(u16::MAX)),
         }
         .validate()?;
         let track_id = track.id;
         let decoder = symphonia::default::get_codecs()
             .make(&track.codec_params, &DecoderOptions::default())
             .map_err(|e| decode_err(format!("unsupported codec ({e})")))?;
-        Ok(Self {
+        let mut me = Self {
             reader,
             decoder,
             track_id,
@@ -177,7 +222,18 @@ impl Decoder {
             buf: None,
             skipped_packets: 0,
             poisoned: false,
-        })
+            learn_format: channels.is_none(),
+            primed: false,
+            trim_frames: (trim_s * f64::from(rate)).round() as u64,
+            block_from: 0,
+        };
+        if me.learn_format {
+            if !me.advance()? {
+                return Err(me.failed("no audio could be decoded".into()));
+            }
+            me.primed = true;
+        }
+        Ok(me)
     }
 
     pub fn format(&self) -> Format {
@@ -189,8 +245,11 @@ impl Decoder {
         if self.poisoned {
             return Err(self.failed("the decoder failed earlier on this file".into()));
         }
+        if std::mem::take(&mut self.primed) {
+            return Ok(Some(self.block()));
+        }
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.advance())) {
-            Ok(Ok(true)) => Ok(Some(self.buf.as_ref().map(|b| b.samples()).unwrap_or(&[]))),
+            Ok(Ok(true)) => Ok(Some(self.block())),
             Ok(Ok(false)) => Ok(None),
             Ok(Err(e)) => Err(e),
             Err(p) => {
@@ -201,6 +260,13 @@ impl Decoder {
                 )))
             }
         }
+    }
+
+    /// The block last decoded, without its trimmed frames.
+    fn block(&self) -> &[f32] {
+        self.buf
+            .as_ref()
+            .map_or(&[], |b| b.samples().get(self.block_from..).unwrap_or(&[]))
     }
 
     fn failed(&self, reason: String) -> SourceError {
@@ -235,6 +301,13 @@ impl Decoder {
                         continue;
                     }
                     let spec = *decoded.spec();
+                    if std::mem::take(&mut self.learn_format) {
+                        self.format = Format {
+                            rate: spec.rate,
+                            channels: u16::try_from(spec.channels.count()).unwrap_or(u16::MAX),
+                        }
+                        .validate()?;
+                    }
                     if spec.rate != self.format.rate
                         || spec.channels.count() != usize::from(self.format.channels)
                     {
@@ -243,6 +316,13 @@ impl Decoder {
                             reason: "format changes mid-stream".into(),
                         });
                     }
+                    let frames = decoded.frames() as u64;
+                    let trimmed = self.trim_frames.min(frames);
+                    self.trim_frames -= trimmed;
+                    if trimmed == frames {
+                        continue;
+                    }
+                    self.block_from = trimmed as usize * spec.channels.count();
                     let needed = decoded.capacity() as u64;
                     let buf = match &mut self.buf {
                         Some(b) if b.capacity() as u64 >= needed * spec.channels.count() as u64 => {
@@ -573,5 +653,66 @@ fn sleep_unless_stopped(mut wait: Duration, ctx: &SourceContext) {
         let d = wait.min(STEP);
         std::thread::sleep(d);
         wait -= d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m4a() -> Vec<u8> {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/melody_aac.m4a"))
+            .unwrap()
+    }
+
+    #[test]
+    fn an_m4a_decodes_though_its_container_leaves_the_channels_to_the_codec() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/melody_aac.m4a");
+        let d = decode_file(&path).unwrap();
+        assert_eq!(
+            d.format,
+            Format {
+                rate: 16_000,
+                channels: 1
+            }
+        );
+        let secs = d.duration().as_secs_f64();
+        assert!((3.9..4.2).contains(&secs), "{secs} s");
+        let rms = (d.samples.iter().map(|x| x * x).sum::<f32>() / d.samples.len() as f32).sqrt();
+        assert!(rms > 0.01, "rms {rms}");
+        // The first block (decoded early to learn the channels) is handed out, not lost.
+        let mut dec = Decoder::from_bytes(m4a(), "m4a").unwrap();
+        let first = dec.next_block().unwrap().unwrap().to_vec();
+        assert_eq!(first[..], d.samples[..first.len()]);
+    }
+
+    #[test]
+    fn an_m4a_on_disk_stating_a_huge_table_is_refused_before_decoding() {
+        // The fixture's chunk-offset table, its count set to 4 billion.
+        let mut bytes = m4a();
+        let at = bytes.windows(4).position(|w| w == b"stco").unwrap() + 8;
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hostile.m4a");
+        std::fs::write(&path, &bytes).unwrap();
+        let Err(e) = Decoder::open(&path) else {
+            panic!("a hostile M4A was opened")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("hostile.m4a") && e.contains("'stco' states 4294967295"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_m4a_cut_short_is_an_error_not_a_crash() {
+        // symphonia needs the whole `mdat` atom of an MP4 (a recorder killed mid-file leaves it
+        // short): such a file is refused, saying so.
+        let bytes = m4a();
+        let e = Upload16k::from_file_bytes(bytes[..bytes.len() / 2].to_vec(), 60.0)
+            .and_then(Upload16k::read_all)
+            .unwrap_err();
+        assert!(e.to_string().contains("uploaded audio"), "{e}");
     }
 }

@@ -1142,7 +1142,7 @@ async fn batch(
         anyhow::bail!(
             "no recordings in {} ({})",
             dir.display(),
-            fleet::batch::AUDIO_EXTENSIONS.join(", ")
+            hark::audio::file::EXTENSIONS.join(", ")
         );
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

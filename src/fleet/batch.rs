@@ -18,9 +18,6 @@ use super::{
 };
 use crate::api::pb;
 
-/// File extensions `hark batch` picks up.
-pub const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "mp3", "ogg", "oga"];
-
 /// How to submit.
 #[derive(Debug, Clone, Default)]
 pub struct BatchOptions {
@@ -59,12 +56,7 @@ pub fn list_recordings(dir: &Path) -> Result<Vec<PathBuf>, FleetError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(read_err)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        })
+        .filter(|p| p.is_file() && crate::audio::file::is_audio_path(p))
         .collect();
     files.sort();
     Ok(files)

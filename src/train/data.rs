@@ -203,11 +203,7 @@ fn collect_audio(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TrainError> {
                 continue;
             }
             collect_audio(&p, out)?;
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "flac" | "wav" | "ogg" | "mp3"))
-        {
+        } else if crate::audio::file::is_audio_path(&p) {
             out.push(p);
         }
     }

@@ -34,8 +34,6 @@ use crate::notes::{
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-pub(crate) const AUDIO_EXTENSIONS: &[&str] = &["flac", "wav", "ogg", "mp3"];
-
 /// The basic-pitch package names its outputs `STEM_basic_pitch.csv` / `.mid`.
 const BASIC_PITCH_SUFFIX: &str = "_basic_pitch";
 /// `--save-estimates` writes the mono tracker's pitch frames as `<stem>.f0.tsv` beside the notes.
@@ -216,7 +214,7 @@ pub fn evaluate(o: &NotesEvalOptions) -> Result<NotesEvaluation, TrainError> {
     // (stem, reference, audio)
     let items: Vec<(String, PathBuf, Option<PathBuf>)> = match &o.audio {
         Some(dir) => {
-            let audio = files_by_stem(dir, AUDIO_EXTENSIONS)?;
+            let audio = files_by_stem(dir, crate::audio::file::EXTENSIONS)?;
             for (stem, p) in &audio {
                 if !refs.contains_key(stem) {
                     unpaired.push(format!("{} (no reference)", p.display()));

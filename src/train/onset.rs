@@ -126,7 +126,7 @@ fn data_err(path: &Path, reason: impl Into<String>) -> TrainError {
 
 /// Audio files of `audio` with a note file of the same stem in `notes`.
 fn pairs(audio: &Path, notes: &Path) -> Result<Vec<(String, PathBuf, PathBuf)>, TrainError> {
-    let a = super::notes::files_by_stem(audio, super::notes::AUDIO_EXTENSIONS)?;
+    let a = super::notes::files_by_stem(audio, crate::audio::file::EXTENSIONS)?;
     let n = super::notes::files_by_stem(notes, io::NOTE_EXTENSIONS)?;
     let out: Vec<_> = a
         .into_iter()

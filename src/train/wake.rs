@@ -177,11 +177,7 @@ fn audio_files(dir: &Path, out: &mut Vec<PathBuf>) {
                 continue;
             }
             audio_files(&p, out);
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "flac" | "wav" | "ogg" | "mp3"))
-        {
+        } else if crate::audio::file::is_audio_path(&p) {
             out.push(p);
         }
     }

@@ -61,8 +61,6 @@ use crate::nn::whisper::{
 /// Model kind of adapter directories in `hark-model.json`.
 pub const ADAPTER_KIND: &str = crate::models::WHISPER_ADAPTER_KIND;
 
-const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "ogg", "mp3"];
-
 /// Replay clips the base model transcribes with more than this WER are not replayed.
 const REPLAY_MAX_WER: f32 = 0.10;
 
@@ -190,11 +188,7 @@ pub fn load_clips(dir: &Path) -> Result<Vec<Clip>, TrainError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| data_err(dir, e.to_string()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-            })
+            .filter(|p| crate::audio::file::is_audio_path(p))
             .collect();
         files.sort();
         for f in files {

@@ -1,10 +1,11 @@
 //! Notes end to end over a real socket: a rendered melody streamed into harkd yields `note`
 //! events in order; TranscribeNotes returns a MIDI file that parses back to its notes (mono and
 //! poly); `hark notes --render --reverse` writes the reversed sequence; silence and the shared
-//! noise beds yield (almost) no notes; bad uploads get a clear error.
+//! noise beds yield (almost) no notes; bad uploads get a clear error; a phone's M4A (AAC) upload
+//! is transcribed like the FLAC it was made from.
 
 use crate::{
-    harness::{Daemon, hark_cli, load_16k, shared_data},
+    harness::{Daemon, hark_cli, load_16k, repo, shared_data},
     stream_file,
 };
 use hark::{
@@ -159,6 +160,20 @@ async fn transcribe_notes_returns_midi_that_round_trips_and_refuses_bad_uploads(
         let s = eval::evaluate(&refs, &got, false);
         assert!(s.f1 >= min_f1, "{file}: F1 {:.3}", s.f1);
     }
+
+    // What a phone records: the melody's first 4 s as AAC in an M4A (made with ffmpeg, 48 kb/s).
+    let (_, reference) = melody(4.0).expect("shared data");
+    let r = client
+        .transcribe_notes(pb::TranscribeNotesRequest {
+            audio: std::fs::read(repo().join("tests/fixtures/melody_aac.m4a")).unwrap(),
+            raw: None,
+            mode: pb::NotesMode::Mono as i32,
+        })
+        .await
+        .expect("TranscribeNotes on an M4A")
+        .into_inner();
+    let s = eval::evaluate(&reference, &notes_of(&r.notes), false);
+    assert!(s.f1 >= 0.9, "M4A: F1 {:.3}: {:?}", s.f1, r.notes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
