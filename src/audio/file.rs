@@ -3,6 +3,7 @@
 
 use std::{
     fs::File,
+    io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -111,11 +112,14 @@ impl Decoder {
         let mut file = File::open(path).map_err(open_err)?;
         // An MP4's sample tables are sized by what the file states: checked before symphonia
         // allocates them (see `header::check_mp4`). Other containers are bounded while decoding.
-        let mut head = [0u8; 8];
-        let n = std::io::Read::read(&mut file, &mut head).map_err(open_err)?;
+        let mut prefix = Vec::new();
+        (&mut file)
+            .take(super::header::PROBE_REACH as u64 + 4)
+            .read_to_end(&mut prefix)
+            .map_err(open_err)?;
         let mut trim_s = 0.0;
-        if n == 8 && &head[4..] == b"ftyp" {
-            std::io::Seek::rewind(&mut file).map_err(open_err)?;
+        if let Some(start) = super::header::mp4_offset(&prefix) {
+            file.seek(SeekFrom::Start(start as u64)).map_err(open_err)?;
             trim_s = super::header::check_mp4(&mut file).map_err(|e| match e {
                 SourceError::Decode { reason, .. } => SourceError::Decode {
                     what: path.display().to_string(),
@@ -124,7 +128,7 @@ impl Decoder {
                 e => e,
             })?;
         }
-        std::io::Seek::rewind(&mut file).map_err(open_err)?;
+        file.rewind().map_err(open_err)?;
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);

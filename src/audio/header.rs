@@ -47,7 +47,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Option<Declared>, SourceError> {
         return flac(body).map(Some);
     }
     if let Some(start) = mp4_start(body) {
-        mp4(body, start)?;
+        check_mp4(&mut std::io::Cursor::new(&body[start..]))?;
     }
     Ok(None)
 }
@@ -64,11 +64,18 @@ fn skip_id3(bytes: &[u8]) -> &[u8] {
     bytes
 }
 
-/// Where symphonia would start reading an MP4 (M4A) file: 4 bytes before the first `ftyp`
-/// within its probe's reach, unless the bytes open with another format's signature (whose
-/// marker the probe finds first).
+/// How far into a file symphonia's probe looks for a format's marker (bytes).
+pub(crate) const PROBE_REACH: usize = 1 << 20;
+
+/// Where symphonia would start reading a file as MP4 (M4A), given its first [`PROBE_REACH`] + 4
+/// bytes (or all of it): 4 bytes before the first `ftyp` after any ID3 tag, unless the bytes
+/// open with another format's signature (whose marker the probe finds first).
+pub(crate) fn mp4_offset(prefix: &[u8]) -> Option<usize> {
+    let body = skip_id3(prefix);
+    mp4_start(body).map(|start| prefix.len() - body.len() + start)
+}
+
 fn mp4_start(b: &[u8]) -> Option<usize> {
-    const PROBE_REACH: usize = 1 << 20;
     let other = [&b"OggS"[..], b"FORM", b"RIFF", b"fLaC"]
         .iter()
         .any(|sig| b.starts_with(sig))
@@ -89,11 +96,6 @@ const MP4_CONTAINERS: [&[u8; 4]; 11] = [
 /// Deeper than any real file nests (moov/trak/mdia/minf/stbl is 5): a hostile file nesting
 /// containers a hundred thousand deep would otherwise exhaust the stack here.
 const MP4_MAX_DEPTH: u8 = 12;
-
-/// Checks an in-memory MP4's atom tree from `start` (see [`check_mp4`]).
-fn mp4(b: &[u8], start: usize) -> Result<(), SourceError> {
-    check_mp4(&mut std::io::Cursor::new(&b[start..])).map(|_| ())
-}
 
 /// The most of a `moov` atom (an MP4's index: its tracks and sample tables) read to check it:
 /// an hour of AAC indexes in about 1 MB.
@@ -151,10 +153,10 @@ pub fn check_mp4<R: std::io::Read + std::io::Seek>(r: &mut R) -> Result<f64, Sou
     Ok(trim)
 }
 
-/// The start trim of an in-memory MP4 (0 for other containers), after [`check_mp4`].
+/// Checks an in-memory MP4 ([`check_mp4`]) and returns its start trim; 0 for other containers.
 pub fn mp4_trim(bytes: &[u8]) -> Result<f64, SourceError> {
-    match mp4_start(skip_id3(bytes)) {
-        Some(start) => check_mp4(&mut std::io::Cursor::new(&skip_id3(bytes)[start..])),
+    match mp4_offset(bytes) {
+        Some(start) => check_mp4(&mut std::io::Cursor::new(&bytes[start..])),
         None => Ok(0.0),
     }
 }
@@ -163,7 +165,7 @@ pub fn mp4_trim(bytes: &[u8]) -> Result<f64, SourceError> {
 /// encoder's priming (1024-2112 samples), which the track's edit list skips (its first edit's
 /// media time). symphonia 0.5's MP4 reader does not apply edit lists, so without this every time
 /// in an M4A read 1024 samples late: 21 ms at 48 kHz, 64 ms at 16 kHz (a note onset is matched
-/// within 50). `moov` is the checked body of the `moov` atom.
+/// within 50 ms). `moov` is the checked body of the `moov` atom.
 fn mp4_start_trim(moov: &[u8]) -> f64 {
     let trim = atoms(moov)
         .filter(|(k, _)| k == b"trak")
