@@ -71,7 +71,7 @@ pub async fn channel(addr: &str, opts: &ConnectOptions) -> Result<Channel, Clien
     let listen = ListenAddr::parse(addr)?;
     let conn_err = |e: tonic::transport::Error| ClientError::Connect {
         addr: addr.to_string(),
-        message: source_chain(&e),
+        message: crate::telemetry::error_chain(&e),
     };
     let channel = match listen {
         ListenAddr::Unix(path) => {
@@ -115,15 +115,4 @@ pub async fn channel(addr: &str, opts: &ConnectOptions) -> Result<Channel, Clien
         }
     };
     Ok(channel)
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -519,7 +519,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hark-train: {e:#}");
+            eprintln!("hark-train: {}", hark::telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

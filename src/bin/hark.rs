@@ -318,7 +318,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hark: {e:#}");
+            eprintln!("hark: {}", hark::telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -197,7 +197,7 @@ fn main() -> ExitCode {
             match models(cmd) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("harkd: {e:#}");
+                    eprintln!("harkd: {}", telemetry::error_chain(e.as_ref()));
                     ExitCode::FAILURE
                 }
             }
@@ -205,14 +205,14 @@ fn main() -> ExitCode {
         Command::Worker(args) => match worker(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("harkd: {e:#}");
+                eprintln!("harkd: {}", telemetry::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         },
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("harkd: {e:#}");
+                eprintln!("harkd: {}", telemetry::error_chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         },
