@@ -131,7 +131,7 @@ fn main() {
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let flac = std::fs::read(repo.join("tests/fixtures/jfk.flac")).unwrap();
     // Small seeds keep decoding fast: the first 4 KB of the FLAC (header and first frames),
-    // short WAVs in each sample format, and a 4 s M4A.
+    // short WAVs in each sample format, an AIFF and a 4 s M4A.
     let mut audio_seeds = vec![flac[..4096].to_vec()];
     for (tag, bits, align) in [(1u16, 16u16, 2u16), (1, 24, 3), (3, 32, 4), (1, 8, 1)] {
         let mut v = b"RIFF".to_vec();
@@ -149,6 +149,20 @@ fn main() {
         v.extend((0..800).map(|i| (i * 7) as u8));
         audio_seeds.push(v);
     }
+    // An AIFF: 400 frames of 16-bit mono at 16 kHz (its rate an 80-bit float: 16000 = 0xFA << 6).
+    let mut aiff = b"FORM".to_vec();
+    aiff.extend_from_slice(&(4u32 + 26 + 16 + 800).to_be_bytes());
+    aiff.extend_from_slice(b"AIFFCOMM");
+    aiff.extend_from_slice(&18u32.to_be_bytes());
+    aiff.extend_from_slice(&1u16.to_be_bytes());
+    aiff.extend_from_slice(&400u32.to_be_bytes());
+    aiff.extend_from_slice(&16u16.to_be_bytes());
+    aiff.extend_from_slice(&[0x40, 0x0c, 0xfa, 0, 0, 0, 0, 0, 0, 0]);
+    aiff.extend_from_slice(b"SSND");
+    aiff.extend_from_slice(&(8u32 + 800).to_be_bytes());
+    aiff.extend_from_slice(&[0; 8]);
+    aiff.extend((0..800).map(|i| (i * 7) as u8));
+    audio_seeds.push(aiff);
     // An M4A (AAC in MP4, its moov and sample tables in the first 1 KB), whole: symphonia reads
     // no MP4 without its whole mdat.
     let m4a = std::fs::read(repo.join("tests/fixtures/melody_aac.m4a")).unwrap();
