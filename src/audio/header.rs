@@ -5,7 +5,9 @@
 //! fields that size or time the stream are read by hand from the bytes (WAV `fmt `/`data`, FLAC
 //! STREAMINFO), checked against the ranges the pipeline supports, and turned into a declared
 //! duration the caller compares with its limit *before* allocating anything. Containers without
-//! a duration in their header (MP3, Ogg) are limited while decoding instead.
+//! a duration in their header (MP3, Ogg) are limited while decoding instead. An MP4's atom tree,
+//! which symphonia sizes its tables by, is checked by [`check_mp4`] wherever a decoder is built
+//! (`file::Decoder`), for uploads and files alike.
 
 use super::{Format, SourceError};
 
@@ -45,9 +47,6 @@ pub fn inspect(bytes: &[u8]) -> Result<Option<Declared>, SourceError> {
     }
     if body.len() >= 4 && &body[..4] == b"fLaC" {
         return flac(body).map(Some);
-    }
-    if let Some(start) = mp4_start(body) {
-        check_mp4(&mut std::io::Cursor::new(&body[start..]))?;
     }
     Ok(None)
 }
@@ -145,7 +144,7 @@ pub fn check_mp4<R: std::io::Read + std::io::Seek>(r: &mut R) -> Result<f64, Sou
                 .map_err(io)?;
             let mut moov = vec![0u8; (size - head as u64) as usize];
             r.read_exact(&mut moov).map_err(io)?;
-            mp4_atoms(&moov, 0, moov.len(), 1, len)?;
+            mp4_atoms(&moov, 1, len)?;
             trim = mp4_start_trim(&moov);
         }
         at += size;
@@ -168,6 +167,7 @@ pub fn mp4_trim(bytes: &[u8]) -> Result<f64, SourceError> {
 /// within 50 ms). `moov` is the checked body of the `moov` atom.
 fn mp4_start_trim(moov: &[u8]) -> f64 {
     let trim = atoms(moov)
+        .map_while(Result::ok)
         .filter(|(k, _)| k == b"trak")
         .find_map(|(_, trak)| {
             let mdia = child(trak, b"mdia")?;
@@ -204,25 +204,38 @@ fn mp4_start_trim(moov: &[u8]) -> f64 {
     }
 }
 
-/// The atoms in `b` (checked by [`mp4_atoms`]): type and body.
-fn atoms(b: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+/// The atoms in `b`: type and body. An atom stating more bytes than `b` has left is an error,
+/// and the last item.
+fn atoms(b: &[u8]) -> impl Iterator<Item = Result<([u8; 4], &[u8]), SourceError>> {
     let mut at = 0usize;
     std::iter::from_fn(move || {
         if at + 8 > b.len() {
             return None;
         }
         let room = (b.len() - at) as u64;
-        let (kind, head, size) = atom_header(&b[at..b.len().min(at + 16)], room).ok()?;
-        let end = at.checked_add(usize::try_from(size).ok()?)?;
-        let body = b.get(at + head..end)?;
-        at = end;
-        Some((kind, body))
+        let atom =
+            atom_header(&b[at..b.len().min(at + 16)], room).and_then(|(kind, head, size)| {
+                if size > room {
+                    let name = String::from_utf8_lossy(&kind);
+                    return Err(bad(
+                        "MP4",
+                        format!("atom '{name}' states {size} bytes; its parent holds {room}"),
+                    ));
+                }
+                let end = at + size as usize;
+                Ok((kind, &b[at + head..end], end))
+            });
+        at = atom.as_ref().map_or(b.len(), |a| a.2);
+        Some(atom.map(|(kind, body, _)| (kind, body)))
     })
 }
 
-/// The body of the first `kind` atom in `b`.
+/// The body of the first `kind` atom in `b` (checked).
 fn child<'a>(b: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
-    atoms(b).find(|(k, _)| k == kind).map(|(_, body)| body)
+    atoms(b)
+        .map_while(Result::ok)
+        .find(|(k, _)| k == kind)
+        .map(|(_, body)| body)
 }
 
 /// An atom's type, header length and stated size from its first bytes (`h`, up to 16), `room`
@@ -245,68 +258,51 @@ fn atom_header(h: &[u8], room: u64) -> Result<([u8; 4], usize, u64), SourceError
     Ok((kind, head, size))
 }
 
-/// Checks the atoms in `b[at..end]` (inside the `moov`, `depth` deep), in a file of `file_len`
-/// bytes.
-fn mp4_atoms(
-    b: &[u8],
-    mut at: usize,
-    end: usize,
-    depth: u8,
-    file_len: u64,
-) -> Result<(), SourceError> {
-    while at + 8 <= end {
-        let room = (end - at) as u64;
-        let (kind, head, size) = atom_header(&b[at..end.min(at + 16)], room)?;
-        let name = String::from_utf8_lossy(&kind).into_owned();
-        if size > room {
-            return Err(bad(
-                "MP4",
-                format!("atom '{name}' states {size} bytes; its parent holds {room}"),
-            ));
-        }
-        let (body, atom_end) = (at + head, at + size as usize);
+/// Checks the atoms in `b` (inside the `moov`, `depth` deep), in a file of `file_len` bytes.
+fn mp4_atoms(b: &[u8], depth: u8, file_len: u64) -> Result<(), SourceError> {
+    for atom in atoms(b) {
+        let (kind, body) = atom?;
         if MP4_CONTAINERS.contains(&&kind) && depth < MP4_MAX_DEPTH {
-            mp4_atoms(b, body, atom_end, depth + 1, file_len)?;
+            mp4_atoms(body, depth + 1, file_len)?;
         }
         // Full-box tables: version and flags, [sample size,] entry count, entries.
-        let table = match &kind {
-            b"stco" => Some((0, 4)),
-            b"stts" | b"co64" => Some((0, 8)),
-            b"stsc" => Some((0, 12)),
-            b"stsz" => Some((4, 4)),
-            _ => None,
+        let (extra, entry) = match &kind {
+            b"stco" => (0, 4),
+            b"stts" | b"co64" => (0, 8),
+            b"stsc" => (0, 12),
+            b"stsz" => (4, 4),
+            _ => continue,
         };
-        if let Some((extra, entry)) = table {
-            let count_at = body + 4 + extra;
-            if count_at + 4 > atom_end {
-                return Err(bad("MP4", format!("'{name}' atom cut off")));
-            }
-            let count = u64::from(u32be(b, count_at));
-            let constant_size = &kind == b"stsz" && u32be(b, body + 4) != 0;
-            let need = if constant_size {
-                0
-            } else {
-                count * entry as u64
-            };
-            let have = (atom_end - count_at - 4) as u64;
-            if need > have {
+        let name = String::from_utf8_lossy(&kind);
+        let count_at = 4 + extra;
+        if count_at + 4 > body.len() {
+            return Err(bad("MP4", format!("'{name}' atom cut off")));
+        }
+        let count = u64::from(u32be(body, count_at));
+        let sizes = &body[count_at + 4..];
+        let constant_size = &kind == b"stsz" && u32be(body, 4) != 0;
+        let need = if constant_size { 0 } else { count * entry };
+        if need > sizes.len() as u64 {
+            return Err(bad(
+                "MP4",
+                format!(
+                    "'{name}' states {count} entries; its {} bytes hold fewer",
+                    sizes.len()
+                ),
+            ));
+        }
+        if &kind == b"stsz" && !constant_size {
+            // Each sample is read into a buffer of its stated size.
+            let big = (0..count as usize)
+                .map(|i| u32be(sizes, 4 * i))
+                .find(|&s| u64::from(s) > file_len);
+            if let Some(s) = big {
                 return Err(bad(
                     "MP4",
-                    format!("'{name}' states {count} entries; its {have} bytes hold fewer"),
+                    format!("a sample of {s} bytes in a file of {file_len}"),
                 ));
             }
-            if &kind == b"stsz" && !constant_size {
-                // Each sample is read into a buffer of its stated size.
-                let sizes = (0..count as usize).map(|i| u32be(b, count_at + 4 + 4 * i));
-                if let Some(s) = sizes.into_iter().find(|&s| u64::from(s) > file_len) {
-                    return Err(bad(
-                        "MP4",
-                        format!("a sample of {s} bytes in a file of {file_len}"),
-                    ));
-                }
-            }
         }
-        at = atom_end;
     }
     Ok(())
 }
@@ -608,13 +604,14 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(inspect(&m4a).unwrap(), None);
+        mp4_trim(&m4a).unwrap();
         // ffmpeg's AAC encoder primes with 1024 samples (64 ms at 16 kHz); the edit list skips
         // them.
         assert!((mp4_trim(&m4a).unwrap() - 0.064).abs() < 1e-9);
         assert_eq!(mp4_trim(b"fLaC").unwrap(), 0.0);
         // Cut short inside its mdat, as a recorder killed mid-file leaves it: the header is no
         // danger (the decoder then says the file ends early).
-        assert_eq!(inspect(&m4a[..m4a.len() - 1000]).unwrap(), None);
+        mp4_trim(&m4a[..m4a.len() - 1000]).unwrap();
     }
 
     #[test]
@@ -623,7 +620,7 @@ pub(crate) mod tests {
         let mut stco = vec![0; 4];
         stco.extend_from_slice(&u32::MAX.to_be_bytes());
         stco.extend_from_slice(&[0; 8]);
-        let e = inspect(&mp4_with(atom(b"stco", &stco)))
+        let e = mp4_trim(&mp4_with(atom(b"stco", &stco)))
             .unwrap_err()
             .to_string();
         assert!(e.contains("'stco' states 4294967295 entries"), "{e}");
@@ -631,7 +628,7 @@ pub(crate) mod tests {
         let mut ok = vec![0; 4];
         ok.extend_from_slice(&2u32.to_be_bytes());
         ok.extend_from_slice(&[0; 8]);
-        assert_eq!(inspect(&mp4_with(atom(b"stco", &ok))).unwrap(), None);
+        mp4_trim(&mp4_with(atom(b"stco", &ok))).unwrap();
         // stsz with a constant sample size needs no entries; with sizes, each must fit the file.
         let stsz = |size: u32, count: u32, entries: &[u32]| {
             let mut b = vec![0; 4];
@@ -642,9 +639,9 @@ pub(crate) mod tests {
                 .for_each(|e| b.extend_from_slice(&e.to_be_bytes()));
             atom(b"stsz", &b)
         };
-        assert_eq!(inspect(&mp4_with(stsz(512, u32::MAX, &[]))).unwrap(), None);
-        assert!(inspect(&mp4_with(stsz(0, 3, &[1, 2]))).is_err());
-        let e = inspect(&mp4_with(stsz(0, 2, &[1, u32::MAX]))).unwrap_err();
+        mp4_trim(&mp4_with(stsz(512, u32::MAX, &[]))).unwrap();
+        assert!(mp4_trim(&mp4_with(stsz(0, 3, &[1, 2]))).is_err());
+        let e = mp4_trim(&mp4_with(stsz(0, 2, &[1, u32::MAX]))).unwrap_err();
         assert!(
             e.to_string().contains("a sample of 4294967295 bytes"),
             "{e}"
@@ -653,7 +650,7 @@ pub(crate) mod tests {
         let mut big = 1u32.to_be_bytes().to_vec();
         big.extend_from_slice(b"hdlr");
         big.extend_from_slice(&(1u64 << 40).to_be_bytes());
-        let e = inspect(&mp4_with(big)).unwrap_err().to_string();
+        let e = mp4_trim(&mp4_with(big)).unwrap_err().to_string();
         assert!(e.contains("atom 'hdlr' states 1099511627776 bytes"), "{e}");
         // Containers nested far deeper than any file: refused or passed, never a stack overflow.
         let n = 200_000u32;
@@ -662,6 +659,6 @@ pub(crate) mod tests {
             v.extend_from_slice(&(8 * (n - i)).to_be_bytes());
             v.extend_from_slice(b"moov");
         }
-        let _ = inspect(&v);
+        let _ = mp4_trim(&v);
     }
 }
